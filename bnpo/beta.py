@@ -1,0 +1,87 @@
+"""Beta density and its method-of-moments fit, in log space (pure torch).
+
+f_N(p; alpha, beta) = p^(alpha-1) (1-p)^(beta-1) / B(alpha, beta). The log-density uses
+``xlogy`` / ``xlog1py`` so that the boundaries are exact: at p = 0 with alpha = 1 the term
+(alpha-1) log p is 0 (not 0 * -inf = NaN), and with alpha > 1 it is -inf, i.e. f_N(0) = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def log_beta_function(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)."""
+    return torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+
+
+def beta_log_density(p: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """log f_N(p; alpha, beta) for p in [0, 1], exact (possibly -inf / +inf) at p = 0 and p = 1.
+
+    Args:
+        p: any shape, values in [0, 1].
+        alpha, beta: broadcastable to ``p``, > 0.
+    """
+    return (
+        torch.special.xlogy(alpha - 1, p)
+        + torch.special.xlog1py(beta - 1, -p)
+        - log_beta_function(alpha, beta)
+    )
+
+
+def inverse_density_weight(
+    p: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, max_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight = 1 / f_N(p), clamped to [0, max_weight] (f_N = 0 at a boundary gives max_weight).
+
+    Returns:
+        weight: same shape as ``p``.
+        clamped: bool, same shape, True where the clamp was active.
+    """
+    unclamped = torch.exp(-beta_log_density(p, alpha, beta))
+    clamped = unclamped >= max_weight
+    return unclamped.clamp(max=max_weight), clamped
+
+
+@dataclass(frozen=True)
+class BetaFit:
+    """Method-of-moments fit of Beta(a, b) to per-question success rates (0-dim tensors).
+
+    ``fallback`` is None for a regular fit, otherwise why (a, b) = (0, 0) was used instead, which
+    makes the optimal normaliser (alpha, beta) = (1, 1): REINFORCE with the per-question baseline.
+    """
+
+    mu: torch.Tensor
+    var: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    num_questions: int
+    fallback: str | None
+
+
+def fit_beta_moments(p_hat: torch.Tensor) -> BetaFit:
+    """Fit Beta(a, b) by moments over ``p_hat`` (num_questions,), values in [0, 1].
+
+    mu = mean, var = unbiased variance, nu = mu (1 - mu) / var - 1, a = mu nu, b = (1 - mu) nu.
+    Fewer than two questions or var = 0 have no finite fit (the reference divides by zero there);
+    both fall back to (a, b) = (0, 0) with ``fallback`` saying why.
+    """
+    n = int(p_hat.numel())
+    p_hat = p_hat.to(torch.float64)
+    zero = p_hat.new_zeros(())
+    if n < 2:
+        mu = p_hat.mean() if n == 1 else zero
+        return BetaFit(mu, zero, zero, zero, n, "fewer_than_2_questions")
+    mu = p_hat.mean()
+    var = p_hat.var(unbiased=True)
+    if not bool(var > 0):
+        return BetaFit(mu, var, zero, zero, n, "zero_variance")
+    nu = mu * (1 - mu) / var - 1
+    return BetaFit(mu, var, mu * nu, (1 - mu) * nu, n, None)
+
+
+def optimal_alpha_beta(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Theorem 1's variance-optimal normaliser, clamped at 1 from below as in the reference."""
+    return (1 + a / 3).clamp(min=1.0), (1 + b / 3).clamp(min=1.0)

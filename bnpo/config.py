@@ -1,0 +1,158 @@
+"""The ``bnpo`` block of verl's algorithm config, parsed and validated.
+
+Every error names the full Hydra key (``algorithm.bnpo.<key>``), the offending value and
+what is allowed, so a typo fails at start-up rather than after the first rollout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+CONFIG_PREFIX = "algorithm.bnpo"
+
+
+@dataclass(frozen=True)
+class BNPOConfig:
+    """Settings of the bnpo / ad_bnpo estimators (all optional; defaults are the paper's).
+
+    reward_min, reward_max: the declared reward range; rewards are mapped affinely to [0, 1].
+    fixed_alpha, fixed_beta: both None -> adaptive (alpha, beta) = (1 + a/3, 1 + b/3) (the paper);
+        both set -> fixed normaliser, e.g. (1, 1) = REINFORCE with baseline, (1.5, 1.5) = GRPO * pi/8.
+    max_weight: upper clamp on the weight 1 / f_N(p_hat) (the reference uses 1e6).
+    components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch).
+    component_weights: optional non-negative weights of the components (default: equal).
+    """
+
+    reward_min: float = 0.0
+    reward_max: float = 1.0
+    fixed_alpha: Optional[float] = None
+    fixed_beta: Optional[float] = None
+    max_weight: float = 1e6
+    components: Optional[tuple[str, ...]] = None
+    component_weights: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.fixed_alpha is None
+
+
+KEYS = tuple(f.name for f in fields(BNPOConfig))
+
+
+def _key(name: str) -> str:
+    return f"{CONFIG_PREFIX}.{name}"
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{_key(name)}={value!r} is not a number; set it to a finite float.") from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{_key(name)}={value!r} is not finite; set it to a finite float.")
+    return value
+
+
+def _validate(cfg: BNPOConfig) -> None:
+    if not cfg.reward_max > cfg.reward_min:
+        raise ValueError(
+            f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}={cfg.reward_min}: "
+            "they declare the range of the outcome reward, which is mapped affinely to [0, 1]."
+        )
+    if (cfg.fixed_alpha is None) != (cfg.fixed_beta is None):
+        raise ValueError(
+            f"{_key('fixed_alpha')}={cfg.fixed_alpha} and {_key('fixed_beta')}={cfg.fixed_beta}: set both "
+            "(a fixed Beta normaliser, e.g. 1 and 1 for REINFORCE with baseline) or neither (adaptive BNPO)."
+        )
+    for name in ("fixed_alpha", "fixed_beta"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{_key(name)}={value} must be > 0 (a Beta distribution parameter), or null for adaptive.")
+    if not cfg.max_weight > 0:
+        raise ValueError(f"{_key('max_weight')}={cfg.max_weight} must be > 0 (the clamp on 1 / f_N; reference: 1e6).")
+    if cfg.components is not None:
+        if len(cfg.components) == 0:
+            raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
+        if len(set(cfg.components)) != len(cfg.components):
+            raise ValueError(f"{_key('components')}={list(cfg.components)} has duplicates; list each reward key once.")
+    if cfg.component_weights is not None:
+        if cfg.components is None:
+            raise ValueError(
+                f"{_key('component_weights')}={list(cfg.component_weights)} is set but {_key('components')} is not; "
+                "list the AD-BNPO reward keys first."
+            )
+        if len(cfg.component_weights) != len(cfg.components):
+            raise ValueError(
+                f"{_key('component_weights')}={list(cfg.component_weights)} has {len(cfg.component_weights)} entries but "
+                f"{_key('components')}={list(cfg.components)} has {len(cfg.components)}; give one weight per component."
+            )
+        if any(w < 0 for w in cfg.component_weights) or not sum(cfg.component_weights) > 0:
+            raise ValueError(
+                f"{_key('component_weights')}={list(cfg.component_weights)} must be non-negative with a positive sum."
+            )
+
+
+def _as_str_tuple(name: str, value: Any) -> Optional[tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) and not hasattr(value, "__iter__"):
+        raise ValueError(f"{_key(name)}={value!r} must be a list of reward keys, e.g. [acc, format].")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{_key(name)}={items!r}: every entry must be a non-empty string (a reward key).")
+    return tuple(items)
+
+
+def _as_float_tuple(name: str, value: Any) -> Optional[tuple[float, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{_key(name)}={value!r} must be a list of numbers, one per component.")
+    return tuple(_as_float(name, v) for v in value)
+
+
+def parse_bnpo_block(block: Any) -> BNPOConfig:
+    """Build a BNPOConfig from the ``bnpo`` block (dict, DictConfig or None); unknown keys raise."""
+    if block is None:
+        return BNPOConfig()
+    if isinstance(block, BNPOConfig):
+        return block
+    if not isinstance(block, Mapping) and not hasattr(block, "items"):
+        raise ValueError(f"{CONFIG_PREFIX} must be a mapping of {list(KEYS)}, got {type(block).__name__}: {block!r}.")
+    raw = {str(k): v for k, v in block.items()}
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}."
+        )
+    kwargs: dict[str, Any] = {}
+    for name in ("reward_min", "reward_max", "max_weight"):
+        if raw.get(name) is not None:
+            kwargs[name] = _as_float(name, raw[name])
+    for name in ("fixed_alpha", "fixed_beta"):
+        if raw.get(name) is not None:
+            kwargs[name] = _as_float(name, raw[name])
+    kwargs["components"] = _as_str_tuple("components", raw.get("components"))
+    kwargs["component_weights"] = _as_float_tuple("component_weights", raw.get("component_weights"))
+    return BNPOConfig(**kwargs)
+
+
+def config_from_algorithm(config: Any) -> BNPOConfig:
+    """Read the ``bnpo`` block of verl's algorithm config (DictConfig, AlgoConfig, dict or None)."""
+    if config is None:
+        return BNPOConfig()
+    if isinstance(config, BNPOConfig):
+        return config
+    block = config.get("bnpo", None) if hasattr(config, "get") else getattr(config, "bnpo", None)
+    return parse_bnpo_block(block)
