@@ -1,0 +1,206 @@
+"""bnpo inside real verl 0.9.1 without Ray: plugin loading, Hydra config, legacy trainer functions."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from batches import grouped, outcome_batch
+from omegaconf import OmegaConf
+from oracle import reference_ad_bnpo, reference_advantages
+from verl_helpers import run_python, verl_config
+
+import verl.trainer.ppo.ray_trainer as ray_trainer
+from bnpo import pop_last_stats
+from bnpo.config import KEYS, parse_bnpo_block
+from bnpo.verl_config import BNPOAlgoConfig, check_run_config
+from verl import DataProto
+from verl.trainer.config import AlgoConfig
+from verl.utils.config import omega_conf_to_dataclass
+
+AD_BNPO = ("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]", "trainer.v1.trainer_mode=bnpo_sync")
+
+
+def test_fresh_process_that_imports_verl_has_everything():
+    probe = textwrap.dedent(
+        """
+        import verl
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R
+        print("estimators", R["bnpo"].__module__, R["ad_bnpo"].__module__)
+        import verl.utils.config
+        print("startup_check", getattr(verl.utils.config.validate_config, "_bnpo_checked", False))
+        from verl.trainer.ppo.v1 import get_trainer_cls
+        print("trainer", get_trainer_cls("bnpo_sync").__mro__[2].__name__, get_trainer_cls("bnpo_separate_async").base_mode)
+        import verl.trainer.ppo.ray_trainer as rt
+        print("legacy", getattr(rt.compute_advantage, "_bnpo_wrapped", False))
+        """
+    )
+    out = run_python("-c", probe)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["estimators"] == "bnpo.verl_plugin bnpo.verl_plugin"
+    assert lines["startup_check"] == "True"
+    assert lines["trainer"] == "PPOTrainerSync separate_async"
+    assert lines["legacy"] == "True"
+    assert "bnpo: the verl plugin failed" not in out.stderr
+
+
+def test_a_broken_plugin_is_loud_and_a_bnpo_run_stops_at_startup(tmp_path):
+    # Another plugin claiming the name "bnpo" first (loaded before entry points) makes our registration fail.
+    (tmp_path / "clash_mod.py").write_text(
+        "from verl.trainer.ppo.core_algos import register_adv_est\n"
+        "@register_adv_est('bnpo')\ndef other(**kwargs):\n    raise AssertionError('must not run')\n"
+    )
+    env = {"VERL_USE_EXTERNAL_MODULES": "clash_mod", "PYTHONPATH": str(tmp_path)}
+    out = run_python("-m", "verl.trainer.main_ppo", "algorithm.adv_estimator=bnpo", env=env)
+    assert out.returncode != 0
+    assert "bnpo: the verl plugin failed" in out.stderr  # at import, in every process
+    assert "algorithm.adv_estimator=bnpo was requested but it is registered to clash_mod.other" in out.stderr
+    assert "ray init kwargs" not in out.stdout  # stopped before Ray started
+
+
+def test_main_ppo_composes_a_bnpo_job():
+    keys = [
+        "algorithm.adv_estimator=ad_bnpo", "trainer.v1.trainer_mode=bnpo_sync",
+        "+algorithm.bnpo.reward_min=-1", "+algorithm.bnpo.reward_max=2", "+algorithm.bnpo.fixed_alpha=1.5",
+        "+algorithm.bnpo.fixed_beta=1.25", "+algorithm.bnpo.max_weight=1000",
+        "+algorithm.bnpo.components=[acc,format]", "+algorithm.bnpo.component_weights=[2,1]",
+    ]
+    out = run_python("-m", "verl.trainer.main_ppo", *keys, "--cfg", "job")
+    assert out.returncode == 0, out.stderr[-3000:]
+    job = yaml.safe_load(out.stdout)
+    assert job["trainer"]["v1"]["trainer_mode"] == "bnpo_sync"
+    cfg = parse_bnpo_block(job["algorithm"]["bnpo"])
+    assert (cfg.reward_min, cfg.reward_max, cfg.fixed_alpha, cfg.fixed_beta, cfg.max_weight) == (-1, 2, 1.5, 1.25, 1000)
+    assert cfg.components == ("acc", "format") and cfg.component_weights == (2.0, 1.0)
+
+
+def test_main_ppo_stops_at_startup_on_a_bnpo_typo():
+    out = run_python("-m", "verl.trainer.main_ppo", "algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_mx=2")
+    assert out.returncode != 0
+    assert "algorithm.bnpo.reward_mx" in out.stderr and "algorithm.bnpo.reward_max" in out.stderr
+    assert "ray init kwargs" not in out.stdout
+
+
+def test_every_key_through_hydra():
+    values = {"reward_min": -1, "reward_max": 3, "fixed_alpha": 2, "fixed_beta": 1.5, "max_weight": 50,
+              "components": "[acc,format,len]", "component_weights": "[1,2,3]"}
+    assert set(values) == set(KEYS)
+    config = verl_config("algorithm.adv_estimator=ad_bnpo", "trainer.v1.trainer_mode=bnpo_sync",
+                         *(f"+algorithm.bnpo.{k}={v}" for k, v in values.items()))
+    cfg = check_run_config(config)
+    assert (cfg.reward_min, cfg.reward_max, cfg.fixed_alpha, cfg.fixed_beta, cfg.max_weight) == (-1, 3, 2, 1.5, 50)
+    assert cfg.components == ("acc", "format", "len") and cfg.component_weights == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.rewardmax=2"), r"algorithm\.bnpo\.rewardmax"),
+        (("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fixed_alpha=2"), r"algorithm\.bnpo\.fixed_beta"),
+        (("algorithm.adv_estimator=ad_bnpo", "trainer.v1.trainer_mode=bnpo_sync"), r"algorithm\.bnpo\.components"),
+        (("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc]"), r"trainer\.v1\.trainer_mode=bnpo_sync"),
+        (("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc]", "trainer.v1.trainer_mode=colocate_async"),
+         r"trainer\.v1\.trainer_mode=bnpo_colocate_async"),
+    ],
+)
+def test_startup_check_names_the_setting(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        check_run_config(verl_config(*overrides))
+
+
+def test_startup_check_leaves_other_estimators_and_legacy_alone():
+    assert check_run_config(verl_config("algorithm.adv_estimator=grpo")) is None
+    legacy = verl_config("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc]", "trainer.use_v1=False")
+    assert check_run_config(legacy).components == ("acc",)
+
+
+def test_algo_dataclass_needs_bnpo_algo_config():
+    """verl 0.9.1 hands config.algorithm to the estimators as a DictConfig, where the block lives as is;
+    converting it to verl's AlgoConfig rejects the extra key, BNPOAlgoConfig keeps it."""
+    algorithm = verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2").algorithm
+    with pytest.raises(Exception, match="bnpo"):
+        omega_conf_to_dataclass(algorithm)
+    algorithm = verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2",
+                            "algorithm._target_=bnpo.verl_config.BNPOAlgoConfig").algorithm
+    converted = omega_conf_to_dataclass(algorithm)
+    assert isinstance(converted, AlgoConfig) and isinstance(converted, BNPOAlgoConfig)
+    trl, mask, index = outcome_batch([0.0, 2.0, 2.0, 2.0], ["a", "a", "b", "b"])
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    adv, _ = get_adv_estimator_fn("bnpo")(token_level_rewards=trl, response_mask=mask, index=index, config=converted)
+    assert pop_last_stats().num_questions == 2  # reward_max=2 was applied: 2.0 is inside the range
+
+
+def _legacy_batch(rewards, uids, **fields) -> DataProto:
+    trl, mask, index = outcome_batch(rewards, uids)
+    bs, length = trl.shape
+    tensors = {
+        "token_level_scores": trl, "token_level_rewards": trl, "response_mask": mask,
+        "responses": torch.zeros(bs, length, dtype=torch.long), "prompts": torch.zeros(bs, 3, dtype=torch.long),
+        "attention_mask": torch.cat([torch.ones(bs, 3), mask], dim=1).long(),
+    }
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": index, **fields})
+
+
+def test_legacy_compute_advantage_bnpo_numbers_and_metrics():
+    rewards, uids = grouped([0.25, 0.5, 0.625, 0.875], group_size=8)
+    rewards = [2 * r for r in rewards]
+    algorithm = verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2").algorithm
+    data = ray_trainer.compute_advantage(_legacy_batch(rewards, uids), adv_estimator="bnpo", config=algorithm)
+    expected, fit = reference_advantages(rewards, uids, reward_max=2.0)
+    mask = data.batch["response_mask"]
+    got = (data.batch["advantages"] * mask).sum(-1).double() / mask.sum(-1).double()
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
+    metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
+    for name in ("mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_degenerate", "weight_max", "clamped_frac"):
+        assert f"bnpo/{name}" in metrics
+    assert metrics["bnpo/alpha"] == pytest.approx(fit["alpha"]) and metrics["bnpo/num_questions"] == 4
+    assert "bnpo/alpha" not in ray_trainer.compute_data_metrics(batch=data, use_critic=False)  # no stale stats
+
+
+def test_legacy_compute_advantage_ad_bnpo_gets_the_reward_components():
+    acc, uids = grouped([0.25, 0.5, 0.75], group_size=8)
+    fmt = [float(x) for x in np.random.default_rng(1).integers(0, 2, size=len(acc))]
+    algorithm = verl_config(*AD_BNPO).algorithm
+    batch = _legacy_batch(acc, uids, acc=np.array(acc, dtype=object), format=np.array(fmt), score=np.array(acc))
+    data = ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=algorithm)
+    expected = reference_ad_bnpo({"acc": acc, "format": fmt}, uids)
+    mask = data.batch["response_mask"]
+    got = (data.batch["advantages"] * mask).sum(-1).double() / mask.sum(-1).double()
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
+    metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
+    assert {"bnpo/acc/alpha", "bnpo/format/alpha", "bnpo/alpha"} <= set(metrics)
+
+
+def test_legacy_missing_component_lists_the_available_keys():
+    acc, uids = grouped([0.25, 0.5], group_size=4)
+    batch = _legacy_batch(acc, uids, acc=np.array(acc), score=np.array(acc))
+    with pytest.raises(ValueError, match=r"'format'.*\['acc', 'score', 'uid'\]"):
+        ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=verl_config(*AD_BNPO).algorithm)
+
+
+def test_legacy_fit_calls_the_wrapped_functions():
+    # RayPPOTrainer.fit looks both up as module globals, so the wrapped ones are what every step uses.
+    names = ray_trainer.RayPPOTrainer.fit.__code__.co_names
+    assert "compute_advantage" in names and "compute_data_metrics" in names
+    assert ray_trainer.compute_advantage._bnpo_wrapped
+
+
+def test_other_estimators_pass_through_unchanged():
+    rewards, uids = grouped([0.25, 0.5], group_size=4)
+    algorithm = verl_config("algorithm.adv_estimator=grpo").algorithm
+    data = ray_trainer.compute_advantage(_legacy_batch(rewards, uids), adv_estimator="rloo", config=algorithm)
+    assert "bnpo/alpha" not in ray_trainer.compute_data_metrics(batch=data, use_critic=False)
+    assert torch.isfinite(data.batch["advantages"]).all()
+
+
+def test_bnpo_trainer_checks_the_config_before_verl_builds_anything():
+    from bnpo.verl_trainer import BNPO_TRAINERS
+
+    config = verl_config("algorithm.adv_estimator=bnpo", "trainer.v1.trainer_mode=bnpo_sync", "+algorithm.bnpo.max_wieght=5")
+    with pytest.raises(ValueError, match=r"algorithm\.bnpo\.max_wieght"):
+        BNPO_TRAINERS["bnpo_sync"](config)
