@@ -13,6 +13,7 @@ call are kept in ``bnpo.stats`` for the trainer integration to log.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional
 
 import torch
@@ -120,9 +121,17 @@ def _install_trainer_hooks() -> None:
     when_imported("verl.trainer.ppo.ray_trainer", lambda module: __import__("bnpo.verl_legacy").verl_legacy.install(module))
 
 
+def _register_cpu_backend() -> None:
+    # Only where asked for (VERL_PLATFORM=cpu, as scripts/run_cpu_smoke.sh sets): it imports verl's
+    # rollout modules, which other processes need not pay for.
+    if os.environ.get("VERL_PLATFORM", "").lower() == "cpu":
+        from . import cpu_rollout  # noqa: F401  (registers the cpu platform and rollout.name=hf_cpu)
+
+
 def _load() -> None:
     global LOAD_ERROR
-    for step in (_install_trainer_hooks, _register_estimators):  # the check first: it reports a failed registration
+    # the check first: it reports a failed registration; the CPU backend last: it cannot unregister ours
+    for step in (_install_trainer_hooks, _register_estimators, _register_cpu_backend):  # the check first: it reports a failed registration
         try:
             step()
         except Exception as err:

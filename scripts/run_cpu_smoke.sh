@@ -36,7 +36,7 @@ mkdir -p "$OUT"
 # only but runs on whatever device the platform names (here: cpu).
 export VERL_PLATFORM=cpu
 export VERL_ENGINE_DEVICE=cuda
-export VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+$VERL_USE_EXTERNAL_MODULES,}bnpo.cpu_rollout"
+# bnpo.verl_plugin (the verl.plugins entry point) registers bnpo.cpu_rollout in every process when VERL_PLATFORM=cpu.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TOKENIZERS_PARALLELISM=false
 export RAY_DEDUP_LOGS=0
