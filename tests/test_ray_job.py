@@ -1,0 +1,165 @@
+"""scripts/submit_ray_job.sh against a real (local, CPU, loopback) Ray cluster.
+
+The test starts its own Ray head in its own temp dir and process group, submits a short job through
+the script (BNPO_JOB_ENTRYPOINT replaces the training command with a check), and stops exactly the
+processes it started. The job checks, in the driver and in a Ray worker process, that `import verl`
+registers bnpo / ad_bnpo from the uploaded copy of the project with entry-point discovery switched
+off, i.e. the way it works on cluster nodes where bnpo is not pip-installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
+
+pytestmark = pytest.mark.skipif(shutil.which("ray", path=VENV_BIN + os.pathsep + os.environ.get("PATH", "")) is None,
+                                reason="needs the ray CLI")
+
+CHECK = r"""
+import json, os, sys
+import ray
+import verl
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+import bnpo
+
+def probe():
+    import verl
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    import bnpo
+    fns = {name: get_adv_estimator_fn(name).__module__ for name in ("bnpo", "ad_bnpo")}
+    import verl.trainer.ppo.v1
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+    modes = sorted(mode for mode in TRAINER_REGISTRY if mode.startswith("bnpo"))
+    return {"estimators": fns, "trainer_modes": modes, "bnpo_file": bnpo.__file__, "cwd": os.getcwd()}
+
+size = sum(f.stat().st_size for f in __import__("pathlib").Path(".").rglob("*") if f.is_file())
+ray.init()
+remote = ray.get(ray.remote(num_cpus=0)(probe).remote())
+print("BNPO_JOB_RESULT " + json.dumps({
+    "driver": probe(), "worker": remote, "tree_bytes": size,
+    "has_venv": os.path.exists(".venv"), "has_git": os.path.exists(".git"),
+    "has_recipe": os.path.exists("recipe/bnpo/config/bnpo_trainer.yaml"),
+    "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS"),
+}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture()
+def ray_head():
+    """A Ray head on loopback with a dashboard; yields its job-submission address."""
+    temp_dir = tempfile.mkdtemp(prefix="bnpo_ray_", dir="/tmp")  # short: Ray's unix sockets live here
+    port, dash_port = _free_port(), _free_port()
+    env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
+           # loopback-only test cluster; Ray >= 2.5x turns token auth on when ~/.ray/auth_token exists
+           "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, "ray start --head exited early"
+            probe = subprocess.run(["ray", "job", "list", "--address", address], env=env,
+                                   capture_output=True, text=True)
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"Ray dashboard did not come up: {probe.stderr[-2000:]}"
+            time.sleep(2)
+        yield address, env, temp_dir
+    finally:
+        # only what this test started: the head's process group, then anything left in its temp dir
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        for _ in range(2):
+            for pid in _pids_mentioning(temp_dir):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(1)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_submit_ray_job_registers_plugin_on_workers(ray_head):
+    address, env, temp_dir = ray_head
+    env = {**env, "RAY_ADDRESS": address, "BNPO_JOB_ENTRYPOINT": f"python3 -c {shlex.quote(CHECK)}",
+           # entry points off in the job: registration must come from the runtime env alone
+           "FORWARD_ENV": "VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_PLUGINS": "none",
+           "MODEL_PATH": "/models/forwarded"}
+    deadline = time.monotonic() + 180
+    while True:
+        proc = subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh")], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=400)
+        out = proc.stdout + proc.stderr
+        # a fresh head answers before its job agent is up; nothing was submitted then
+        if "No available agent to submit job" not in out or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    if proc.returncode != 0:
+        logs = sorted(Path(temp_dir).glob("session_*/logs/dashboard_agent.log"))
+        agent_log = logs[-1].read_text()[-3000:] if logs else "(no dashboard agent log)"
+        pytest.fail(f"ray job submit failed:\n{out[-4000:]}\n--- dashboard agent log ---\n{agent_log}")
+    line = next((ln for ln in out.splitlines() if ln.startswith("BNPO_JOB_RESULT ")), None)
+    assert line is not None, out[-4000:]
+    result = json.loads(line.split(" ", 1)[1])
+    print(json.dumps(result, indent=1))
+
+    assert result["plugins_policy"] == "none"
+    for where in ("driver", "worker"):
+        probe = result[where]
+        assert probe["estimators"] == {"bnpo": "bnpo.verl_plugin", "ad_bnpo": "bnpo.verl_plugin"}, where
+        assert "bnpo_sync" in probe["trainer_modes"], (where, probe)  # the recipe's trainer.v1.trainer_mode
+        # the job imports the uploaded copy, not this checkout
+        assert not probe["bnpo_file"].startswith(str(ROOT) + os.sep), (where, probe)
+    assert result["driver"]["bnpo_file"].startswith(result["driver"]["cwd"])
+    assert result["has_recipe"] and not result["has_venv"] and not result["has_git"]
+    assert result["tree_bytes"] < 5_000_000, result["tree_bytes"]
+
+
+def test_submit_requires_ray_address():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    proc = subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "RAY_ADDRESS" in proc.stderr
