@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+
+
+@cache
+def _pandas_factorize() -> Optional[Callable]:
+    """pandas.factorize when pandas is importable (verl depends on it; bnpo does not), else None."""
+    try:
+        from pandas import factorize
+    except ImportError:
+        return None
+    return factorize
+
+
+def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+    """np.unique(labels, return_inverse=True)'s inverse and group count, by hashing instead of sorting.
+
+    Sorting (bs,) object uids (verl's uuid4 strings) compares Python objects; hashing them is several
+    times faster, and only the G distinct labels are then sorted, so the ids are exactly np.unique's.
+    Returns None when pandas is absent or its rules differ from numpy's (None / NaN labels).
+    """
+    factorize = _pandas_factorize()
+    if factorize is None:
+        return None
+    try:
+        codes, uniques = factorize(labels)
+    except TypeError:  # unhashable labels: np.unique's rules (and errors) apply
+        return None
+    if (codes < 0).any():  # pandas drops None / NaN labels; leave them to np.unique's behaviour
+        return None
+    try:
+        order = np.argsort(uniques)
+    except TypeError:  # incomparable label types: np.unique raises the error the caller reports
+        return None
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], len(order)
 
 
 def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -23,6 +59,10 @@ def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[t
     labels = np.asarray(index)
     if labels.ndim != 1 or labels.shape[0] != num_samples:
         raise ValueError(f"index (the uid of each sample) has shape {labels.shape}; expected ({num_samples},).")
+    if labels.dtype == object:
+        fast = _factorize_sorted(labels)
+        if fast is not None:
+            return torch.from_numpy(fast[0]).to(device), fast[1]
     try:
         uniques, inverse = np.unique(labels, return_inverse=True)
     except TypeError as err:

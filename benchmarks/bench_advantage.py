@@ -1,0 +1,448 @@
+"""Benchmark: the cost of the BNPO advantage against the published per-sample loop and verl's estimators.
+
+The advantage runs on the driver every step over the whole batch, so its cost grows with
+n_rollouts x response_len. Timed implementations (all through verl's registry unless noted):
+
+    bnpo             ours, get_adv_estimator_fn("bnpo")
+    ad_bnpo          ours, two components ("acc", "format") read from non_tensor_batch
+    reference_loop   the published code's structure (spec section 3), re-implemented here: a Python loop
+                     over samples, per-uid reward lists, then one torch.distributions.Beta per sample
+    grpo             verl's per-sample Python loop
+    grpo_vectorized  verl's vectorised GRPO
+    rloo_vectorized  verl's vectorised RLOO
+    floor            not an estimator: response_mask copied to float32, the one (bs, L) write any
+                     estimator has to do (the lower bound)
+
+Inputs look like verl's: uids are an object array of uuid4 strings (16 rollouts per question, the batch
+shuffled as verl's balance_batch leaves it), token_level_rewards is float32 with the binary outcome
+reward on each response's last token, response_mask is int64 (verl's attention-mask dtype) with varied
+response lengths.
+
+Method: per size, every implementation is called once to warm up, then the repeats go round-robin over
+the implementations so that load from other processes hits them alike; the median is reported.
+Peak memory is measured in one more, untimed call:
+  cpu  - peak bytes held by tensors allocated during the call, from the torch profiler's CPU-allocator
+         events (profile_memory=True), plus the peak of Python / numpy allocations seen by tracemalloc in
+         the same call (an upper bound on the call's extra memory; the inputs are not counted).
+  cuda - torch.cuda.max_memory_allocated() during the call minus the memory allocated before it.
+The Python loops (reference_loop, grpo) are skipped above --slow-max-rollouts; the output says so.
+
+    python benchmarks/bench_advantage.py --json benchmarks/results/bench_cpu.json \
+        --plot benchmarks/results/scaling_cpu.png           # full grid (~5-10 min on 2 vCPUs)
+    python benchmarks/bench_advantage.py --quick             # <= 3 min on 2 vCPUs
+    python benchmarks/bench_advantage.py --smoke --json out.json   # smallest size, used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import verl  # noqa: F401  (loads the verl.plugins entry points, which register bnpo / ad_bnpo)
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+GROUP_SIZE = 16
+DEFAULT_SIZES = [(n, length) for n in (1024, 8192, 65536) for length in (1024, 4096)]
+QUICK_SIZES = [(1024, 1024), (8192, 1024)]
+AD_BNPO_CONFIG = {"bnpo": {"components": ["acc", "format"]}}
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass
+class Batch:
+    """One batch as verl hands it to the advantage estimator."""
+
+    token_level_rewards: torch.Tensor  # (bs, L) float32, outcome reward on the last response token
+    response_mask: torch.Tensor  # (bs, L) int64
+    index: np.ndarray  # (bs,) object array of uid strings
+    non_tensor_batch: dict  # "acc", "format": (bs,) float64 component rewards
+
+
+def make_batch(n_rollouts: int, response_len: int, device: str, seed: int = 0) -> Batch:
+    if n_rollouts % GROUP_SIZE:
+        raise ValueError(f"n_rollouts={n_rollouts} must be a multiple of the group size {GROUP_SIZE}.")
+    rng = np.random.default_rng(seed)
+    num_questions = n_rollouts // GROUP_SIZE
+    uids = np.array([str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(num_questions)], dtype=object)
+    p = rng.beta(0.8, 1.2, num_questions)  # per-question success rates: many hard, some easy questions
+    order = rng.permutation(n_rollouts)  # balance_batch reorders verl's batch by length
+    question = np.repeat(np.arange(num_questions), GROUP_SIZE)[order]
+    acc = (rng.random(n_rollouts) < p[question]).astype(np.float64)
+    fmt = (rng.random(n_rollouts) < 0.9).astype(np.float64)
+    # Response lengths: a wide spread, with about a tenth cut off at the maximum length.
+    lengths = np.clip(rng.lognormal(math.log(response_len / 4), 0.8, n_rollouts), 1, response_len).astype(np.int64)
+    lengths_t = torch.from_numpy(lengths).to(device)
+    mask = (torch.arange(response_len, device=device) < lengths_t.unsqueeze(-1)).to(torch.int64)
+    rewards = torch.zeros(n_rollouts, response_len, dtype=torch.float32, device=device)
+    rewards[torch.arange(n_rollouts, device=device), lengths_t - 1] = torch.from_numpy(acc).to(device, torch.float32)
+    return Batch(rewards, mask, uids[question], {"acc": acc, "format": fmt})
+
+
+# ----------------------------------------------------------------------- the published loop, re-done
+def reference_loop(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    reward_min: float = 0.0,
+    reward_max: float = 1.0,
+    max_weight: float = 1e6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BNPO in the published code's per-sample structure (spec section 3); the baseline to beat.
+
+    Args:
+        token_level_rewards: (bs, L); response_mask: (bs, L); index: (bs,) uids.
+
+    Returns:
+        advantages, returns: (bs, L), equal.
+    """
+    scores = (token_level_rewards.sum(dim=-1) - reward_min) / (reward_max - reward_min)
+    with torch.no_grad():
+        rewards_of = defaultdict(list)
+        for i in range(scores.shape[0]):
+            rewards_of[index[i]].append(scores[i])
+        zero = scores.new_tensor(0.0)  # the reference's baseline of a singleton question
+        mean_of = {uid: torch.mean(torch.stack(rs)) if len(rs) > 1 else zero for uid, rs in rewards_of.items()}
+        means = torch.stack(list(mean_of.values()))
+        if means.numel() > 1:
+            mu, var = means.mean(), means.var()
+        else:
+            mu, var = zero, scores.new_tensor(1.0)
+        nu = mu * (1 - mu) / var - 1
+        alpha = torch.clamp(1 + mu * nu / 3, min=1.0)
+        beta = torch.clamp(1 + (1 - mu) * nu / 3, min=1.0)
+        for i in range(scores.shape[0]):
+            p = mean_of[index[i]]
+            density = torch.exp(torch.distributions.Beta(alpha, beta).log_prob(p))
+            weight = torch.clamp(1.0 / density, 0.0, max_weight)
+            scores[i] = weight * (scores[i] - p)
+        advantages = scores.unsqueeze(-1) * response_mask
+    return advantages, advantages
+
+
+# ------------------------------------------------------------------------------------ implementations
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    call: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+    slow: bool = False  # a Python loop over samples
+
+
+def _registry_call(name: str, **extra) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
+    fn = get_adv_estimator_fn(name)
+    return lambda b: fn(token_level_rewards=b.token_level_rewards, response_mask=b.response_mask, index=b.index, **extra)
+
+
+def _ad_bnpo(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    fn = get_adv_estimator_fn("ad_bnpo")
+    return fn(b.token_level_rewards, b.response_mask, index=b.index, config=AD_BNPO_CONFIG, non_tensor_batch=b.non_tensor_batch)
+
+
+def _floor(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    out = b.response_mask.to(torch.float32, copy=True)
+    return out, out
+
+
+IMPLS = {
+    impl.name: impl
+    for impl in (
+        Impl("bnpo", _registry_call("bnpo", config=None)),
+        Impl("ad_bnpo", _ad_bnpo),
+        Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
+        Impl("grpo", _registry_call("grpo"), slow=True),
+        Impl("grpo_vectorized", _registry_call("grpo_vectorized")),
+        Impl("rloo_vectorized", _registry_call("rloo_vectorized")),
+        Impl("floor", _floor),
+    )
+}
+
+# Pairs that must agree on every benchmark batch: (impl, impl it is checked against, rtol).
+CHECKS = (("reference_loop", "bnpo", 1e-4), ("grpo", "grpo_vectorized", 1e-4))
+
+
+# -------------------------------------------------------------------------------------------- measure
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(impl: Impl, batch: Batch, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    impl.call(batch)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(impl: Impl, batch: Batch, device: str) -> int:
+    """Bytes the call allocates at its peak, beyond its inputs (see the module docstring)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        impl.call(batch)
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before)
+    tracemalloc.start()
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            impl.call(batch)
+        python_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = torch_peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        torch_peak = max(torch_peak, live)
+    return int(torch_peak + python_peak)
+
+
+def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest elementwise |got - want| / |want|, with |want| floored at 1e-6 of the largest |want|."""
+    got, want = got.double(), want.double()
+    floor = 1e-6 * float(want.abs().max().clamp_min(1e-12))
+    return float(((got - want).abs() / want.abs().clamp_min(floor)).max())
+
+
+def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int, impl_names) -> dict:
+    impls = [IMPLS[name] for name in impl_names]
+    plan, skipped = [], []
+    for device in devices:
+        for n, length in sizes:
+            chosen = []
+            for impl in impls:
+                if impl.slow and n > slow_max_rollouts:
+                    skipped.append(dict(impl=impl.name, n_rollouts=n, response_len=length, device=device,
+                                        reason=f"Python per-sample loop; n_rollouts > --slow-max-rollouts={slow_max_rollouts}"))
+                else:
+                    chosen.append(impl)
+            plan.append((device, n, length, chosen))
+    calls = sum(len(c) * 2 + sum(slow_repeats if i.slow else repeats for i in c) for *_, c in plan)
+    results, checks = [], []
+    with tqdm(total=calls, unit="call", desc="advantage benchmark", file=sys.stderr) as bar:
+        for device, n, length, chosen in plan:
+            batch = make_batch(n, length, device)
+            names = {impl.name for impl in chosen}
+            checked = {x for pair in CHECKS if {pair[0], pair[1]} <= names for x in pair[:2]}
+            outputs = {}
+            for impl in chosen:  # warm-up; the outputs of checked pairs are kept for the cross-checks
+                bar.set_postfix_str(f"{device} {n}x{length} {impl.name} (warm-up)")
+                out = impl.call(batch)[0]
+                if impl.name in checked:
+                    outputs[impl.name] = out
+                del out
+                bar.update()
+            for name, against, rtol in CHECKS:
+                if name in outputs and against in outputs:
+                    err = max_rel_err(outputs[name], outputs[against])
+                    checks.append(dict(impl=name, against=against, n_rollouts=n, response_len=length,
+                                       device=device, max_rel_err=err, ok=err <= rtol))
+            del outputs
+            times = {impl.name: [] for impl in chosen}
+            for round_ in range(max(repeats, slow_repeats)):
+                for impl in chosen:
+                    if round_ < (slow_repeats if impl.slow else repeats):
+                        bar.set_postfix_str(f"{device} {n}x{length} {impl.name}")
+                        times[impl.name].append(timed(impl, batch, device))
+                        bar.update()
+            for impl in chosen:
+                bar.set_postfix_str(f"{device} {n}x{length} {impl.name} (memory)")
+                results.append(dict(impl=impl.name, n_rollouts=n, response_len=length, device=device,
+                                    median_s=statistics.median(times[impl.name]),
+                                    peak_mem_bytes=peak_memory(impl, batch, device)))
+                bar.update()
+            del batch
+    return {"results": results, "skipped": skipped, "checks": checks}
+
+
+# --------------------------------------------------------------------------------------------- report
+def machine(load_before: float) -> dict:
+    """What the numbers depend on: versions, cores, threads, load, and torch's huge-page switch."""
+    info = dict(python=platform.python_version(), torch=torch.__version__, verl=verl.__version__,
+                cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), load_avg_1m_before=load_before,
+                load_avg_1m_after=os.getloadavg()[0],
+                THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", ""))
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def _fmt_bytes(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
+
+
+def report(data: dict) -> str:
+    """Markdown tables: medians, ratios to bnpo, the targets and the scaling exponent."""
+    rows = defaultdict(dict)
+    for r in data["results"]:
+        rows[(r["device"], r["n_rollouts"], r["response_len"])][r["impl"]] = r
+    names = [name for name in IMPLS if any(name in row for row in rows.values())]
+    lines = ["Median time per call (peak extra memory):", "",
+             "| device | n_rollouts x L | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for (device, n, length), row in rows.items():
+        cells = [f"{_fmt_s(row[x]['median_s'])} ({_fmt_bytes(row[x]['peak_mem_bytes'])})" if x in row else "skipped"
+                 for x in names]
+        lines.append(f"| {device} | {n} x {length} | " + " | ".join(cells) + " |")
+    lines += ["", "Time relative to bnpo (impl median / bnpo median), and bnpo's standing:", "",
+              "| device | n_rollouts x L | " + " | ".join(names)
+              + " | reference_loop / bnpo | bnpo / grpo_vectorized | bnpo / floor |",
+              "|---|---|" + "---|" * (len(names) + 3)]
+    for (device, n, length), row in rows.items():
+        base = row["bnpo"]["median_s"] if "bnpo" in row else float("nan")
+        cells = [f"{row[x]['median_s'] / base:.3g}" if x in row else "-" for x in names]
+        speedup = f"{row['reference_loop']['median_s'] / base:.0f}x faster" if "reference_loop" in row else "-"
+        vs_grpo = f"{base / row['grpo_vectorized']['median_s']:.2f}" if "grpo_vectorized" in row else "-"
+        vs_floor = f"{base / row['floor']['median_s']:.2f}" if "floor" in row else "-"
+        lines.append(f"| {device} | {n} x {length} | " + " | ".join(cells) + f" | {speedup} | {vs_grpo} | {vs_floor} |")
+    lines.append("")
+    for s in data["skipped"]:
+        # A per-sample loop costs about the same per sample at any batch size: extrapolate linearly.
+        done = [r for r in data["results"] if (r["impl"], r["device"], r["response_len"]) ==
+                (s["impl"], s["device"], s["response_len"])]
+        guess = ""
+        if done:
+            last = max(done, key=lambda r: r["n_rollouts"])
+            guess = f" (~{_fmt_s(last['median_s'] * s['n_rollouts'] / last['n_rollouts'])} per call, extrapolated)"
+        lines.append(f"skipped {s['impl']} at {s['n_rollouts']} x {s['response_len']} on {s['device']}: {s['reason']}{guess}")
+    for c in data["checks"]:
+        verdict = "ok" if c["ok"] else "MISMATCH"
+        lines.append(f"check {c['impl']} == {c['against']} at {c['n_rollouts']} x {c['response_len']} on {c['device']}: "
+                     f"max rel err {c['max_rel_err']:.2e} ({verdict})")
+    target = rows.get(("cpu", 8192, 1024), {})
+    if {"bnpo", "reference_loop", "grpo_vectorized"} <= target.keys():
+        speedup = target["reference_loop"]["median_s"] / target["bnpo"]["median_s"]
+        ratio = target["bnpo"]["median_s"] / target["grpo_vectorized"]["median_s"]
+        lines.append(f"\ntarget at cpu 8192 x 1024: bnpo {speedup:.0f}x faster than reference_loop (want >= 100x: "
+                     f"{'met' if speedup >= 100 else 'NOT met'}); bnpo / grpo_vectorized = {ratio:.2f} "
+                     f"(want <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
+    for device in sorted({r["device"] for r in data["results"]}):
+        pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
+                     if r["impl"] == "bnpo" and r["device"] == device)
+        if len({x for x, _ in pts}) >= 2:
+            slope = np.polyfit(np.log([x for x, _ in pts]), np.log([t for _, t in pts]), 1)[0]
+            per_elem = ", ".join(f"{t / x * 1e9:.2f}" for x, t in pts)
+            lines.append(f"bnpo on {device}: time ~ (n_rollouts x L)^{slope:.2f} over the sizes run; "
+                         f"ns per (rollout x token): {per_elem}")
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    devices = sorted({r["device"] for r in data["results"]})
+    for name in IMPLS:
+        for device in devices:
+            pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
+                         if r["impl"] == name and r["device"] == device)
+            if pts:
+                label = name if len(devices) == 1 else f"{name} ({device})"
+                style = ":" if name == "floor" else ("--" if device == "cuda" else "-")
+                ax.plot(*zip(*pts), style, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("n_rollouts x response_len (elements of the advantage tensor)")
+    ax.set_ylabel("median time per call (s)")
+    m = data.get("machine", {})
+    thp = ", THP_MEM_ALLOC_ENABLE=1" if m.get("THP_MEM_ALLOC_ENABLE") == "1" else ""
+    ax.set_title(f"Advantage estimators: cost vs batch size\n{m.get('cpu_count', '?')} vCPU (load avg "
+                 f"{m.get('load_avg_1m_before', float('nan')):.1f} at start), {m.get('torch_threads', '?')} torch "
+                 f"thread(s), torch {m.get('torch', '?')}{thp}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            n, length = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size {item!r} is not N_ROLLOUTSxRESPONSE_LEN, e.g. 8192x1024") from None
+        if n <= 0 or length <= 0 or n % GROUP_SIZE:
+            raise argparse.ArgumentTypeError(f"size {item!r}: both > 0 and n_rollouts a multiple of {GROUP_SIZE}")
+        sizes.append((n, length))
+    return sizes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, fewer repeats (<= 3 min on 2 vCPUs)")
+    grid.add_argument("--smoke", action="store_true", help="the smallest default size, 3 repeats (for the tests)")
+    grid.add_argument("--sizes", type=_parse_sizes, help="comma-separated N_ROLLOUTSxRESPONSE_LEN, e.g. 1024x1024,8192x4096")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cpu, and cuda if present")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ", ".join(IMPLS))
+    parser.add_argument("--repeats", type=int, help="timed calls per vectorised impl (default 9; --quick 5; --smoke 3)")
+    parser.add_argument("--slow-repeats", type=int, default=3, help="timed calls per Python-loop impl")
+    parser.add_argument("--slow-max-rollouts", type=int, default=8192, help="skip the Python loops above this size")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: stable on a shared machine; 0 keeps torch's default)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write the log-log scaling plot (PNG)")
+    args = parser.parse_args(argv)
+
+    sizes = DEFAULT_SIZES
+    if args.quick:
+        sizes, repeats = QUICK_SIZES, args.repeats or 5
+    elif args.smoke:
+        sizes, repeats = DEFAULT_SIZES[:1], args.repeats or 3
+    else:
+        sizes, repeats = args.sizes or DEFAULT_SIZES, args.repeats or 9
+    names = [x.strip() for x in args.impls.split(",") if x.strip()]
+    unknown = sorted(set(names) - IMPLS.keys())
+    if unknown:
+        parser.error(f"--impls: unknown {unknown}; choose from {', '.join(IMPLS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [
+        "cpu" if args.device == "auto" else args.device]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    load_before = os.getloadavg()[0]
+    data = run(sizes, devices, repeats, min(args.slow_repeats, repeats), args.slow_max_rollouts, names)
+    data["machine"] = machine(load_before)
+    print(f"machine: {data['machine']}")
+    print(report(data))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(data, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if all(c["ok"] for c in data["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

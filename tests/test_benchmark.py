@@ -1,0 +1,92 @@
+"""The advantage benchmark keeps running: smallest size end to end, JSON schema, skips and cross-checks.
+
+Speed itself is not asserted here (benchmarks/bench_advantage.py reports it); these tests only make
+sure the benchmark still runs against the current bnpo and verl and reports well-formed numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_advantage.py"
+FIELDS = {"impl", "n_rollouts", "response_len", "device", "median_s", "peak_mem_bytes"}
+ESTIMATORS = {"bnpo", "ad_bnpo", "reference_loop", "grpo", "grpo_vectorized", "rloo_vectorized"}
+
+
+def _load_bench():
+    """benchmarks/bench_advantage.py as a module (benchmarks/ is a script folder, not a package)."""
+    if "bench_advantage" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_advantage", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_advantage"] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules["bench_advantage"]
+
+
+def _check_results(results: list, impls: set, sizes: set) -> None:
+    for row in results:
+        assert set(row) == FIELDS, row
+        assert isinstance(row["median_s"], float) and math.isfinite(row["median_s"]) and row["median_s"] > 0, row
+        assert isinstance(row["peak_mem_bytes"], int) and row["peak_mem_bytes"] > 0, row
+    seen = {(r["impl"], r["n_rollouts"], r["response_len"], r["device"]) for r in results}
+    assert seen == {(impl, n, length, "cpu") for impl in impls for n, length in sizes}
+
+
+def test_smoke_run_writes_json_plot_and_tables(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "scaling.png"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--json", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    bench = _load_bench()
+    _check_results(data["results"], set(bench.IMPLS), {bench.DEFAULT_SIZES[0]})
+    assert data["skipped"] == []
+    # The re-implemented reference loop agrees with bnpo, and verl's two GRPOs with each other.
+    assert {(c["impl"], c["against"]) for c in data["checks"]} == {("reference_loop", "bnpo"), ("grpo", "grpo_vectorized")}
+    assert all(c["ok"] and c["max_rel_err"] <= 1e-4 for c in data["checks"]), data["checks"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Time relative to bnpo" in proc.stdout and "reference_loop / bnpo" in proc.stdout
+    assert data["machine"]["cpu_count"] >= 1
+
+
+def test_slow_loops_are_skipped_and_reported(tmp_path, capsys):
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    argv = ["--sizes", "32x8,64x8", "--impls", "bnpo,reference_loop,grpo_vectorized", "--slow-max-rollouts", "32",
+            "--repeats", "2", "--threads", "0", "--json", str(out)]
+    assert bench.main(argv) == 0
+    data = json.loads(out.read_text())
+    kept = {(r["impl"], r["n_rollouts"]) for r in data["results"]}
+    assert ("reference_loop", 32) in kept and ("reference_loop", 64) not in kept
+    assert [(s["impl"], s["n_rollouts"]) for s in data["skipped"]] == [("reference_loop", 64)]
+    assert "skipped reference_loop at 64 x 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reference_loop_matches_bnpo_on_benchmark_batches(seed):
+    """The baseline is faithful: the per-sample loop and bnpo give the same advantages (spec: 1e-4)."""
+    bench = _load_bench()
+    from bnpo.advantage import compute_bnpo_advantage
+    from bnpo.config import BNPOConfig
+
+    batch = bench.make_batch(96, 24, "cpu", seed=seed)
+    ref, _ = bench.reference_loop(batch.token_level_rewards, batch.response_mask, batch.index)
+    ours, _, _ = compute_bnpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, BNPOConfig())
+    assert bench.max_rel_err(ref, ours) <= 1e-4
+    assert ours.abs().max() > 0  # the batch carries signal, so the comparison is not 0 == 0
+
+
+def test_bad_size_is_rejected():
+    bench = _load_bench()
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "100x8"])  # not a multiple of the group size
