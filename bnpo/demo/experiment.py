@@ -1,0 +1,318 @@
+"""The experiment, top to bottom: warm-start a tiny policy, then train it with RL once per estimator.
+
+For every seed the initial weights, the question stream and the sampler's random state are the same
+for every estimator, so the runs differ only in how advantages are computed. Each RL step follows
+verl's data flow: rollouts into a ``DataProto`` (``repeat`` with a ``uid`` per question), a verifiable
+outcome reward on the last response token, ``old_log_probs`` from a no-grad forward pass, verl's
+``compute_advantage`` with the estimator from verl's registry, then PPO mini-batch updates with verl's
+``vanilla`` policy loss (dual-clip, ``agg_loss`` aggregation). verl 0.9.1's actor cannot run here
+(see ``bnpo/demo/__init__.py``), so the update loop is a plain torch optimizer around verl's loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from queue import Empty
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+from verl import DataProto
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+from verl.trainer.ppo.ray_trainer import compute_advantage
+from verl.utils.torch_functional import get_constant_schedule_with_warmup, masked_mean
+from verl.workers.config import ActorConfig
+
+from bnpo.stats import pop_last_stats
+
+from .task import ReverseTask, build_policy, response_log_probs, sample_responses
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every hyperparameter of the demo. Defaults: ~3 minutes on 2 idle CPU cores."""
+
+    # experiment
+    estimators: tuple[str, ...] = ("bnpo", "grpo", "reinforce")
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    steps: int = 200
+    workers: int = 2  # runs in parallel processes
+    num_threads: int = 1  # torch intra-op threads per process
+    # task: reverse 1..max_digits digits; longer strings are harder
+    min_digits: int = 1
+    max_digits: int = 6
+    # policy: Qwen2 decoder from a local config, random init (~75K parameters)
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    # supervised warm start, stopped early so that success rates spread across (0, 1)
+    warm_start_steps: int = 200
+    warm_start_batch_size: int = 64
+    warm_start_lr: float = 3e-3
+    # rollouts (the paper: 32 prompts x 16 samples at temperature 1.0)
+    prompts_per_step: int = 32
+    rollout_n: int = 8
+    temperature: float = 1.0
+    # PPO update: the paper's recipe (spec section 6) except the learning rate, sized for this model
+    lr: float = 5e-4
+    lr_warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ppo_mini_batch_size: int = 16  # prompts per optimizer step: 2 updates per RL step, so clipping is live
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    clip_ratio_c: float = 10.0  # dual-clip bound for negative advantages
+    loss_agg_mode: str = "seq-mean-token-sum"
+    # evaluation: mean reward of eval_samples samples on a fixed held-out question set
+    eval_questions: int = 256
+    eval_samples: int = 4
+
+    @property
+    def task(self) -> ReverseTask:
+        return ReverseTask(self.min_digits, self.max_digits)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """How one named estimator is configured in verl: ``algorithm.adv_estimator`` and friends."""
+
+    adv_estimator: str
+    norm_adv_by_std_in_grpo: bool = True
+    bnpo: Optional[dict] = None
+    description: str = ""
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    "bnpo": EstimatorSpec("bnpo", bnpo={}, description="BNPO, adaptive (alpha, beta) = (1 + a/3, 1 + b/3)"),
+    "grpo": EstimatorSpec("grpo", description="verl's GRPO: (R - mean) / std per question"),
+    "reinforce": EstimatorSpec(
+        "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0}, description="REINFORCE with baseline: BNPO at (1, 1)"
+    ),
+    "grpo_no_std": EstimatorSpec(
+        "grpo", norm_adv_by_std_in_grpo=False, description="verl's GRPO without std: REINFORCE with baseline"
+    ),
+    "rloo": EstimatorSpec("rloo", description="verl's RLOO: leave-one-out baseline"),
+}
+
+
+@dataclass
+class RunResult:
+    """One (estimator, seed) run: per-step metric rows and the held-out reward before and after."""
+
+    estimator: str
+    seed: int
+    initial_reward: float
+    final_reward: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def algorithm_config(spec: EstimatorSpec) -> Any:
+    """verl's ``algorithm`` config block for this estimator (what a Hydra user would write)."""
+    block = {"adv_estimator": spec.adv_estimator, "norm_adv_by_std_in_grpo": spec.norm_adv_by_std_in_grpo}
+    if spec.bnpo is not None:
+        block["bnpo"] = dict(spec.bnpo)
+    return OmegaConf.create(block)
+
+
+def actor_config(s: Settings) -> ActorConfig:
+    """verl's actor config, carrying the recipe's clip and aggregation settings to the policy loss."""
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=s.rollout_n,
+        ppo_mini_batch_size=s.ppo_mini_batch_size,
+        ppo_micro_batch_size_per_gpu=s.ppo_mini_batch_size,
+        clip_ratio_low=s.clip_ratio_low,
+        clip_ratio_high=s.clip_ratio_high,
+        clip_ratio_c=s.clip_ratio_c,
+        loss_agg_mode=s.loss_agg_mode,
+        entropy_coeff=0.0,
+        use_kl_loss=False,
+        use_torch_compile=False,
+    )
+
+
+def warm_start(s: Settings, seed: int) -> dict[str, torch.Tensor]:
+    """Supervised next-token training on reference answers; returns the initial weights of every run."""
+    task = s.task
+    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.warm_start_lr)
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    for _ in range(s.warm_start_steps):
+        prompts = task.sample_prompts(s.warm_start_batch_size, generator)
+        target, counted = task.targets(prompts)
+        loss = -masked_mean(response_log_probs(model, prompts, target), counted)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return copy.deepcopy(model.state_dict())
+
+
+@torch.no_grad()
+def evaluate(s: Settings, model: torch.nn.Module, seed: int) -> float:
+    """Mean reward on a fixed held-out set; same questions and sampler state for every estimator."""
+    task = s.task
+    prompts = task.sample_prompts(s.eval_questions, torch.Generator().manual_seed(20_000 + seed))
+    prompts = prompts.repeat_interleave(s.eval_samples, dim=0)
+    responses, _ = sample_responses(
+        model, prompts, task.response_length, s.temperature, torch.Generator().manual_seed(30_000 + seed)
+    )
+    return task.reward(prompts, responses).mean().item()
+
+
+@torch.no_grad()
+def rollout(s: Settings, model: torch.nn.Module, questions: torch.Tensor, sampler: torch.Generator) -> DataProto:
+    """Sample ``rollout_n`` responses per question and score them, as verl's trainer lays out a batch."""
+    task = s.task
+    uids = np.array([f"q{i}" for i in range(len(questions))], dtype=object)  # verl's per-question group key
+    batch = DataProto.from_dict(tensors={"prompts": questions}, non_tensors={"uid": uids})
+    batch = batch.repeat(repeat_times=s.rollout_n, interleave=True)
+    prompts = batch.batch["prompts"]
+    responses, response_mask = sample_responses(model, prompts, task.response_length, s.temperature, sampler)
+    # outcome reward on the last valid token: verl's reward-manager convention
+    last_token = response_mask.sum(dim=1) - 1
+    token_level_rewards = torch.zeros(response_mask.shape, dtype=torch.float32)
+    token_level_rewards[torch.arange(len(prompts)), last_token] = task.reward(prompts, responses)
+    batch.batch["responses"] = responses
+    batch.batch["response_mask"] = response_mask
+    batch.batch["token_level_rewards"] = token_level_rewards
+    batch.batch["old_log_probs"] = response_log_probs(model, prompts, responses)
+    return batch
+
+
+def ppo_update(
+    s: Settings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DataProto, actor_cfg: ActorConfig
+) -> dict[str, float]:
+    """One PPO epoch over the batch in mini-batches; returns the mean of each mini-batch metric."""
+    policy_loss_fn = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
+    collected: dict[str, list[float]] = {}
+    for mini in batch.split(s.ppo_mini_batch_size * s.rollout_n):
+        log_prob = response_log_probs(model, mini.batch["prompts"], mini.batch["responses"])
+        loss, pg_metrics = policy_loss_fn(
+            old_log_prob=mini.batch["old_log_probs"],
+            log_prob=log_prob,
+            advantages=mini.batch["advantages"],
+            response_mask=mini.batch["response_mask"].bool(),
+            loss_agg_mode=s.loss_agg_mode,
+            config=actor_cfg,
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        # the norm before clipping is what the paper's Fig. 2 plots
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip).item()
+        if math.isfinite(grad_norm):  # as verl's actor: skip a step whose gradient is not finite
+            optimizer.step()
+        metrics = {"grad_norm": grad_norm, "pg_loss": loss.item()}
+        metrics.update({key.removeprefix("actor/"): value for key, value in pg_metrics.items()})
+        for key, value in metrics.items():
+            collected.setdefault(key, []).append(float(value))
+    return {key: float(np.mean(values)) for key, values in collected.items()}
+
+
+def batch_metrics(s: Settings, batch: DataProto) -> dict[str, float]:
+    """Reward and advantage statistics of one rollout batch (one scalar advantage per sequence)."""
+    reward = batch.batch["token_level_rewards"].sum(dim=1)
+    p_hat = reward.view(-1, s.rollout_n).mean(dim=1)
+    advantage = batch.batch["advantages"][:, 0]  # outcome estimators broadcast one value over the response
+    return {
+        "reward": reward.mean().item(),
+        "mixed_frac": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
+        "adv_mean": advantage.mean().item(),
+        "adv_std": advantage.std().item(),
+        "adv_abs_max": advantage.abs().max().item(),
+        "response_length": batch.batch["response_mask"].sum(dim=1).float().mean().item(),
+    }
+
+
+_PROGRESS: Optional[Any] = None  # in a worker process: the queue that carries finished steps to the bar
+
+
+def _init_worker(queue: Optional[Any], num_threads: int) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+    torch.set_num_threads(num_threads)
+
+
+def _send_progress(row: dict) -> None:
+    if _PROGRESS is not None:
+        _PROGRESS.put({key: row[key] for key in ("estimator", "seed", "reward", "grad_norm")})
+
+
+def train(
+    s: Settings, name: str, seed: int, initial_state: dict, on_step: Callable[[dict], None] = _send_progress
+) -> RunResult:
+    """One RL run of estimator ``name`` from the seed's warm-started weights; ``on_step`` sees each metric row."""
+    spec = ESTIMATORS[name]
+    algo_cfg, actor_cfg = algorithm_config(spec), actor_config(s)
+    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model.load_state_dict(initial_state)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=s.lr_warmup_steps)
+    questions = torch.Generator().manual_seed(40_000 + seed)  # same data order for every estimator
+    sampler = torch.Generator().manual_seed(50_000 + seed)
+    result = RunResult(name, seed, initial_reward=evaluate(s, model, seed), final_reward=math.nan)
+    for step in range(1, s.steps + 1):
+        batch = rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
+        pop_last_stats()  # a non-BNPO estimator must not inherit an earlier run's statistics
+        batch = compute_advantage(
+            batch, spec.adv_estimator, norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo, config=algo_cfg
+        )
+        stats = pop_last_stats()
+        row = {"estimator": name, "seed": seed, "step": step, "lr": scheduler.get_last_lr()[0]}
+        row.update(batch_metrics(s, batch))
+        row.update(ppo_update(s, model, optimizer, batch, actor_cfg))
+        scheduler.step()
+        for key in ("mu", "var", "a", "b", "alpha", "beta"):
+            row[f"bnpo_{key}"] = getattr(stats, key) if stats is not None else math.nan
+        result.rows.append(row)
+        on_step(row)
+    result.final_reward = evaluate(s, model, seed)
+    return result
+
+
+def run(s: Settings, show_progress: bool = True) -> list[RunResult]:
+    """Every (seed, estimator) run, ``s.workers`` at a time; each seed's warm start is shared by its estimators."""
+    unknown = [name for name in s.estimators if name not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)} (--estimators).")
+    jobs = [(name, seed) for seed in s.seeds for name in s.estimators]
+    tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
+    with tqdm(total=len(jobs) * s.steps, desc="RL steps", unit="step", disable=not show_progress) as bar:
+
+        def advance(row: dict) -> None:
+            postfix = f"{row['estimator']} seed={row['seed']} reward={row['reward']:.2f} |g|={row['grad_norm']:.2f}"
+            bar.set_postfix_str(postfix, refresh=False)
+            bar.update(1)
+
+        if s.workers <= 1:
+            _init_worker(None, s.num_threads)
+            states = {seed: warm_start(s, seed) for seed in s.seeds}
+            return [train(s, name, seed, states[seed], advance) for name, seed in jobs]
+        # One process per run (a single intra-op thread each): on 2 cores this beats 2 threads in one process,
+        # whose thread pool stalls badly whenever another program is using the CPU.
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        queue = context.Queue()
+        with ProcessPoolExecutor(s.workers, context, initializer=_init_worker, initargs=(queue, s.num_threads)) as pool:
+            states = dict(zip(s.seeds, pool.map(warm_start, [s] * len(s.seeds), s.seeds)))
+            futures = [pool.submit(train, s, name, seed, states[seed]) for name, seed in jobs]
+            while not all(f.done() for f in futures):
+                _drain(queue, advance, timeout=0.1)
+            while bar.n < bar.total and _drain(queue, advance, timeout=2.0):
+                pass  # steps reported just before a run returned may still be in flight
+            return [f.result() for f in futures]
+
+
+def _drain(queue: Any, advance: Callable[[dict], None], timeout: float) -> bool:
+    """Pass one queued step to ``advance``; False if none came within ``timeout`` seconds."""
+    try:
+        advance(queue.get(timeout=timeout))
+        return True
+    except Empty:
+        return False
+
