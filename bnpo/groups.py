@@ -54,8 +54,8 @@ def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[t
     if isinstance(index, torch.Tensor):
         if index.dim() != 1 or index.numel() != num_samples:
             raise ValueError(f"index (the uid of each sample) has shape {tuple(index.shape)}; expected ({num_samples},).")
-        _, inverse = torch.unique(index, return_inverse=True)
-        return inverse.to(device=device, dtype=torch.long), int(inverse.max().item()) + 1 if num_samples else 0
+        uniques, inverse = torch.unique(index, return_inverse=True)
+        return inverse.to(device=device, dtype=torch.long), int(uniques.numel())
     labels = np.asarray(index)
     if labels.ndim != 1 or labels.shape[0] != num_samples:
         raise ValueError(f"index (the uid of each sample) has shape {labels.shape}; expected ({num_samples},).")
