@@ -25,24 +25,16 @@ from .stats import BNPOStats
 # Mapped rewards may leave [0, 1] by rounding only (e.g. 0.1 * 3 / 0.3).
 _RANGE_TOLERANCE = 1e-6
 
-# Token rewards summed in float64 per block of about this many elements (CPU). A dtype= reduction on
-# CPU first copies its whole operand to float64: for a (bs, L) batch that is a fresh 8 bs L-byte
-# buffer whose page faults cost more than the sum itself. Blocks of rows keep the copy small (2 MiB)
-# and reused by the allocator.
-_SUM_BLOCK_ELEMENTS = 1 << 18
-
 
 def outcome_rewards(token_level_rewards: torch.Tensor) -> torch.Tensor:
     """Outcome reward of each output: (bs, L) token rewards summed over tokens, (bs,) float64.
 
-    Each row's sum is the same as ``token_level_rewards.sum(dim=-1, dtype=torch.float64)``.
+    Summed in the input's precision (float32 at least), as verl's estimators and the reference do:
+    a float64 reduction of a float32 tensor first copies the whole (bs, L) operand on CPU, which
+    costs more than the rest of the estimator. Half-precision inputs accumulate in float32.
     """
-    rows = max(1, _SUM_BLOCK_ELEMENTS // max(1, token_level_rewards.shape[-1]))
-    copies = token_level_rewards.device.type == "cpu" and token_level_rewards.dtype != torch.float64
-    # Blocks of contiguous rows are summed exactly as in one call; other layouts may be reordered.
-    if not copies or not token_level_rewards.is_contiguous() or token_level_rewards.shape[0] <= rows:
-        return token_level_rewards.sum(dim=-1, dtype=torch.float64)
-    return torch.cat([block.sum(dim=-1, dtype=torch.float64) for block in token_level_rewards.split(rows)])
+    accumulate = torch.promote_types(token_level_rewards.dtype, torch.float32)
+    return token_level_rewards.sum(dim=-1, dtype=accumulate).to(torch.float64)
 
 
 def map_rewards(scores: torch.Tensor, cfg: BNPOConfig, what: str = "reward") -> torch.Tensor:
@@ -119,8 +111,8 @@ def normalized_outcome(
 
 def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Outcome scalar (bs,) over the response tokens: (bs, L) in ``dtype``, zero outside the mask."""
-    # One (bs, L) buffer, written twice: the mask (verl's is int64) copied into ``dtype``, then scaled
-    # in place, rather than a converted mask and a separate product.
+    # One (bs, L) buffer, written twice: the mask (verl's is int64) copied into ``dtype``, then scaled in
+    # place. A mixed-dtype product would convert the mask into a temporary first: twice the memory.
     mask = response_mask.to(dtype, copy=True, memory_format=torch.contiguous_format)
     return mask.mul_(scalar.to(dtype).unsqueeze(-1))
 
