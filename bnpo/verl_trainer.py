@@ -20,6 +20,13 @@ from .verl_batch import providing
 from .verl_config import ESTIMATORS, TRAINER_MODES, check_run_config
 
 
+def _object_array(values: list) -> np.ndarray:
+    """(bs,) object array of per-sample values (np.array would stack list-valued entries into 2-D)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def reward_fields(batch: Any) -> dict[str, np.ndarray]:
     """Every reward-extra-info key of the batch -> (bs,) object array, in ``batch.keys`` order.
 
@@ -30,12 +37,7 @@ def reward_fields(batch: Any) -> dict[str, np.ndarray]:
     rows = list(data["extra_fields"]) if "extra_fields" in data.keys() else [None] * len(batch.keys)
     infos = [row.get("reward_extra_info", {}) if isinstance(row, dict) else {} for row in rows]
     keys = sorted({key for info in infos for key in info})
-    fields = {}
-    for key in keys:
-        values = np.empty(len(infos), dtype=object)
-        values[:] = [info.get(key) for info in infos]
-        fields[key] = values
-    return fields
+    return {key: _object_array([info.get(key) for info in infos]) for key in keys}
 
 
 def read_top_level(batch: Any, keys: list[str]) -> dict[str, np.ndarray]:
@@ -44,9 +46,7 @@ def read_top_level(batch: Any, keys: list[str]) -> dict[str, np.ndarray]:
     for key in keys:
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[key])
         if key in data.keys():
-            values = np.empty(len(batch.keys), dtype=object)
-            values[:] = list(data[key])
-            out[key] = values
+            out[key] = _object_array(list(data[key]))
     return out
 
 

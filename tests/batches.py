@@ -30,3 +30,8 @@ def grouped(rates_per_question, group_size: int, seed: int = 0):
         uids += [f"q{q}"] * group_size
     perm = np.random.default_rng(seed).permutation(len(rewards))
     return [rewards[i] for i in perm], [uids[i] for i in perm]
+
+
+def scalar(advantages, mask):
+    """The outcome scalar of each row (advantages are constant over the masked response), float64."""
+    return (advantages * mask).sum(-1).double() / mask.sum(-1).clamp(min=1).double()

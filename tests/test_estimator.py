@@ -5,15 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from batches import grouped, outcome_batch
+from batches import grouped, outcome_batch, scalar
 from oracle import reference_ad_bnpo, reference_advantages
 
 from bnpo import BNPOConfig, compute_ad_bnpo_advantage, compute_bnpo_advantage
-
-
-def scalar(advantages, mask):
-    """The outcome scalar of each row (advantages are constant over the masked response)."""
-    return (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def check_against_oracle(rewards, uids, cfg=BNPOConfig(), **oracle_kwargs):
@@ -89,7 +84,7 @@ def test_advantage_is_zero_outside_mask_and_constant_inside():
     adv, _, _ = compute_bnpo_advantage(trl, mask, index, BNPOConfig())
     assert torch.all(adv[mask == 0] == 0)
     row_scalar = scalar(adv, mask)
-    assert torch.allclose(adv, row_scalar[:, None] * mask)
+    assert torch.allclose(adv, row_scalar[:, None].to(adv.dtype) * mask)
 
 
 # ---- degenerate batches (spec §4): defined, finite, documented ----

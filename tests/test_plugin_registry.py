@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from batches import grouped, outcome_batch
+from batches import grouped, outcome_batch, scalar
 from omegaconf import OmegaConf
 from oracle import reference_ad_bnpo, reference_advantages
 
@@ -18,7 +18,7 @@ def test_bnpo_through_registry(config):
     trl, mask, index = outcome_batch(rewards, uids)
     adv, ret = get_adv_estimator_fn("bnpo")(token_level_rewards=trl, response_mask=mask, index=index, config=config)
     expected, fit = reference_advantages(rewards, uids)
-    got = (adv * mask).sum(-1).double() / mask.sum(-1).double()
+    got = scalar(adv, mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
     assert torch.equal(adv, ret) and adv.shape == trl.shape
     stats = pop_last_stats()
@@ -31,7 +31,7 @@ def test_bnpo_reads_its_block():
     config = OmegaConf.create({"bnpo": {"reward_max": 2.0}})
     adv, _ = get_adv_estimator_fn("bnpo")(token_level_rewards=trl, response_mask=mask, index=index, config=config)
     expected, _ = reference_advantages([2 * r for r in rewards], uids, reward_max=2.0)
-    got = (adv * mask).sum(-1).double() / mask.sum(-1).double()
+    got = scalar(adv, mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
 
 
@@ -45,7 +45,7 @@ def test_ad_bnpo_through_registry_with_non_tensor_batch():
         token_level_rewards=trl, response_mask=mask, index=index, config=config, non_tensor_batch=ntb
     )
     expected = reference_ad_bnpo({"acc": acc, "format": fmt}, uids)
-    got = (adv * mask).sum(-1).double() / mask.sum(-1).double()
+    got = scalar(adv, mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
     assert set(pop_last_stats().components) == {"acc", "format"}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from batches import grouped, outcome_batch
+from batches import grouped, outcome_batch, scalar
 from omegaconf import OmegaConf
 from oracle import reference_ad_bnpo, reference_advantages
 from verl_helpers import run_python, verl_config
@@ -153,7 +153,7 @@ def test_legacy_compute_advantage_bnpo_numbers_and_metrics():
     data = ray_trainer.compute_advantage(_legacy_batch(rewards, uids), adv_estimator="bnpo", config=algorithm)
     expected, fit = reference_advantages(rewards, uids, reward_max=2.0)
     mask = data.batch["response_mask"]
-    got = (data.batch["advantages"] * mask).sum(-1).double() / mask.sum(-1).double()
+    got = scalar(data.batch["advantages"], mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
     metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     for name in ("mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_degenerate", "weight_max", "clamped_frac"):
@@ -170,7 +170,7 @@ def test_legacy_compute_advantage_ad_bnpo_gets_the_reward_components():
     data = ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=algorithm)
     expected = reference_ad_bnpo({"acc": acc, "format": fmt}, uids)
     mask = data.batch["response_mask"]
-    got = (data.batch["advantages"] * mask).sum(-1).double() / mask.sum(-1).double()
+    got = scalar(data.batch["advantages"], mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
     metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     assert {"bnpo/acc/alpha", "bnpo/format/alpha", "bnpo/alpha"} <= set(metrics)
