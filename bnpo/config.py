@@ -7,11 +7,18 @@ what is allowed, so a typo fails at start-up rather than after the first rollout
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 CONFIG_PREFIX = "algorithm.bnpo"
+
+# Magnitudes beyond these make the arithmetic meaningless rather than merely unusual: a reward range
+# whose width overflows maps every reward to 0; log B(alpha, beta) from lgamma differences loses its
+# digits (1e6 keeps about 9); a weight beyond 1e30 can make float32 advantages overflow.
+REWARD_LIMIT = 1e30
+BETA_PARAM_LIMIT = 1e6
+WEIGHT_LIMIT = 1e30
 
 
 @dataclass(frozen=True)
@@ -50,18 +57,28 @@ def _key(name: str) -> str:
 
 
 def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{_key(name)}={value!r} is not a number; set it to a finite float.") from None
-    value = float(value)
-    if not math.isfinite(value):
+    """A finite float from a number or a numeric string; booleans are refused (True is not 1.0 here)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{_key(name)}={value!r} is a boolean; set it to a number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_key(name)}={value!r} is not a number; set it to a finite float.") from None
+    if not math.isfinite(number):
         raise ValueError(f"{_key(name)}={value!r} is not finite; set it to a finite float.")
-    return value
+    return number
+
+
+def _check_bound(name: str, value: float, low: float, high: float, why: str) -> None:
+    if not low < value <= high:
+        raise ValueError(f"{_key(name)}={value} must be in ({low:g}, {high:g}]: {why}.")
 
 
 def _validate(cfg: BNPOConfig) -> None:
+    for name in ("reward_min", "reward_max"):
+        value = getattr(cfg, name)
+        if not abs(value) <= REWARD_LIMIT:
+            raise ValueError(f"{_key(name)}={value} is beyond ±{REWARD_LIMIT:g}; declare the range your reward returns.")
     if not cfg.reward_max > cfg.reward_min:
         raise ValueError(
             f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}={cfg.reward_min}: "
@@ -74,40 +91,50 @@ def _validate(cfg: BNPOConfig) -> None:
         )
     for name in ("fixed_alpha", "fixed_beta"):
         value = getattr(cfg, name)
-        if value is not None and not value > 0:
-            raise ValueError(f"{_key(name)}={value} must be > 0 (a Beta distribution parameter), or null for adaptive.")
-    if not cfg.max_weight > 0:
-        raise ValueError(f"{_key('max_weight')}={cfg.max_weight} must be > 0 (the clamp on 1 / f_N; reference: 1e6).")
+        if value is not None:
+            _check_bound(name, value, 0.0, BETA_PARAM_LIMIT,
+                         "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
+    _check_bound("max_weight", cfg.max_weight, 0.0, WEIGHT_LIMIT,
+                 "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow")
     if cfg.components is not None:
         if len(cfg.components) == 0:
             raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
         if len(set(cfg.components)) != len(cfg.components):
             raise ValueError(f"{_key('components')}={list(cfg.components)} has duplicates; list each reward key once.")
     if cfg.component_weights is not None:
+        weights = list(cfg.component_weights)
         if cfg.components is None:
             raise ValueError(
-                f"{_key('component_weights')}={list(cfg.component_weights)} is set but {_key('components')} is not; "
+                f"{_key('component_weights')}={weights} is set but {_key('components')} is not; "
                 "list the AD-BNPO reward keys first."
             )
-        if len(cfg.component_weights) != len(cfg.components):
+        if len(weights) != len(cfg.components):
             raise ValueError(
-                f"{_key('component_weights')}={list(cfg.component_weights)} has {len(cfg.component_weights)} entries but "
+                f"{_key('component_weights')}={weights} has {len(weights)} entries but "
                 f"{_key('components')}={list(cfg.components)} has {len(cfg.components)}; give one weight per component."
             )
-        if any(w < 0 for w in cfg.component_weights) or not sum(cfg.component_weights) > 0:
+        if any(not 0 <= w <= WEIGHT_LIMIT for w in weights) or not sum(weights) > 0:
             raise ValueError(
-                f"{_key('component_weights')}={list(cfg.component_weights)} must be non-negative with a positive sum."
+                f"{_key('component_weights')}={weights} must be non-negative (at most {WEIGHT_LIMIT:g}; only their "
+                "ratios matter) with a positive sum."
             )
+
+
+def _as_list(name: str, value: Any, example: str) -> list:
+    """A YAML / Hydra list; strings and mappings are refused (their parts would be guessed)."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"{_key(name)}={value!r} is a string; give a list, e.g. +{_key(name)}='{example}' on the command line."
+        )
+    if isinstance(value, Mapping) or hasattr(value, "keys") or not hasattr(value, "__iter__"):
+        raise ValueError(f"{_key(name)}={value!r} must be a list, e.g. {example}.")
+    return list(value)
 
 
 def _as_str_tuple(name: str, value: Any) -> Optional[tuple[str, ...]]:
     if value is None:
         return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, Sequence) and not hasattr(value, "__iter__"):
-        raise ValueError(f"{_key(name)}={value!r} must be a list of reward keys, e.g. [acc, format].")
-    items = list(value)
+    items = _as_list(name, value, "[acc,format]")
     for item in items:
         if not isinstance(item, str) or not item:
             raise ValueError(f"{_key(name)}={items!r}: every entry must be a non-empty string (a reward key).")
@@ -117,9 +144,7 @@ def _as_str_tuple(name: str, value: Any) -> Optional[tuple[str, ...]]:
 def _as_float_tuple(name: str, value: Any) -> Optional[tuple[float, ...]]:
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{_key(name)}={value!r} must be a list of numbers, one per component.")
-    return tuple(_as_float(name, v) for v in value)
+    return tuple(_as_float(name, v) for v in _as_list(name, value, "[1,1]"))
 
 
 def parse_bnpo_block(block: Any) -> BNPOConfig:
@@ -128,7 +153,7 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
         return BNPOConfig()
     if isinstance(block, BNPOConfig):
         return block
-    if not isinstance(block, Mapping) and not hasattr(block, "items"):
+    if isinstance(block, (str, bytes)) or not hasattr(block, "items"):
         raise ValueError(f"{CONFIG_PREFIX} must be a mapping of {list(KEYS)}, got {type(block).__name__}: {block!r}.")
     raw = {str(k): v for k, v in block.items()}
     unknown = sorted(set(raw) - set(KEYS))
@@ -137,10 +162,7 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
             f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}."
         )
     kwargs: dict[str, Any] = {}
-    for name in ("reward_min", "reward_max", "max_weight"):
-        if raw.get(name) is not None:
-            kwargs[name] = _as_float(name, raw[name])
-    for name in ("fixed_alpha", "fixed_beta"):
+    for name in ("reward_min", "reward_max", "max_weight", "fixed_alpha", "fixed_beta"):
         if raw.get(name) is not None:
             kwargs[name] = _as_float(name, raw[name])
     kwargs["components"] = _as_str_tuple("components", raw.get("components"))
@@ -149,10 +171,14 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
 
 
 def config_from_algorithm(config: Any) -> BNPOConfig:
-    """Read the ``bnpo`` block of verl's algorithm config (DictConfig, AlgoConfig, dict or None)."""
+    """Read the ``bnpo`` block of verl's algorithm config (DictConfig, AlgoConfig, dict, BNPOConfig or None)."""
     if config is None:
         return BNPOConfig()
     if isinstance(config, BNPOConfig):
         return config
-    block = config.get("bnpo", None) if hasattr(config, "get") else getattr(config, "bnpo", None)
-    return parse_bnpo_block(block)
+    if isinstance(config, (str, bytes)) or not hasattr(config, "get"):
+        raise ValueError(
+            f"config must be verl's algorithm config (a DictConfig, verl's AlgoConfig or a dict with an optional "
+            f"'bnpo' block), a bnpo.BNPOConfig, or None; got {type(config).__name__}: {config!r}."
+        )
+    return parse_bnpo_block(config.get("bnpo", None))

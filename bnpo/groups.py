@@ -20,12 +20,23 @@ def _pandas_factorize() -> Optional[Callable]:
     return factorize
 
 
+class BNPOInputError(ValueError, TypeError):
+    """A batch input of the wrong type or with missing values (a ValueError and a TypeError)."""
+
+
+def _missing_uid_error(rows: np.ndarray, num_samples: int) -> BNPOInputError:
+    return BNPOInputError(
+        f"index (the uid of each sample) is missing (None or NaN) for {rows.size} of {num_samples} samples (first: "
+        f"row {int(rows[0])}); every sample needs the uid of its question (verl's 'uid' field), e.g. a str."
+    )
+
+
 def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     """np.unique(labels, return_inverse=True)'s inverse and group count, by hashing instead of sorting.
 
     Sorting (bs,) object uids (verl's uuid4 strings) compares Python objects; hashing them is several
     times faster, and only the G distinct labels are then sorted, so the ids are exactly np.unique's.
-    Returns None when pandas is absent or its rules differ from numpy's (None / NaN labels).
+    Returns None when pandas is absent or cannot hash / order the labels (np.unique's rules then apply).
     """
     factorize = _pandas_factorize()
     if factorize is None:
@@ -34,8 +45,8 @@ def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
         codes, uniques = factorize(labels)
     except TypeError:  # unhashable labels: np.unique's rules (and errors) apply
         return None
-    if (codes < 0).any():  # pandas drops None / NaN labels; leave them to np.unique's behaviour
-        return None
+    if (codes < 0).any():  # pandas marks None / NaN labels with -1
+        raise _missing_uid_error(np.flatnonzero(codes < 0), len(labels))
     try:
         order = np.argsort(uniques)
     except TypeError:  # incomparable label types: np.unique raises the error the caller reports
@@ -43,6 +54,18 @@ def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank[codes], len(order)
+
+
+def _check_no_missing(labels: np.ndarray) -> None:
+    """None and NaN uids (object or float arrays) are refused: they would group by accident."""
+    if labels.dtype == object:
+        missing = np.asarray((labels == None) | (labels != labels), dtype=bool)  # noqa: E711 (elementwise)
+    elif labels.dtype.kind in "fc":
+        missing = np.isnan(labels)
+    else:
+        return
+    if missing.any():
+        raise _missing_uid_error(np.flatnonzero(missing), len(labels))
 
 
 def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -54,6 +77,8 @@ def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[t
     if isinstance(index, torch.Tensor):
         if index.dim() != 1 or index.numel() != num_samples:
             raise ValueError(f"index (the uid of each sample) has shape {tuple(index.shape)}; expected ({num_samples},).")
+        if index.is_floating_point() and bool(torch.isnan(index).any()):
+            raise _missing_uid_error(torch.isnan(index).nonzero().flatten().cpu().numpy(), num_samples)
         uniques, inverse = torch.unique(index, return_inverse=True)
         return inverse.to(device=device, dtype=torch.long), int(uniques.numel())
     labels = np.asarray(index)
@@ -63,10 +88,11 @@ def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[t
         fast = _factorize_sorted(labels)
         if fast is not None:
             return torch.from_numpy(fast[0]).to(device), fast[1]
+    _check_no_missing(labels)
     try:
         uniques, inverse = np.unique(labels, return_inverse=True)
     except TypeError as err:
-        raise ValueError(
+        raise BNPOInputError(
             f"index (the uid of each sample) mixes label types that cannot be compared ({err}); "
             "use one type for all uids, e.g. str."
         ) from None
@@ -77,17 +103,28 @@ def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[t
 class GroupStats:
     """Statistics of the per-sample scores s (bs,) grouped by question; all tensors are (G,)."""
 
-    count: torch.Tensor  # samples per question (float64)
-    p_hat: torch.Tensor  # mean score per question
+    count: torch.Tensor  # samples per question that entered the statistics (0: question absent)
+    p_hat: torch.Tensor  # mean score per question (0 where absent)
     constant: torch.Tensor  # bool: all scores of the question are equal (no learning signal)
 
 
-def group_stats(scores: torch.Tensor, inverse: torch.Tensor, num_groups: int) -> GroupStats:
-    """Means and constancy of ``scores`` (bs,) per group id ``inverse`` (bs,)."""
-    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(
-        0, inverse, torch.ones_like(scores)
-    )
-    total = torch.zeros_like(count).index_add_(0, inverse, scores)
-    low = torch.full_like(count, float("inf")).scatter_reduce_(0, inverse, scores, reduce="amin")
-    high = torch.full_like(count, float("-inf")).scatter_reduce_(0, inverse, scores, reduce="amax")
-    return GroupStats(count=count, p_hat=total / count, constant=high == low)
+def group_stats(
+    scores: torch.Tensor, inverse: torch.Tensor, num_groups: int, keep: Optional[torch.Tensor] = None
+) -> GroupStats:
+    """Means and constancy of ``scores`` (bs,) per group id ``inverse`` (bs,).
+
+    ``keep`` (bs,) bool, optional: only these samples enter the statistics; a question none of whose
+    samples is kept has count 0.
+    """
+    if keep is None:
+        weights, summed, low_in, high_in = torch.ones_like(scores), scores, scores, scores
+    else:  # where, not a product: a left-out sample's score may be anything, NaN included
+        weights = keep.to(scores.dtype)
+        summed = torch.where(keep, scores, 0.0)
+        low_in = torch.where(keep, scores, float("inf"))
+        high_in = torch.where(keep, scores, float("-inf"))
+    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(0, inverse, weights)
+    total = torch.zeros_like(count).index_add_(0, inverse, summed)
+    low = torch.full_like(count, float("inf")).scatter_reduce_(0, inverse, low_in, reduce="amin")
+    high = torch.full_like(count, float("-inf")).scatter_reduce_(0, inverse, high_in, reduce="amax")
+    return GroupStats(count=count, p_hat=total / count.clamp(min=1), constant=high == low)

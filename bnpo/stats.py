@@ -15,6 +15,8 @@ METRIC_NAMES = (
     "num_questions",
     "num_singleton",
     "num_degenerate",
+    "num_excluded",
+    "num_broadcast",
     "weight_max",
     "clamped_frac",
 )
@@ -29,6 +31,9 @@ class BNPOStats:
     num_questions: distinct uids in the batch; num_fit: those in the fit (non-singleton).
     num_singleton: questions with one sample (advantage 0, kept out of the fit).
     num_degenerate: non-singleton questions whose rewards are all equal (advantage 0).
+    num_excluded: samples without response tokens (e.g. verl's padding rows): advantage 0, not in any group.
+    num_broadcast: non-final outputs of multi-output agent-loop sessions: not in the groups; they take the
+        advantage of their session's final output (verl's convention for grpo).
     weight_max, clamped_frac: largest 1/f_N and fraction of samples whose weight hit max_weight,
         over the samples that carry signal (non-singleton, non-constant questions).
     fallback: None, or why (alpha, beta) fell back to (1, 1).
@@ -48,6 +53,8 @@ class BNPOStats:
     weight_max: float
     clamped_frac: float
     fallback: Optional[str] = None
+    num_excluded: int = 0
+    num_broadcast: int = 0
     components: dict[str, "BNPOStats"] = field(default_factory=dict)
 
     def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:

@@ -1,68 +1,75 @@
-"""Start-up checks of a verl run that uses bnpo / ad_bnpo.
+"""Start-up checks of a verl run that uses bnpo / ad_bnpo, and the algorithm dataclass with a ``bnpo`` block.
 
 ``check_run_config`` runs on the whole verl config before Ray starts (the plugin wraps verl's
-``validate_config``, which ``main_ppo`` calls first) and again when the bnpo trainers are built, so
-a typo in ``algorithm.bnpo`` or a missing setting fails at start-up, not after the first rollout.
+``validate_config``, which ``main_ppo`` and the legacy TaskRunner call first) and again at every advantage
+step of the v1 trainer, so a typo in ``algorithm.bnpo`` or a setting bnpo cannot honour fails at start-up,
+not after the first rollout.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from verl.trainer.config import AlgoConfig
 
-from .config import BNPOConfig, _key, config_from_algorithm
+from .config import BNPOConfig, _key, config_from_algorithm, parse_bnpo_block
+from .shaping import KL_ADVICE
+from .verl_estimators import ESTIMATOR_FUNCTIONS, ESTIMATORS
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("bnpo", "ad_bnpo")
-
-# v1 trainer modes registered by bnpo.verl_trainer -> the verl mode each one extends.
-TRAINER_MODES = {
-    "bnpo_sync": "sync",
-    "bnpo_colocate_async": "colocate_async",
-    "bnpo_separate_async": "separate_async",
-}
+# Trainer modes of bnpo <= 0.1, when metrics and ad_bnpo needed a bnpo trainer class.
+REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async", "bnpo_separate_async": "separate_async"}
 
 
 @dataclass
 class BNPOAlgoConfig(AlgoConfig):
-    """verl's AlgoConfig plus the ``bnpo`` block.
+    """verl's AlgoConfig plus the ``bnpo`` block, validated when the dataclass is built.
 
-    verl 0.9.1's trainers keep ``config.algorithm`` a DictConfig, where the block needs nothing. Code
-    that converts it with ``omega_conf_to_dataclass`` rejects the unknown ``bnpo`` key; for such code set
-    ``algorithm._target_=bnpo.verl_config.BNPOAlgoConfig``.
+    verl 0.9.1's trainers keep ``config.algorithm`` a DictConfig, where the block needs nothing. Code that
+    converts it with ``omega_conf_to_dataclass`` instantiates ``algorithm._target_`` (verl's AlgoConfig by
+    default), which rejects the unknown ``bnpo`` key: set ``algorithm._target_=bnpo.verl_config.BNPOAlgoConfig``
+    (the recipe does).
     """
 
     bnpo: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        parse_bnpo_block(self.bnpo)
 
-def _bnpo_mode_for(mode: str) -> str:
-    candidate = f"bnpo_{mode}"
-    return candidate if candidate in TRAINER_MODES else "bnpo_sync"
 
-
-def _check_registered(name: str) -> None:
+def _check_registered(name: str, load_error: Optional[BaseException]) -> None:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
-    from . import verl_plugin
-
-    ours = verl_plugin.ESTIMATOR_FUNCTIONS[name]
-    if ADV_ESTIMATOR_REGISTRY.get(name) is not ours:
-        found = ADV_ESTIMATOR_REGISTRY.get(name)
+    found = ADV_ESTIMATOR_REGISTRY.get(name)
+    if found is not ESTIMATOR_FUNCTIONS[name]:
         why = f"it is registered to {found.__module__}.{found.__qualname__}" if found else "it is not registered"
-        detail = f" The plugin failed with: {verl_plugin.LOAD_ERROR!r}." if verl_plugin.LOAD_ERROR else ""
+        detail = f" The plugin failed with: {load_error!r}." if load_error else ""
         raise ValueError(
             f"algorithm.adv_estimator={name} was requested but {why}.{detail} Reinstall bnpo "
             "(pip install -e . / pip install bnpo) and check `python -c \"import verl\"` prints no bnpo warning."
         )
 
 
-def check_run_config(config: Any) -> Optional[BNPOConfig]:
-    """Validate the bnpo parts of a full verl config; return the parsed block (None if bnpo is unused)."""
+def check_run_config(config: Any, load_error: Optional[BaseException] = None) -> Optional[BNPOConfig]:
+    """Validate the bnpo parts of a full verl config; return the parsed block (None if bnpo is unused).
+
+    ``load_error``: why the plugin failed to load in this process, if it did (reported with the cause).
+    """
+    trainer = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
+    mode = str((trainer.get("v1", None) or {}).get("trainer_mode", "sync"))
+    if mode in REMOVED_TRAINER_MODES:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={mode} was removed in bnpo 0.2: bnpo now logs its metrics and feeds ad_bnpo in "
+            f"every verl trainer mode. Set trainer.v1.trainer_mode={REMOVED_TRAINER_MODES[mode]}."
+        )
     algorithm = config.get("algorithm") if hasattr(config, "get") else None
     if algorithm is None:
         return None
@@ -71,28 +78,29 @@ def check_run_config(config: Any) -> Optional[BNPOConfig]:
         if algorithm.get("bnpo", None):
             logger.warning("algorithm.bnpo is set but algorithm.adv_estimator=%s; the block is ignored.", name)
         return None
-    _check_registered(str(name))
+    _check_registered(str(name), load_error)
     cfg = config_from_algorithm(algorithm)
     if name == "ad_bnpo" and not cfg.components:
         raise ValueError(
             f"algorithm.adv_estimator=ad_bnpo needs {_key('components')}, the reward keys your reward function "
             f"returns, e.g. +{_key('components')}='[acc,format]'."
         )
-    trainer = config.get("trainer", None) or {}
-    if trainer.get("use_v1", True):
-        mode = str(trainer.get("v1", {}).get("trainer_mode", "sync"))
-        if mode not in TRAINER_MODES:
-            hint = f"set trainer.v1.trainer_mode={_bnpo_mode_for(mode)}"
-            if name == "ad_bnpo":
-                raise ValueError(
-                    f"algorithm.adv_estimator=ad_bnpo with trainer.v1.trainer_mode={mode}: verl's {mode} trainer does "
-                    f"not hand the reward components to the estimator; {hint}."
-                )
-            logger.warning("adv_estimator=bnpo with trainer.v1.trainer_mode=%s: bnpo/* metrics are not logged; %s.", mode, hint)
+    if name == "bnpo" and (cfg.components or cfg.component_weights):
+        raise ValueError(
+            f"{_key('components')}={list(cfg.components or ())} is set with algorithm.adv_estimator=bnpo, which "
+            f"ignores it: use algorithm.adv_estimator=ad_bnpo, or remove {_key('components')} / "
+            f"{_key('component_weights')}."
+        )
+    if algorithm.get("use_kl_in_reward", False):
+        raise ValueError(
+            f"algorithm.use_kl_in_reward=True with algorithm.adv_estimator={name}: it adds a per-token KL penalty to "
+            f"the reward, which leaves the declared range [{cfg.reward_min}, {cfg.reward_max}] of BNPO's success rate "
+            f"p_hat (and which ad_bnpo's components would drop). {KL_ADVICE}"
+        )
     return cfg
 
 
-def install_startup_check() -> None:
+def install_startup_check(load_error: Callable[[], Optional[BaseException]]) -> None:
     """Make verl's ``validate_config`` (called first by main_ppo and the legacy TaskRunner) check bnpo too."""
     import verl.utils.config as verl_config
 
@@ -102,7 +110,7 @@ def install_startup_check() -> None:
 
     @functools.wraps(original)
     def validate_config(config, *args, **kwargs):
-        check_run_config(config)
+        check_run_config(config, load_error())
         return original(config, *args, **kwargs)
 
     validate_config._bnpo_checked = True

@@ -13,8 +13,8 @@ import functools
 from types import ModuleType
 
 from .stats import pop_last_stats
-from .verl_batch import current_fields, providing
-from .verl_config import ESTIMATORS
+from .verl_batch import current_batch, providing
+from .verl_estimators import ESTIMATORS
 
 
 def install(ray_trainer: ModuleType) -> None:
@@ -28,9 +28,10 @@ def install(ray_trainer: ModuleType) -> None:
     def advantage_with_fields(data, adv_estimator, *args, **kwargs):
         if adv_estimator not in ESTIMATORS:
             return compute_advantage(data, adv_estimator, *args, **kwargs)
-        fields = dict(current_fields() or {})  # the v1 trainers publish TransferQueue fields first
-        fields.update(data.non_tensor_batch)
-        with providing(fields):
+        # verl's v1 trainer calls this function too, inside bnpo.verl_trainer's context: keep what it published
+        outer = current_batch()
+        fields = {**(outer.fields if outer else {}), **data.non_tensor_batch}
+        with providing(fields, outer.final_row if outer else None):
             return compute_advantage(data, adv_estimator, *args, **kwargs)
 
     @functools.wraps(compute_data_metrics)

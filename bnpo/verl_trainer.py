@@ -1,23 +1,31 @@
-"""verl v1 trainers for bnpo / ad_bnpo, selected with ``trainer.v1.trainer_mode=bnpo_sync``
-(or ``bnpo_colocate_async`` / ``bnpo_separate_async``).
+"""bnpo in verl's v1 trainer, in every trainer mode (sync, colocate_async, separate_async).
 
-They are verl's trainers with one step extended: before the advantage, the reward function's
-per-sample scores (kept in TransferQueue, which verl's ``_compute_advantage`` does not fetch) are
-published to ``ad_bnpo``; after it, the BNPO statistics are added to the step's metrics, which verl
-logs through its tracker. Registered when a process imports ``verl.trainer.ppo.v1``.
+One extension of verl: ``install`` wraps ``PPOTrainer._compute_advantage`` in
+``verl/trainer/ppo/v1/trainer_base.py``, which every mode inherits and ``_step_once`` calls once per
+local update. For bnpo / ad_bnpo the wrapper
+- publishes what verl's ``_compute_advantage`` does not hand the estimator (``bnpo.verl_batch``): the reward
+  function's per-sample scores for ad_bnpo (kept in TransferQueue) and the agent-loop sessions, read from
+  the TransferQueue keys ``{uid}_{session_id}_{index}`` that verl's agent loop writes;
+- adds the step's BNPO statistics to the metrics, which verl logs through its tracker.
+Other estimators run verl's method untouched. ``tests/test_verl_modes.py`` fails if verl changes any of this.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+from types import ModuleType
+from typing import Any, Optional
 
 import numpy as np
 import transfer_queue as tq
-from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
 from .stats import pop_last_stats
 from .verl_batch import providing
-from .verl_config import ESTIMATORS, TRAINER_MODES, check_run_config
+from .verl_config import check_run_config
+from .verl_estimators import ESTIMATORS
+
+logger = logging.getLogger(__name__)
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -27,72 +35,72 @@ def _object_array(values: list) -> np.ndarray:
     return out
 
 
-def reward_fields(batch: Any) -> dict[str, np.ndarray]:
-    """Every reward-extra-info key of the batch -> (bs,) object array, in ``batch.keys`` order.
+def reward_fields(batch: Any, components: list[str]) -> dict[str, np.ndarray]:
+    """The reward function's per-sample scores of ``batch`` (a KVBatchMeta), key -> (bs,) object array.
 
     The agent loop stores a rule-based reward function's dict under ``extra_fields["reward_extra_info"]``;
-    a colocated reward model writes its extra keys as top-level fields instead (see ``read_top_level``).
+    a colocated reward model writes its extra keys as top-level fields instead
+    (``PPOTrainer._compute_reward_colocate``), so components missing from the first are read from the second.
     """
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
     rows = list(data["extra_fields"]) if "extra_fields" in data.keys() else [None] * len(batch.keys)
     infos = [row.get("reward_extra_info", {}) if isinstance(row, dict) else {} for row in rows]
-    keys = sorted({key for info in infos for key in info})
-    return {key: _object_array([info.get(key) for info in infos]) for key in keys}
+    fields = {key: _object_array([info.get(key) for info in infos]) for key in sorted({k for i in infos for k in i})}
+    for key in components:
+        if key not in fields:
+            top = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[key])
+            if key in top.keys():
+                fields[key] = _object_array(list(top[key]))
+    return fields
 
 
-def read_top_level(batch: Any, keys: list[str]) -> dict[str, np.ndarray]:
-    """Fields written by a colocated reward model (absent keys are skipped)."""
-    out = {}
-    for key in keys:
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[key])
-        if key in data.keys():
-            out[key] = _object_array(list(data[key]))
-    return out
+def final_rows(keys: list[str]) -> Optional[np.ndarray]:
+    """(bs,) row of each sample's session's final output, from verl's keys ``{uid}_{session_id}_{index}``.
+
+    None when every session has a single output (the common case) or the keys are not in verl's format
+    (a custom agent-loop manager): then every sample counts on its own.
+    """
+    if not keys:
+        return None
+    parts = np.char.rpartition(np.asarray(keys, dtype=str), "_")
+    session, index_text = parts[:, 0], parts[:, 2]
+    if not (np.char.isdigit(index_text).all() and (np.char.find(session, "_") >= 0).all()):
+        logger.warning("bnpo: TransferQueue keys are not verl's {uid}_{session_id}_{index} (e.g. %r); every output "
+                       "counts as a sample of its question.", keys[0])
+        return None
+    index = index_text.astype(np.int64)
+    if not index.any():
+        return None
+    _, code = np.unique(session, return_inverse=True)
+    order = np.lexsort((index, code))  # by session, then output index: each session's last row is its final
+    sorted_code = code[order]
+    last = np.append(sorted_code[1:] != sorted_code[:-1], True)
+    final_of_session = np.empty(sorted_code[-1] + 1, dtype=np.int64)
+    final_of_session[sorted_code[last]] = order[last]
+    return final_of_session[code]
 
 
-class BNPOTrainerMixin:
-    """Adds the reward components and BNPO metrics to a verl v1 trainer's advantage step."""
+def install(trainer_base: ModuleType) -> None:
+    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module (idempotent)."""
+    trainer_cls = trainer_base.PPOTrainer
+    original = trainer_cls._compute_advantage
+    if getattr(original, "_bnpo_wrapped", False):
+        return
 
-    base_mode = "sync"
-
-    @property
-    def trainer_mode(self) -> str:
-        return self.base_mode
-
-    @trainer_mode.setter
-    def trainer_mode(self, value: str) -> None:
-        # verl stores the configured name (bnpo_sync, ...) but branches on its own names ("sync", ...),
-        # and reads trainer.v1.<mode> settings under them: it must see the mode this trainer extends.
-        pass
-
-    def __init__(self, config) -> None:
-        check_run_config(config)  # before any worker starts
-        super().__init__(config)
-
+    @functools.wraps(original)
     def _compute_advantage(self, batch, metrics: dict):
         algorithm = self.config.algorithm
         if algorithm.adv_estimator not in ESTIMATORS:
-            return super()._compute_advantage(batch, metrics)
-        fields = {}
-        if algorithm.adv_estimator == "ad_bnpo":
-            fields = reward_fields(batch)
-            components = list(algorithm.get("bnpo", {}).get("components", None) or [])
-            fields.update(read_top_level(batch, [key for key in components if key not in fields]))
+            return original(self, batch, metrics)
+        cfg = check_run_config(self.config)
+        fields = reward_fields(batch, list(cfg.components or [])) if algorithm.adv_estimator == "ad_bnpo" else {}
         pop_last_stats()  # never log a previous step's numbers
-        with providing(fields):
-            batch = super()._compute_advantage(batch, metrics)
+        with providing(fields, final_rows(list(batch.keys))):
+            batch = original(self, batch, metrics)
         stats = pop_last_stats()
         if stats is not None:
             metrics.update(stats.to_metrics())
         return batch
 
-
-_BASES = {"sync": PPOTrainerSync, "colocate_async": PPOTrainerColocateAsync, "separate_async": PPOTrainerSeparateAsync}
-
-BNPO_TRAINERS = {
-    name: register_trainer(name)(
-        type(f"BNPOTrainer_{base}", (BNPOTrainerMixin, _BASES[base]), {"base_mode": base, "__module__": __name__})
-    )
-    for name, base in TRAINER_MODES.items()
-}
-BNPOTrainerSync = BNPO_TRAINERS["bnpo_sync"]
+    _compute_advantage._bnpo_wrapped = True
+    trainer_cls._compute_advantage = _compute_advantage

@@ -5,9 +5,8 @@
 #   bash scripts/run_cpu_smoke.sh ad_bnpo    # AD-BNPO over the reward components acc and format
 #   bash scripts/run_cpu_smoke.sh bnpo trainer.total_training_steps=3   # extra Hydra overrides
 #
-# It runs `python -m verl.trainer.main_ppo`: verl's v1 sync trainer (through bnpo's
-# trainer.v1.trainer_mode=bnpo_sync, which logs bnpo/* and hands AD-BNPO its reward components),
-# a fresh local Ray instance, verl's FSDP2 actor on CPU over gloo, verl's agent loop and reward
+# It runs `python -m verl.trainer.main_ppo`: verl's v1 sync trainer (bnpo logs bnpo/* and hands AD-BNPO its
+# reward components in every trainer mode), a fresh local Ray instance, verl's FSDP2 actor on CPU over gloo, verl's agent loop and reward
 # loop; on a 2-layer Llama with a word-level tokenizer and a modular-addition dataset, all
 # generated into $BNPO_SMOKE_DIR first.
 # Rollouts come from this project's CPU rollout backend (`rollout.name=hf_cpu`, transformers
@@ -76,7 +75,6 @@ unset RAY_ADDRESS
   reward.custom_reward_function.path=scripts/cpu_smoke/reward.py \
   reward.custom_reward_function.name=compute_score \
   transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
-  trainer.v1.trainer_mode=bnpo_sync \
   trainer.device=cpu \
   trainer.nnodes=1 \
   trainer.n_gpus_per_node=1 \

@@ -32,9 +32,24 @@ def test_hydra_block_is_parsed():
         ({"reward_min": 2, "reward_max": 1}, ["algorithm.bnpo.reward_max=1.0", "greater"]),
         ({"fixed_alpha": 1.0}, ["algorithm.bnpo.fixed_alpha=1.0", "algorithm.bnpo.fixed_beta=None", "both"]),
         ({"fixed_beta": 2.0}, ["algorithm.bnpo.fixed_beta=2.0", "neither"]),
-        ({"fixed_alpha": 0.0, "fixed_beta": 1.0}, ["algorithm.bnpo.fixed_alpha=0.0", "> 0"]),
-        ({"fixed_alpha": 1.0, "fixed_beta": -2.0}, ["algorithm.bnpo.fixed_beta=-2.0", "> 0"]),
-        ({"max_weight": 0}, ["algorithm.bnpo.max_weight=0.0", "> 0"]),
+        ({"fixed_alpha": 0.0, "fixed_beta": 1.0}, ["algorithm.bnpo.fixed_alpha=0.0", "(0, 1e+06]"]),
+        ({"fixed_alpha": 1.0, "fixed_beta": -2.0}, ["algorithm.bnpo.fixed_beta=-2.0", "(0, 1e+06]"]),
+        ({"fixed_alpha": 1e300, "fixed_beta": 1e300}, ["algorithm.bnpo.fixed_alpha=1e+300", "precision"]),
+        ({"max_weight": 0}, ["algorithm.bnpo.max_weight=0.0", "(0, 1e+30]"]),
+        ({"max_weight": 1e308}, ["algorithm.bnpo.max_weight=1e+308", "float32"]),
+        # booleans are not numbers here (YAML's `true` would silently become 1.0)
+        ({"fixed_alpha": True, "fixed_beta": 1.0}, ["algorithm.bnpo.fixed_alpha=True", "boolean"]),
+        ({"max_weight": True}, ["algorithm.bnpo.max_weight=True", "boolean"]),
+        ({"components": ["acc", "format"], "component_weights": [True, False]},
+         ["algorithm.bnpo.component_weights=True", "boolean"]),
+        # overflowing values
+        ({"reward_min": -1e308, "reward_max": 1e308}, ["algorithm.bnpo.reward_min=-1e+308", "1e+30"]),
+        ({"components": ["acc", "format"], "component_weights": [1e308, 1e308]},
+         ["algorithm.bnpo.component_weights=[1e+308, 1e+308]", "at most 1e+30"]),
+        # lists given as something else
+        ({"components": "acc,format"}, ["algorithm.bnpo.components='acc,format'", "is a string", "'[acc,format]'"]),
+        ({"components": {"acc": 1, "format": 2}}, ["algorithm.bnpo.components=", "must be a list"]),
+        ({"components": ["acc"], "component_weights": "1"}, ["algorithm.bnpo.component_weights='1'", "is a string"]),
         ({"max_weight": float("inf")}, ["algorithm.bnpo.max_weight", "finite"]),
         ({"reward_max": "lots"}, ["algorithm.bnpo.reward_max='lots'", "not a number"]),
         ({"reward_maxx": 2}, ["algorithm.bnpo.reward_maxx", "allowed keys", "algorithm.bnpo.reward_max"]),
@@ -57,6 +72,20 @@ def test_bad_config_names_key_value_and_fix(block, needles):
 def test_block_must_be_a_mapping():
     with pytest.raises(ValueError, match="algorithm.bnpo must be a mapping"):
         config_from_algorithm({"bnpo": 3})
+    with pytest.raises(ValueError, match="algorithm.bnpo must be a mapping"):
+        config_from_algorithm({"bnpo": "reward_max=2"})
+
+
+@pytest.mark.parametrize("config", ["bnpo", 3, 2.5, b"x", ["bnpo"]])
+def test_config_of_the_wrong_type_is_refused_not_read_as_defaults(config):
+    with pytest.raises(ValueError, match=r"config must be verl's algorithm config .* got " + type(config).__name__):
+        config_from_algorithm(config)
+
+
+def test_components_under_plain_bnpo_are_refused():
+    trl, mask, index = outcome_batch([0.0, 1.0, 1.0, 0.0], ["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match=r"algorithm.bnpo.components=\['acc'\] is set, but only ad_bnpo reads it"):
+        compute_bnpo_advantage(trl, mask, index, BNPOConfig(components=("acc",)))
 
 
 def test_non_finite_reward_names_count_and_row():
@@ -106,8 +135,10 @@ def test_ad_bnpo_bad_component_values():
     cfg = BNPOConfig(components=("acc",))
     with pytest.raises(ValueError, match="'acc' has non-numeric values"):
         component_rewards({"acc": np.array([None, "x"], dtype=object)}, cfg, 2, torch.device("cpu"))
-    with pytest.raises(ValueError, match="'acc' has 1 values for 2 samples"):
+    with pytest.raises(ValueError, match=r"'acc' has shape \(1,\) for 2 samples"):
         component_rewards({"acc": np.array([1.0])}, cfg, 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"'acc' has shape \(2, 2\) for 4 samples; it must be one number per sample"):
+        component_rewards({"acc": np.array([[1.0, 0.0], [0.0, 1.0]])}, cfg, 4, torch.device("cpu"))
     mask = torch.ones(2, 3)
     with pytest.raises(ValueError, match="'acc' reward outside the declared range"):
         compute_ad_bnpo_advantage({"acc": torch.tensor([1.0, 5.0])}, mask, np.array(["a", "a"]), cfg)

@@ -162,12 +162,31 @@ def test_empty_batch():
 # ---- dtype and device ----
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_returns_input_dtype(dtype):
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
+     (torch.float16, torch.float32), (torch.int64, torch.float32), (torch.int32, torch.float32),
+     (torch.bool, torch.float32)],
+)
+def test_advantages_are_float32_or_float64(dtype, expected):
     rewards, uids = grouped([0.25, 0.5, 0.75], group_size=4)
-    trl, mask, index = outcome_batch(rewards, uids, dtype=dtype)
-    adv, _, _ = compute_bnpo_advantage(trl, mask.bool(), index, BNPOConfig())
-    assert adv.dtype == dtype and adv.device == trl.device
+    trl, mask, index = outcome_batch(rewards, uids, dtype=torch.float64)
+    adv, _, _ = compute_bnpo_advantage(trl.to(dtype), mask.bool(), index, BNPOConfig())
+    assert adv.dtype == expected and adv.device == trl.device
+    reference, _, _ = compute_bnpo_advantage(trl, mask, index, BNPOConfig())
+    torch.testing.assert_close(adv.double(), reference, rtol=1e-6, atol=1e-7)  # binary rewards are exact in any dtype
+    assert adv.abs().max() > 0.1  # not truncated to an integer 0
+
+
+def test_float16_rewards_do_not_overflow():
+    # 1 of 32 correct among 39 questions about half solved: weight ~ 2e5, beyond float16's 65504
+    rewards, uids = grouped([1 / 32] + [15 / 32, 16 / 32, 17 / 32] * 13, group_size=32)
+    trl, mask, index = outcome_batch(rewards, uids, dtype=torch.float16)
+    adv, _, stats = compute_bnpo_advantage(trl, mask, index, BNPOConfig())
+    assert stats.weight_max > torch.finfo(torch.float16).max
+    assert adv.dtype == torch.float32 and torch.isfinite(adv).all()
+    expected, _ = reference_advantages(rewards, uids)
+    torch.testing.assert_close(scalar(adv, mask).double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
 
 
 def test_tensor_index_is_accepted():

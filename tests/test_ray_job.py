@@ -42,9 +42,9 @@ def probe():
     import bnpo
     fns = {name: get_adv_estimator_fn(name).__module__ for name in ("bnpo", "ad_bnpo")}
     import verl.trainer.ppo.v1
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-    modes = sorted(mode for mode in TRAINER_REGISTRY if mode.startswith("bnpo"))
-    return {"estimators": fns, "trainer_modes": modes, "bnpo_file": bnpo.__file__, "cwd": os.getcwd()}
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    hooked = getattr(PPOTrainer._compute_advantage, "_bnpo_wrapped", False)
+    return {"estimators": fns, "v1_hook": hooked, "bnpo_file": bnpo.__file__, "cwd": os.getcwd()}
 
 size = sum(f.stat().st_size for f in __import__("pathlib").Path(".").rglob("*") if f.is_file())
 ray.init()
@@ -147,8 +147,8 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head):
     assert result["plugins_policy"] == "none"
     for where in ("driver", "worker"):
         probe = result[where]
-        assert probe["estimators"] == {"bnpo": "bnpo.verl_plugin", "ad_bnpo": "bnpo.verl_plugin"}, where
-        assert "bnpo_sync" in probe["trainer_modes"], (where, probe)  # the recipe's trainer.v1.trainer_mode
+        assert probe["estimators"] == {"bnpo": "bnpo.verl_estimators", "ad_bnpo": "bnpo.verl_estimators"}, where
+        assert probe["v1_hook"] is True, (where, probe)  # bnpo's step in every v1 trainer mode
         # the job imports the uploaded copy, not this checkout
         assert not probe["bnpo_file"].startswith(str(ROOT) + os.sep), (where, probe)
     assert result["driver"]["bnpo_file"].startswith(result["driver"]["cwd"])

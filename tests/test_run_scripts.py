@@ -90,8 +90,9 @@ def test_paper_settings(paper_config):
     assert (reward_fn.path, reward_fn.name) == ("pkg://bnpo.rewards", "compute_score")
     assert reward_fn.reward_kwargs.format_reward is False
     assert cfg.algorithm.bnpo.fixed_alpha is None and cfg.algorithm.bnpo.components is None
-    # bnpo's v1 trainer: logs bnpo/* and gives ad_bnpo its reward components
-    assert cfg.trainer.v1.trainer_mode == "bnpo_sync"
+    # verl's own trainer mode: bnpo needs no trainer flag; the algorithm section builds as bnpo's dataclass
+    assert cfg.trainer.v1.trainer_mode == "sync"
+    assert cfg.algorithm._target_ == "bnpo.verl_config.BNPOAlgoConfig"
 
 
 def _check_like_main_ppo(cfg) -> None:

@@ -1,11 +1,22 @@
-"""bnpo in verl's v1 trainer and in Ray processes: one local Ray instance, a real TransferQueue."""
+"""bnpo in verl's v1 trainer, every trainer mode, on batches built by verl's own machinery.
+
+One local Ray instance and a real TransferQueue. Rollouts are written by verl's agent loop
+(``AgentLoopWorkerTQ._agent_loop_postprocess``: its TransferQueue keys, tags and fields, and its copy of a
+multi-output session's final reward onto the other outputs), and each trainer mode runs its real
+``step`` -> ``_step_once``: verl's ``_balance_batch`` pads the batch with ``upsample_batch_to_divisible_size``
+and reorders it, verl's ``_compute_advantage`` (wrapped by bnpo) calls the estimator, and verl's
+``MetricsAggregator`` reduces the metrics. Only what needs workers or a model is stubbed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
-import torch
-from batches import grouped, outcome_batch
+from batches import grouped
 from oracle import reference_ad_bnpo, reference_advantages
 from verl_helpers import verl_config
 
@@ -13,13 +24,18 @@ ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
 from omegaconf import OmegaConf  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from transfer_queue import KVBatchMeta  # noqa: E402
 
-from bnpo.verl_trainer import BNPOTrainerSync  # noqa: E402
-from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
+from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput  # noqa: E402
+from verl.trainer.ppo.v1 import AgentLoopWorkerTQ, get_trainer_cls  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starting Ray and TransferQueue takes ~30-60 s on a 2-core machine
 
-BNPO_METRICS = ("mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_degenerate", "weight_max", "clamped_frac")
+MODES = ("sync", "colocate_async", "separate_async")
+DP_SIZE = 3  # with rollout.n = 4 and one prompt per mini-batch, verl pads every batch to a multiple of 12
+ROLLOUT_N = 4
+EOS = 2
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +43,7 @@ def transfer_queue():
     # TransferQueue's controller and storage unit are Ray actors: give them logical CPUs to be scheduled on.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"total_storage_size": 1000, "num_data_storage_units": 1}}}))
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"total_storage_size": 4000, "num_data_storage_units": 1}}}))
         yield tq
         tq.close()
     finally:
@@ -43,66 +59,188 @@ def estimators_in_a_ray_worker():
 
 
 def test_a_ray_task_sees_both_estimators(transfer_queue):
-    assert ray.get(estimators_in_a_ray_worker.remote()) == {"bnpo": "bnpo.verl_plugin", "ad_bnpo": "bnpo.verl_plugin"}
+    assert ray.get(estimators_in_a_ray_worker.remote()) == {"bnpo": "bnpo.verl_estimators", "ad_bnpo": "bnpo.verl_estimators"}
 
 
-def _put_rollouts(partition: str, rewards, uids, extra_infos):
-    """Store samples the way verl's agent loop does (jagged responses, reward extra info in extra_fields)."""
-    trl, mask, _ = outcome_batch(rewards, uids)
-    rows, keys = [], []
-    for i, uid in enumerate(uids):
-        n = int(mask[i].sum())
-        rows.append({
-            "uid": uid,
-            "rm_scores": trl[i, :n].clone(),
-            "response_mask": mask[i, :n].long(),
-            "old_log_probs": torch.zeros(n),
-            "extra_fields": {"reward_extra_info": extra_infos[i]},
-        })
-        keys.append(f"{uid}_{i}_0")
-    return tq.kv_batch_put(keys=keys, partition_id=partition, fields=list_of_dict_to_tensordict(rows))
+# ---- rollouts written by verl's agent loop ----
 
 
-def _trainer(*overrides):
-    trainer = BNPOTrainerSync.__new__(BNPOTrainerSync)  # only the advantage step runs: no workers, no model
-    trainer.config = verl_config("trainer.v1.trainer_mode=bnpo_sync", *overrides)
+def _agent_loop_writer() -> AgentLoopWorkerTQ:
+    cls = AgentLoopWorkerTQ.__ray_actor_class__  # the class behind the Ray actor
+    worker = cls.__new__(cls)  # no server, no model: only its TransferQueue writer
+    worker.processor = None
+    worker.reward_loop_worker_handles = None  # the reward is already on each session's final output
+    worker.distillation_enabled = False
+    return worker
+
+
+def write_rollouts(scores, extra_infos, outputs_per_session, uids, rng) -> list:
+    """One agent-loop session per entry; ``k`` outputs each; the reward sits on the final output.
+
+    Returns the sessions' TransferQueue keys as verl wrote them.
+    """
+    worker = _agent_loop_writer()
+
+    async def run():
+        for session, (score, info, k, uid) in enumerate(zip(scores, extra_infos, outputs_per_session, uids)):
+            outputs = []
+            for _ in range(k):
+                n = int(rng.integers(1, 6))
+                outputs.append(AgentLoopOutput(
+                    prompt_ids=[5, 6, 7], response_ids=list(rng.integers(10, 50, size=n)), response_mask=[1] * n,
+                    response_logprobs=[-1.0] * n, metrics=AgentLoopMetrics(), extra_fields={},
+                ))
+            outputs[-1].reward_score = score
+            outputs[-1].extra_fields["reward_extra_info"] = info
+            await worker._agent_loop_postprocess(outputs, validate=False, uid=uid, session_id=session, global_steps=1)
+
+    asyncio.run(run())
+    return [f"{uid}_{session}_{i}" for session, (k, uid) in enumerate(zip(outputs_per_session, uids)) for i in range(k)]
+
+
+class ReplayBufferStub:
+    """Hands the trainer the rows the agent loop wrote (verl's ReplayBuffer samples them from TransferQueue)."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def sample(self, global_steps, partition_id, batch_size):
+        listed = tq.kv_list(partition_id=partition_id)[partition_id]
+        return KVBatchMeta(keys=list(self.keys), tags=[listed[key] for key in self.keys], partition_id=partition_id), {}
+
+
+def old_log_probs_from_rollout(batch, metrics):
+    """What the actor's forward pass would write (verl's bypass mode writes exactly this)."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rollout_log_probs"])
+    fields = TensorDict({"old_log_probs": data["rollout_log_probs"]}, batch_size=len(batch.keys))
+    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+    return batch
+
+
+def trainer_for(mode: str, keys, *overrides):
+    """verl's trainer class of ``mode`` with its real step / _step_once / _balance_batch / _compute_advantage."""
+    cls = get_trainer_cls(mode)
+    trainer = cls.__new__(cls)
+    trainer.config = verl_config(
+        f"trainer.v1.trainer_mode={mode}", f"actor_rollout_ref.rollout.n={ROLLOUT_N}",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=1", "data.train_batch_size=8", *overrides
+    )
+    trainer.parameter_sync_step = 1
+    trainer.global_steps = 1
+    trainer.use_critic = trainer.use_reference_policy = False
+    trainer.replay_buffer = ReplayBufferStub(keys)
+    trainer.reward_loop_manager = SimpleNamespace(reward_loop_worker_handles=["reward workers compute the score"])
+    trainer.actor_rollout_wg = SimpleNamespace(_dispatch_info={"actor": list(range(DP_SIZE))})
+    trainer.tokenizer = SimpleNamespace(eos_token_id=EOS)
+    trainer._compute_old_log_prob = old_log_probs_from_rollout
+    trainer._update_actor = lambda batch, metrics: batch
+    trainer.prepare_step = lambda: {}
+    trainer.on_sample_begin = trainer.on_sample_end = lambda: None
     return trainer
 
 
-def _advantages(batch):
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages"])
-    return torch.stack([row.sum() / row.numel() for row in data["advantages"].unbind(0)]).double()
+def advantage_per_row(batch) -> dict[str, float]:
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"])
+    out = {}
+    for key, adv, mask in zip(batch.keys, data["advantages"].unbind(0), data["response_mask"].unbind(0)):
+        out[key] = float((adv * mask).sum() / mask.sum()) if mask.sum() > 0 else float(adv.abs().max())
+    return out
 
 
-def test_v1_advantage_step_bnpo(transfer_queue):
-    rewards, uids = grouped([0.25, 0.5, 0.625, 0.875], group_size=8)
-    rewards = [2 * r for r in rewards]
-    batch = _put_rollouts("bnpo", rewards, uids, [{"score": r} for r in rewards])
+def sessions_batch(seed: int, multi_output: bool):
+    """Binary rewards for 7 questions x 4 sessions; some sessions have 2-3 outputs (verl's multi-turn loops)."""
+    rng = np.random.default_rng(seed)
+    rewards, labels = grouped([0.25, 0.5, 0.75, 0.0, 0.5, 1.0, 0.75], group_size=ROLLOUT_N, seed=seed)
+    prefix = uuid.uuid4().hex[:8]
+    uids = [f"{prefix}-{label}" for label in labels]
+    k = rng.integers(1, 4, size=len(rewards)) if multi_output else np.ones(len(rewards), dtype=int)
+    if k.sum() % (DP_SIZE * ROLLOUT_N) == 0:
+        k[0] += 1  # so that verl pads the batch
+    return rewards, uids, k, rng
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bnpo_in_every_mode_with_padding_and_multi_output_sessions(transfer_queue, mode):
+    rewards, uids, k, rng = sessions_batch(seed=MODES.index(mode), multi_output=True)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    assert len(keys) % (DP_SIZE * ROLLOUT_N) != 0  # verl will pad this batch
     metrics = {}
-    batch = _trainer("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2")._compute_advantage(batch, metrics)
-    expected, fit = reference_advantages(rewards, uids, reward_max=2.0)
-    torch.testing.assert_close(_advantages(batch), torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
-    assert {f"bnpo/{name}" for name in BNPO_METRICS} <= set(metrics)
-    assert metrics["bnpo/alpha"] == pytest.approx(fit["alpha"]) and metrics["bnpo/num_questions"] == 4
+    batch = trainer_for(mode, keys, "algorithm.adv_estimator=bnpo").step(metrics, timing_raw={})
+
+    pad_keys = [key for key in batch.keys if key.startswith("pad")]
+    assert len(pad_keys) > 0 and len(batch.keys) == len(keys) + len(pad_keys)
+    got = advantage_per_row(batch)
+    expected, fit = reference_advantages(rewards, uids)  # one sample per session: its final output
+    for session, (uid, count) in enumerate(zip(uids, k)):
+        for i in range(count):  # every output of the session carries the final output's advantage
+            assert got[f"{uid}_{session}_{i}"] == pytest.approx(expected[session], rel=1e-4, abs=1e-6)
+    assert all(got[key] == 0 for key in pad_keys)
+    assert metrics["bnpo/alpha"] == pytest.approx(fit["alpha"]) and metrics["bnpo/beta"] == pytest.approx(fit["beta"])
+    assert metrics["bnpo/num_questions"] == 7 and metrics["bnpo/num_excluded"] == len(pad_keys)
+    assert metrics["bnpo/num_broadcast"] == int((k - 1).sum())
 
 
-def test_v1_advantage_step_ad_bnpo(transfer_queue):
-    acc, uids = grouped([0.25, 0.5, 0.75], group_size=8)
-    fmt = [float(x) for x in np.random.default_rng(2).integers(0, 2, size=len(acc))]
+@pytest.mark.parametrize("mode", MODES)
+def test_ad_bnpo_in_every_mode_gets_its_components_and_ignores_padding(transfer_queue, mode):
+    acc, uids, k, rng = sessions_batch(seed=10 + MODES.index(mode), multi_output=mode == "sync")
+    fmt = [float(x) for x in rng.integers(0, 2, size=len(acc))]
     infos = [{"score": a + f, "acc": a, "format": f} for a, f in zip(acc, fmt)]
-    batch = _put_rollouts("ad_bnpo", [a + f for a, f in zip(acc, fmt)], uids, infos)
+    keys = write_rollouts([a + f for a, f in zip(acc, fmt)], infos, k, uids, rng)
     metrics = {}
-    trainer = _trainer("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]")
-    batch = trainer._compute_advantage(batch, metrics)
+    trainer = trainer_for(mode, keys, "algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]")
+    batch = trainer.step(metrics, timing_raw={})
+    got = advantage_per_row(batch)
     expected = reference_ad_bnpo({"acc": acc, "format": fmt}, uids)
-    torch.testing.assert_close(_advantages(batch), torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
-    assert {f"bnpo/{c}/{name}" for c in ("acc", "format") for name in BNPO_METRICS} <= set(metrics)
-    assert trainer.trainer_mode == "sync"  # verl's own branches see the mode this trainer extends
+    for session, (uid, count) in enumerate(zip(uids, k)):
+        for i in range(count):
+            assert got[f"{uid}_{session}_{i}"] == pytest.approx(expected[session], rel=1e-4, abs=1e-6)
+    assert {f"bnpo/{c}/{name}" for c in ("acc", "format") for name in ("alpha", "beta", "num_excluded")} <= set(metrics)
+    assert metrics["bnpo/num_excluded"] > 0  # the padding rows copied the first sample's components, and are ignored
 
 
-def test_v1_missing_component_lists_the_available_keys(transfer_queue):
-    acc, uids = grouped([0.25, 0.5], group_size=4)
-    batch = _put_rollouts("missing", acc, uids, [{"score": a, "acc": a} for a in acc])
-    trainer = _trainer("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]")
+def test_bnpo_sessions_follow_verls_grpo_convention(transfer_queue):
+    """bnpo with (alpha, beta) = (1, 1) is REINFORCE with a per-question baseline: exactly verl's grpo without
+    the std, which verl computes on each session's final output and broadcasts (compute_advantage_for_multi_trajectories)."""
+    rewards, uids, k, rng = sessions_batch(seed=42, multi_output=True)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    ours = trainer_for("sync", keys, "algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fixed_alpha=1",
+                       "+algorithm.bnpo.fixed_beta=1").step({}, timing_raw={})
+    ours_adv = advantage_per_row(ours)
+    verls = trainer_for("sync", keys, "algorithm.adv_estimator=grpo", "algorithm.norm_adv_by_std_in_grpo=False").step(
+        {}, timing_raw={})
+    verl_adv = advantage_per_row(verls)
+    for key in keys:
+        assert ours_adv[key] == pytest.approx(verl_adv[key], abs=1e-6), key
+
+
+def test_other_estimators_run_verls_step_untouched(transfer_queue):
+    rewards, uids, k, rng = sessions_batch(seed=7, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    metrics = {}
+    trainer_for("sync", keys, "algorithm.adv_estimator=grpo").step(metrics, timing_raw={})
+    assert not any(name.startswith("bnpo/") for name in metrics)
+
+
+def test_the_advantage_step_checks_the_config(transfer_queue):
+    rewards, uids, k, rng = sessions_batch(seed=8, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    trainer = trainer_for("sync", keys, "algorithm.adv_estimator=bnpo", "algorithm.use_kl_in_reward=True")
+    with pytest.raises(ValueError, match=r"algorithm\.use_kl_in_reward=True"):
+        trainer.step({}, timing_raw={})
+
+
+def test_missing_component_lists_the_available_keys(transfer_queue):
+    acc, uids, k, rng = sessions_batch(seed=9, multi_output=False)
+    keys = write_rollouts(acc, [{"score": a, "acc": a} for a in acc], k, uids, rng)
+    trainer = trainer_for("sync", keys, "algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]")
     with pytest.raises(ValueError, match=r"'format'.*\['acc', 'score', 'uid'\]"):
-        trainer._compute_advantage(batch, {})
+        trainer.step({}, timing_raw={})
+
+
+def test_verl_keys_parse_into_sessions():
+    from bnpo.verl_trainer import final_rows
+
+    keys = ["u-1_0_0", "u-1_0_1", "u_2_1_0", "u-1_1_0", "pad9_0_0", "u_2_1_2", "u_2_1_1"]
+    assert final_rows(keys).tolist() == [1, 1, 5, 3, 4, 5, 5]
+    assert final_rows(["a_0_0", "b_1_0"]) is None  # single-output sessions: nothing to broadcast
+    assert final_rows(["not-verl-format", "x"]) is None
