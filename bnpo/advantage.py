@@ -22,6 +22,7 @@ import torch
 from .beta import fit_beta_moments, inverse_density_weight, optimal_alpha_beta
 from .config import BNPOConfig, _key
 from .groups import BNPOInputError, group_inverse, group_stats
+from .pooling import MomentPool, pool_for
 from .shaping import check_components_explain_outcome, check_outcome_only, range_hint
 from .stats import BNPOStats
 
@@ -141,32 +142,44 @@ def select_rows(response_mask: torch.Tensor, final_row: Any = None) -> SampleRow
 
 
 def normalized_outcome(
-    s: torch.Tensor, inverse: torch.Tensor, num_groups: int, cfg: BNPOConfig, keep: Optional[torch.Tensor] = None
+    s: torch.Tensor,
+    inverse: torch.Tensor,
+    num_groups: int,
+    cfg: BNPOConfig,
+    keep: Optional[torch.Tensor] = None,
+    pool: Optional[MomentPool] = None,
 ) -> tuple[torch.Tensor, BNPOStats]:
     """Scalar BNPO advantage (bs,) of mapped rewards ``s`` (bs,) in [0, 1], float64.
 
     ``inverse`` (bs,) holds each sample's question id in 0..num_groups-1; ``keep`` (bs,) bool, optional,
-    the samples that enter the statistics (the others get 0).
+    the samples that enter the statistics (the others get 0); ``pool``, optional, pools the fit's moments
+    with earlier batches (``cfg.fit_halflife``).
 
     Degenerate cases: a singleton question (one sample) has no baseline: advantage 0, and it is
-    kept out of the Beta fit. A question whose rewards are all equal has advantage exactly 0. If the
-    fit has fewer than two questions or zero variance, (alpha, beta) = (1, 1) (REINFORCE with baseline).
+    kept out of the Beta fit. With the group-mean baseline a question whose rewards are all equal has
+    advantage exactly 0. If the fit has fewer than two questions or zero variance, (alpha, beta) = (1, 1)
+    (REINFORCE with baseline) and the prior of the posterior-mean baseline is (0, 0), i.e. the group mean.
     """
     groups = group_stats(s, inverse, num_groups, keep)
     present = groups.count > 0
     singleton = groups.count == 1
-    fit = fit_beta_moments(groups.p_hat[groups.count >= 2])
+    in_fit = groups.p_hat[groups.count >= 2]
+    fit = fit_beta_moments(in_fit) if pool is None else pool.add(in_fit)
     if cfg.adaptive:
         alpha, beta = optimal_alpha_beta(fit.a, fit.b)
     else:
         alpha = s.new_tensor(cfg.fixed_alpha)
         beta = s.new_tensor(cfg.fixed_beta)
-    weight, clamped = inverse_density_weight(groups.p_hat, alpha, beta, cfg.max_weight)
 
-    silent = (groups.count < 2) | groups.constant  # (G,): questions that carry no learning signal
+    if cfg.baseline == "posterior_mean":
+        centre = posterior_mean(groups.count, groups.p_hat, fit.a, fit.b)
+        silent = groups.count < 2  # all-solved and all-failed questions now carry a signal
+    else:
+        centre = groups.p_hat
+        silent = (groups.count < 2) | groups.constant  # (G,): questions that carry no learning signal
+    weight, clamped = inverse_density_weight(centre, alpha, beta, cfg.max_weight)
     silent_sample = silent[inverse] if keep is None else silent[inverse] | ~keep
-    centred = torch.where(silent_sample, torch.zeros_like(s), s - groups.p_hat[inverse])
-    advantage = weight[inverse] * centred
+    advantage = torch.where(silent_sample, 0.0, weight[inverse] * (s - centre[inverse]))
 
     informative = ~silent
     samples = groups.count[informative].sum()
@@ -185,8 +198,21 @@ def normalized_outcome(
         weight_max=float(weight[informative].max()) if any_informative else 0.0,
         clamped_frac=float((groups.count * clamped)[informative].sum() / samples) if any_informative else 0.0,
         fallback=fit.fallback if cfg.adaptive else None,
+        fit_weight=pool.weight if pool is not None else float(fit.num_questions),
     )
     return advantage, stats
+
+
+def posterior_mean(count: torch.Tensor, p_hat: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """E[p(q) | the question's m scores] under a Beta(a, b) prior: (a + m p_hat) / (a + b + m), (G,).
+
+    The prior is clamped at (0, 0) from below (nu < 0 gives a, b < 0, which are no prior); with a > 0 and
+    b > 0 the mean lies strictly inside (0, 1), where f_N is positive and finite, so an all-failed or
+    all-solved question gets a finite weight. With (0, 0) it is p_hat. Questions with no samples get p_hat.
+    """
+    a, b = a.clamp(min=0.0), b.clamp(min=0.0)
+    shrunk = (a + count * p_hat) / (a + b + count).clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.where(count > 0, shrunk, p_hat)
 
 
 def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -225,6 +251,7 @@ def compute_bnpo_advantage(
     index: Any,
     cfg: BNPOConfig,
     final_row: Any = None,
+    pool: Optional[MomentPool] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
     """BNPO outcome advantage.
 
@@ -234,6 +261,7 @@ def compute_bnpo_advantage(
         index: (bs,) question uids (numpy array, list or tensor).
         cfg: estimator settings.
         final_row: optional (bs,) row of each sample's session's final output (see ``select_rows``).
+        pool: with ``cfg.fit_halflife``, the moment pool to use (default: this process's pool "bnpo").
 
     Returns:
         advantages: (bs, L) in ``advantage_dtype`` of the rewards, zero outside the mask.
@@ -258,7 +286,9 @@ def compute_bnpo_advantage(
         scores = outcome_rewards(token_level_rewards)
         s = map_rewards(scores, cfg, keep=rows.keep,
                         explain=lambda outside: range_hint(token_level_rewards, scores, outside, cfg))
-        scalar, stats = normalized_outcome(s, inverse, num_groups, cfg, rows.keep)
+        if cfg.fit_halflife is not None and pool is None:
+            pool = pool_for("bnpo", cfg.fit_halflife)
+        scalar, stats = normalized_outcome(s, inverse, num_groups, cfg, rows.keep, pool)
         advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
     return advantages, advantages, rows.annotate(stats)
 
@@ -301,6 +331,7 @@ def compute_ad_bnpo_advantage(
     dtype: torch.dtype = torch.float32,
     final_row: Any = None,
     token_level_rewards: Optional[torch.Tensor] = None,
+    pools: Optional[Mapping[str, MomentPool]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
     """AD-BNPO: each component normalised with its own Beta fit, then the (weighted) mean.
 
@@ -314,6 +345,8 @@ def compute_ad_bnpo_advantage(
         token_level_rewards: optional (bs, L), the rewards the trainer would otherwise use; ValueError if they
             carry something the components do not: reward on several tokens (token-level shaping) or an
             outcome that is not a function of the components (see ``bnpo.shaping``).
+        pools: with ``cfg.fit_halflife``, a moment pool per component (default: this process's pools
+            "ad_bnpo/<component>").
 
     Returns:
         advantages, returns: (bs, L), equal; stats: the mean of the components' fits at top level
@@ -342,7 +375,10 @@ def compute_ad_bnpo_advantage(
         scalar = torch.zeros(bs, dtype=torch.float64, device=response_mask.device)
         per_component = {}
         for key, weight in zip(keys, weights):  # loops over the K components only
-            adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep)
+            pool = None
+            if cfg.fit_halflife is not None:
+                pool = pools[key] if pools is not None else pool_for(f"ad_bnpo/{key}", cfg.fit_halflife)
+            adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep, pool)
             scalar += (weight / total) * adv
         advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
     return advantages, advantages, rows.annotate(_combine(per_component, weights))
@@ -364,5 +400,6 @@ def _combine(per_component: dict[str, BNPOStats], weights) -> BNPOStats:
         weight_max=max(st.weight_max for st in stats),
         clamped_frac=max(st.clamped_frac for st in stats),
         fallback=next((st.fallback for st in stats if st.fallback), None),
+        fit_weight=mean("fit_weight"),
         components=per_component,
     )

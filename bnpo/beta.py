@@ -62,7 +62,7 @@ class BetaFit:
 
 
 def fit_beta_moments(p_hat: torch.Tensor) -> BetaFit:
-    """Fit Beta(a, b) by moments over ``p_hat`` (num_questions,), values in [0, 1].
+    """Fit Beta(a, b) by moments over ``p_hat`` (num_questions,), values in [0, 1] (the paper's per-batch fit).
 
     mu = mean, var = unbiased variance, nu = mu (1 - mu) / var - 1, a = mu nu, b = (1 - mu) nu.
     Fewer than two questions or var = 0 have no finite fit (the reference divides by zero there);
@@ -70,14 +70,37 @@ def fit_beta_moments(p_hat: torch.Tensor) -> BetaFit:
     """
     n = int(p_hat.numel())
     p_hat = p_hat.to(torch.float64)
-    zero = p_hat.new_zeros(())
     if n < 2:
-        mu = p_hat.mean() if n == 1 else zero
-        return BetaFit(mu, zero, zero, zero, n, "fewer_than_2_questions")
-    mu = p_hat.mean()
+        mu = p_hat.mean() if n == 1 else p_hat.new_zeros(())
+        return _fallback(mu, p_hat.new_zeros(()), n, "fewer_than_2_questions")
     var = p_hat.var(unbiased=True)
-    if not bool(var > 0):
-        return BetaFit(mu, var, zero, zero, n, "zero_variance")
+    return _fit(p_hat.mean(), var, n, zero_variance=not bool(var > 0))
+
+
+def fit_beta_pooled(weight: float, sum1: float, sum2: float, num_questions: int) -> BetaFit:
+    """The same fit from weighted moment sums: weight = sum of w, sum1 = sum of w p, sum2 = sum of w p^2.
+
+    With frequency weights the unbiased variance is (sum2 - sum1^2 / weight) / (weight - 1), which for unit
+    weights is ``fit_beta_moments``'s. A pooled weight below 2 has no fit; a variance at the level of
+    rounding in the sums (all p_hat equal) is zero, not a tiny positive number that would make a, b explode.
+    """
+    mu = torch.tensor(sum1 / weight if weight > 0 else 0.0, dtype=torch.float64)
+    if weight < 2:
+        return _fallback(mu, mu.new_zeros(()), num_questions, "fewer_than_2_questions")
+    spread = sum2 - sum1 * sum1 / weight
+    var = torch.tensor(max(spread, 0.0) / (weight - 1), dtype=torch.float64)
+    rounding = 1e-12 * max(sum2, 1e-300)
+    return _fit(mu, var, num_questions, zero_variance=not spread > rounding)
+
+
+def _fallback(mu: torch.Tensor, var: torch.Tensor, n: int, reason: str) -> BetaFit:
+    zero = mu.new_zeros(())
+    return BetaFit(mu, var, zero, zero, n, reason)
+
+
+def _fit(mu: torch.Tensor, var: torch.Tensor, n: int, zero_variance: bool) -> BetaFit:
+    if zero_variance:
+        return _fallback(mu, var, n, "zero_variance")
     nu = mu * (1 - mu) / var - 1
     return BetaFit(mu, var, mu * nu, (1 - mu) * nu, n, None)
 

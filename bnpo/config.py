@@ -19,6 +19,8 @@ CONFIG_PREFIX = "algorithm.bnpo"
 REWARD_LIMIT = 1e30
 BETA_PARAM_LIMIT = 1e6
 WEIGHT_LIMIT = 1e30
+HALFLIFE_LIMIT = 1e6
+BASELINES = ("group_mean", "posterior_mean")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class BNPOConfig:
     max_weight: upper clamp on the weight 1 / f_N(p_hat) (the reference uses 1e6).
     components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch).
     component_weights: optional non-negative weights of the components (default: equal).
+    fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in steps (estimator calls)
+        over which the fit's moments are pooled across batches (``bnpo.pooling``).
+    baseline: "group_mean" (the paper: p_hat) or "posterior_mean", the mean of p(q) under the fitted
+        Beta(a, b) prior, (a + sum of s) / (a + b + m), at which the weight is also evaluated.
     """
 
     reward_min: float = 0.0
@@ -40,6 +46,8 @@ class BNPOConfig:
     max_weight: float = 1e6
     components: Optional[tuple[str, ...]] = None
     component_weights: Optional[tuple[float, ...]] = None
+    fit_halflife: Optional[float] = None
+    baseline: str = "group_mean"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -96,6 +104,11 @@ def _validate(cfg: BNPOConfig) -> None:
                          "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
     _check_bound("max_weight", cfg.max_weight, 0.0, WEIGHT_LIMIT,
                  "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow")
+    if cfg.fit_halflife is not None:
+        _check_bound("fit_halflife", cfg.fit_halflife, 0.0, HALFLIFE_LIMIT,
+                     "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)")
+    if cfg.baseline not in BASELINES:
+        raise ValueError(f"{_key('baseline')}={cfg.baseline!r} must be one of {list(BASELINES)}.")
     if cfg.components is not None:
         if len(cfg.components) == 0:
             raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
@@ -162,9 +175,13 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
             f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}."
         )
     kwargs: dict[str, Any] = {}
-    for name in ("reward_min", "reward_max", "max_weight", "fixed_alpha", "fixed_beta"):
+    for name in ("reward_min", "reward_max", "max_weight", "fixed_alpha", "fixed_beta", "fit_halflife"):
         if raw.get(name) is not None:
             kwargs[name] = _as_float(name, raw[name])
+    if raw.get("baseline") is not None:
+        if not isinstance(raw["baseline"], str):
+            raise ValueError(f"{_key('baseline')}={raw['baseline']!r} must be one of {list(BASELINES)}.")
+        kwargs["baseline"] = raw["baseline"]
     kwargs["components"] = _as_str_tuple("components", raw.get("components"))
     kwargs["component_weights"] = _as_float_tuple("component_weights", raw.get("component_weights"))
     return BNPOConfig(**kwargs)

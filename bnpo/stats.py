@@ -17,6 +17,7 @@ METRIC_NAMES = (
     "num_degenerate",
     "num_excluded",
     "num_broadcast",
+    "fit_weight",
     "weight_max",
     "clamped_frac",
 )
@@ -34,6 +35,8 @@ class BNPOStats:
     num_excluded: samples without response tokens (e.g. verl's padding rows): advantage 0, not in any group.
     num_broadcast: non-final outputs of multi-output agent-loop sessions: not in the groups; they take the
         advantage of their session's final output (verl's convention for grpo).
+    fit_weight: how many questions the fit stands on: num_fit for the paper's per-batch fit, the
+        exponentially weighted count of every batch's questions with ``fit_halflife``.
     weight_max, clamped_frac: largest 1/f_N and fraction of samples whose weight hit max_weight,
         over the samples that carry signal (non-singleton, non-constant questions).
     fallback: None, or why (alpha, beta) fell back to (1, 1).
@@ -55,6 +58,7 @@ class BNPOStats:
     fallback: Optional[str] = None
     num_excluded: int = 0
     num_broadcast: int = 0
+    fit_weight: float = 0.0
     components: dict[str, "BNPOStats"] = field(default_factory=dict)
 
     def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:

@@ -5,6 +5,7 @@ The legacy trainer has no extension point: ``RayPPOTrainer.fit`` calls the modul
 (whose result it logs every step). ``install`` wraps both in ``verl.trainer.ppo.ray_trainer``: for
 bnpo / ad_bnpo the batch's per-sample fields (the reward function's extra info) are published to the
 estimator, and the step's BNPO statistics are added to the logged metrics. Other estimators pass through.
+``RayPPOTrainer``'s checkpointing also keeps the pooled fits of ``fit_halflife`` (``bnpo.verl_checkpoint``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+from . import verl_checkpoint
 from .stats import pop_last_stats
 from .verl_batch import current_batch, providing
 from .verl_estimators import ESTIMATORS
@@ -40,6 +42,7 @@ def install(ray_trainer: ModuleType) -> None:
         stats = pop_last_stats()
         return {**metrics, **stats.to_metrics()} if stats is not None else metrics
 
+    verl_checkpoint.install(ray_trainer.RayPPOTrainer)
     advantage_with_fields._bnpo_wrapped = True
     ray_trainer.compute_advantage = advantage_with_fields
     ray_trainer.compute_data_metrics = data_metrics_with_bnpo

@@ -7,6 +7,7 @@ local update. For bnpo / ad_bnpo the wrapper
   function's per-sample scores for ad_bnpo (kept in TransferQueue) and the agent-loop sessions, read from
   the TransferQueue keys ``{uid}_{session_id}_{index}`` that verl's agent loop writes;
 - adds the step's BNPO statistics to the metrics, which verl logs through its tracker.
+``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl_checkpoint``).
 Other estimators run verl's method untouched. ``tests/test_verl_modes.py`` fails if verl changes any of this.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import transfer_queue as tq
 
+from . import verl_checkpoint
 from .stats import pop_last_stats
 from .verl_batch import providing
 from .verl_config import check_run_config
@@ -81,8 +83,10 @@ def final_rows(keys: list[str]) -> Optional[np.ndarray]:
 
 
 def install(trainer_base: ModuleType) -> None:
-    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module (idempotent)."""
+    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, and its checkpointing
+    (``bnpo.verl_checkpoint``) (idempotent)."""
     trainer_cls = trainer_base.PPOTrainer
+    verl_checkpoint.install(trainer_cls)
     original = trainer_cls._compute_advantage
     if getattr(original, "_bnpo_wrapped", False):
         return

@@ -257,3 +257,67 @@ def test_recipe_config_builds_through_verls_dataclasses():
     assert set(_dataclass_failures(recipe)) <= set(stock), _dataclass_failures(recipe)
     with pytest.raises(Exception, match="algorithm.bnpo.max_wieght"):  # the block is validated when built
         omega_conf_to_dataclass(OmegaConf.merge(recipe.algorithm, {"bnpo": {"max_wieght": 2}}))
+
+
+class _Loader:
+    """A data loader with nothing to save (verl checkpoints its state and reads its length)."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __len__(self):
+        return 1
+
+
+def _checkpointing_trainer(cls, checkpoint_dir, *overrides):
+    """verl's trainer with its real _save_checkpoint / _load_checkpoint; workers and data loader stubbed."""
+    from types import SimpleNamespace
+
+    trainer = cls.__new__(cls)
+    trainer.config = verl_config(f"trainer.default_local_dir={checkpoint_dir}", *overrides)
+    trainer.trainer_mode = "sync"
+    trainer.use_critic = False
+    trainer.actor_rollout_wg = SimpleNamespace(save_checkpoint=lambda *a, **k: None, load_checkpoint=lambda *a, **k: None)
+    trainer.train_dataloader = _Loader()
+    trainer.checkpoint_callback = SimpleNamespace(on_save=lambda **kwargs: None)
+    return trainer
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pooled_fit_is_saved_with_verls_checkpoint_and_restored_on_resume(tmp_path, legacy):
+    from bnpo import pooling
+    from verl.trainer.ppo.v1 import PPOTrainerSync
+
+    cls = ray_trainer.RayPPOTrainer if legacy else PPOTrainerSync
+    overrides = ("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=4")
+    algorithm = verl_config(*overrides).algorithm
+    batches = [_legacy_batch(*grouped(rates, group_size=8)) for rates in ([0.25, 0.5, 0.875], [0.125, 0.5, 0.625])]
+
+    def step(batch):
+        data = ray_trainer.compute_advantage(batch, adv_estimator="bnpo", config=algorithm)
+        return data.batch["advantages"].clone(), pop_last_stats()
+
+    pooling.reset_pools()
+    first = _checkpointing_trainer(cls, tmp_path, *overrides)
+    first._load_checkpoint()  # a fresh start: nothing to resume
+    step(batches[0])
+    first.global_steps = 1
+    first._save_checkpoint()
+    assert (tmp_path / "global_step_1" / "bnpo_state.json").exists()
+    uninterrupted, stats = step(batches[1])
+
+    pooling.reset_pools()
+    resumed = _checkpointing_trainer(cls, tmp_path, *overrides)
+    resumed._load_checkpoint()
+    assert resumed.global_steps == 1
+    again, stats_again = step(batches[1])
+    assert torch.equal(again, uninterrupted) and stats_again.fit_weight == stats.fit_weight
+
+    fresh = _checkpointing_trainer(cls, tmp_path, *overrides, "trainer.resume_mode=disable")
+    fresh._load_checkpoint()  # no resume: the pools of the previous run in this process are dropped
+    _, stats_fresh = step(batches[1])
+    assert stats_fresh.fit_weight == 3.0
+    pooling.reset_pools()
