@@ -128,7 +128,8 @@ def select_rows(response_mask: torch.Tensor, final_row: Any = None) -> SampleRow
     num_excluded = bs - int(keep.sum())
     source, num_broadcast = None, 0
     if final_row is not None:
-        source = torch.as_tensor(np.asarray(final_row), dtype=torch.long).to(response_mask.device)
+        rows = final_row if isinstance(final_row, torch.Tensor) else torch.from_numpy(np.asarray(final_row))
+        source = rows.to(device=response_mask.device, dtype=torch.long)
         if source.shape != (bs,) or bool(((source < 0) | (source >= bs)).any()):
             raise BNPOInputError(f"final_row must be ({bs},) row indices into the batch; got {tuple(source.shape)}.")
         final = source == torch.arange(bs, device=source.device)
