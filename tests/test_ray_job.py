@@ -94,9 +94,12 @@ def ray_head():
     env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
            # loopback-only test cluster; Ray >= 2.5x turns token auth on when ~/.ray/auth_token exists
            "RAY_AUTH_MODE": "disabled"}
+    # every port this head listens on is a free one: other Ray instances on a shared machine hold the
+    # fixed defaults (the dashboard agent's 52365, the client server's 10001)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
