@@ -9,7 +9,6 @@ import ast
 import importlib
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
