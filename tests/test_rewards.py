@@ -97,7 +97,7 @@ CASES = [
     ("So the final answer is $3$. I hope it is correct.", "3", 1, "anchored: final answer is"),
     ("The final answer to the question is $3$", "3", 1, "anchored: final answer ... is"),
     ("\\boxed{3}. The answer is $4$.", "3", 1, "a box wins over an anchored answer after it"),
-    ("The answer is $4$. Final answer: $3$", "3", 1, "'answer:' wins over 'answer' after it"),
+    ("The answer is $4$. Final answer: $3$", "3", 1, "'answer:' wins over a plain 'answer' before it"),
     ("\\boxed{3}", "2", 0, "wrong"),
     ("\\boxed{(-1, 1]}", "(-1,1)", 0, "half-open is not open"),
     ("\\boxed{x + 1}", "x - 1", 0, "wrong expression"),
