@@ -1,4 +1,4 @@
-"""Math rewards for BNPO runs: answer accuracy (math-verify) and the R1 output format.
+"""The paper's math rewards for verl: answer accuracy (math-verify) and the R1 output format.
 
 Use as verl's custom reward function, by package or by file path::
 
@@ -10,30 +10,33 @@ Use as verl's custom reward function, by package or by file path::
 on). verl's reward loop stores every key of that dict per sample, so ``acc`` and ``format`` reach the
 batch's ``non_tensor_batch`` where ``ad_bnpo`` reads them as its components.
 
-Why a subprocess: math-verify (sympy) can run for minutes, or hold the GIL inside a big-integer
-operation, on adversarial text. Its own timeouts use ``signal.alarm``, which only works in the main
-thread, and verl calls reward functions from executor threads inside Ray actors. So verification runs
-in a small pool of long-lived worker processes (this very file, run as a script) that the caller
-kills and replaces when a request overruns its deadline. A call therefore never raises and always
-returns within ``timeout_s`` (plus a worker start-up, about a second, after a kill).
-
-Only the standard library is imported here; math-verify is imported by the worker processes.
+Both rewards are the authors' (changyi7231/BNPO, recipe/bnpo/src/reward_manager.py): the accuracy
+check's parse settings are in bnpo/reward_verify.py, the format rule is :func:`r1_format_score`, and
+with the format reward on the score is ``acc + format`` (in [0, 2]). Where their code raises (a
+non-text output or gold answer, a data source outside their list) this one scores 0 or converts,
+and it bounds each call's time (bnpo/reward_pool.py).
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib.util
-import json
 import logging
+import math
+import numbers
 import os
-import queue
-import select
-import subprocess
-import sys
-import threading
-import time
 from typing import Any, Optional
+
+if __package__:
+    from . import reward_pool, reward_verify
+else:  # loaded by file path (reward.custom_reward_function.path=/.../bnpo/rewards.py)
+    def _sibling(name: str):
+        spec = importlib.util.spec_from_file_location(f"_bnpo_{name}", os.path.join(os.path.dirname(__file__), f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    reward_pool, reward_verify = _sibling("reward_pool"), _sibling("reward_verify")
 
 logger = logging.getLogger(__name__)
 
@@ -41,218 +44,69 @@ if importlib.util.find_spec("math_verify") is None:  # fail at load time, not wi
     raise ImportError("bnpo.rewards needs math-verify: pip install 'bnpo[rewards]' (math-verify[antlr4_9_3])")
 
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_TAIL_CHARS = 500
-# Start-up of a worker (python + sympy + math-verify imports); only paid on first use and after a kill.
-_STARTUP_TIMEOUT_S = float(os.environ.get("BNPO_REWARD_STARTUP_TIMEOUT", "120"))
-_MAX_WORKERS = max(1, int(os.environ.get("BNPO_REWARD_WORKERS", str(min(4, os.cpu_count() or 1)))))
-# Address-space cap of a worker, so a runaway sympy expression fails with MemoryError instead of
-# taking the node's memory; 0 disables it.
-_WORKER_MEM_MB = int(os.environ.get("BNPO_REWARD_WORKER_MEM_MB", "8192"))
+TAIL_CHARS = reward_verify.TAIL_CHARS
+_KEY = "reward.custom_reward_function.reward_kwargs"
+# keywords verl's reward managers pass besides the four row fields; anything else is a typo
+_VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
+
+_POOL = reward_pool.Pool(max(1, int(os.environ.get("BNPO_REWARD_WORKERS", "8"))))
+atexit.register(_POOL.close)
+os.register_at_fork(after_in_child=_POOL.forget)
 
 _THINK_OPEN, _THINK_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 
 
-# ---------------------------------------------------------------------------------------------
-# format reward
-# ---------------------------------------------------------------------------------------------
-
-
 def r1_format_score(solution_str: str) -> float:
-    """1.0 iff the output is ``<think>…</think><answer>…</answer>`` with each tag exactly once.
+    """1.0 iff the output is exactly ``<think>A</think><answer>B</answer>``, each tag once.
 
-    Whitespace before, between and after the two blocks is allowed. Linear in the length of the
-    output (string scans only, no backtracking regex).
+    The authors' rule: nothing before ``<think>`` or after ``</answer>`` (not even whitespace or a
+    newline), nothing between ``</think>`` and ``<answer>``, any text (whitespace included) inside
+    the tags. Linear in the length of the output (string scans, no backtracking regex).
     """
-    text = solution_str.strip()
-    tags = (_THINK_OPEN, _THINK_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
-    if any(text.count(tag) != 1 for tag in tags):
-        return 0.0
+    text = solution_str
     if not (text.startswith(_THINK_OPEN) and text.endswith(_ANSWER_CLOSE)):
         return 0.0
-    think_end = text.index(_THINK_CLOSE)
-    answer_start = text.index(_ANSWER_OPEN)
-    if answer_start < think_end or text[think_end + len(_THINK_CLOSE) : answer_start].strip():
+    if any(text.count(tag) != 1 for tag in (_THINK_OPEN, _THINK_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)):
         return 0.0
-    return 1.0
+    return 1.0 if _THINK_CLOSE + _ANSWER_OPEN in text else 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# accuracy: worker side (runs in a subprocess: `python rewards.py --serve`)
-# ---------------------------------------------------------------------------------------------
+def stats() -> dict:
+    """Counts of this process's accuracy checks: calls, timeouts, no_worker, failures."""
+    return dict(_POOL.stats)
 
 
-def _serve() -> None:
-    """Answer JSON-line requests ``{"gold", "pred", "t"}`` with ``{"acc", "pred"}`` until stdin closes."""
-    if _WORKER_MEM_MB > 0:
-        try:
-            import resource
-
-            limit = _WORKER_MEM_MB * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ImportError, ValueError, OSError):
-            pass
-    logging.disable(logging.WARNING)  # math-verify logs every timeout; the caller counts them instead
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException  # a BaseException
-
-    failures = (Exception, TimeoutException)
-
-    out = sys.stdout
-    try:  # a broken install (e.g. the wrong antlr4 runtime) would otherwise score every answer 0
-        works = bool(verify(parse("$\\frac{1}{2}$"), parse("$0.5$")))
-        problem = "" if works else "math-verify does not recognise 1/2 = 0.5"
-    except failures as e:
-        problem = f"{type(e).__name__}: {e}"
-    out.write(json.dumps({"ready": True, "problem": problem}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        try:
-            req = json.loads(line)
-            # signal-based timeouts work here (main thread); they spare a kill in the common case
-            inner = max(1, int(req["t"] / 3))
-            gold = parse(req["gold"], parsing_timeout=inner)
-            pred = parse(req["pred"], parsing_timeout=inner)
-            acc = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=inner))
-            shown = str(pred[-1] if isinstance(pred[-1], str) else pred[0]) if pred else ""
-            reply = {"acc": acc, "pred": shown}
-        except failures as e:  # MemoryError, RecursionError, anything sympy raises
-            reply = {"acc": False, "pred": "", "error": type(e).__name__}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# accuracy: caller side
-# ---------------------------------------------------------------------------------------------
-
-
-class _WorkerTimeout(Exception):
-    pass
-
-
-class _Worker:
-    """One verification subprocess, spoken to over pipes with a deadline per reply."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", os.path.abspath(__file__), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        self._buf = b""
-        problem = self._read_line(_STARTUP_TIMEOUT_S).get("problem")
-        if problem:
-            logger.error("bnpo.rewards: math-verify is broken in this environment (%s); every acc will be 0. "
-                         "Reinstall with pip install 'bnpo[rewards]'.", problem)
-
-    def _read_line(self, timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _WorkerTimeout()
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise EOFError("reward worker exited")
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def check(self, gold: str, pred: str, timeout_s: float) -> dict:
-        self.proc.stdin.write((json.dumps({"gold": gold, "pred": pred, "t": timeout_s}) + "\n").encode())
-        self.proc.stdin.flush()
-        return self._read_line(timeout_s)
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
-
-
-class _WorkerPool:
-    """At most ``size`` workers, created on demand; a worker that misbehaves is killed and replaced."""
-
-    def __init__(self, size: int) -> None:
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: "queue.LifoQueue[_Worker]" = queue.LifoQueue()
-        self._all: set = set()
-        self._lock = threading.Lock()
-        self.timeouts = 0
-        self.failures = 0
-
-    def check(self, gold: str, pred: str, timeout_s: float) -> dict:
-        with self._slots:
-            worker = None
-            try:
-                try:
-                    worker = self._idle.get_nowait()
-                except queue.Empty:
-                    worker = _Worker()
-                    with self._lock:
-                        self._all.add(worker)
-                reply = worker.check(gold, pred, timeout_s)
-            except _WorkerTimeout:
-                with self._lock:
-                    self.timeouts += 1
-                self._drop(worker)
-                return {"acc": False, "pred": "", "error": "timeout"}
-            except Exception as e:  # broken pipe, worker crash, spawn failure
-                with self._lock:
-                    self.failures += 1
-                logger.warning("bnpo.rewards: verification worker failed (%s); scoring 0", e)
-                self._drop(worker)
-                return {"acc": False, "pred": "", "error": type(e).__name__}
-            self._idle.put(worker)
-            return reply
-
-    def _drop(self, worker: Optional[_Worker]) -> None:
-        if worker is not None:
-            worker.kill()
-            with self._lock:
-                self._all.discard(worker)
-
-    def close(self) -> None:
-        with self._lock:
-            workers, self._all = list(self._all), set()
-        for worker in workers:
-            worker.kill()
-
-
-_POOL = _WorkerPool(_MAX_WORKERS)
-atexit.register(_POOL.close)
-
-
-def verify_answer(solution_str: str, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S,
-                  tail_chars: int = DEFAULT_TAIL_CHARS) -> tuple[float, str]:
-    """Accuracy of one output: math-verify on ``\\boxed{ground_truth}`` vs the output's tail.
-
-    Returns:
-        (acc, pred): acc in {0.0, 1.0}; pred is the extracted prediction ("" if none / on failure).
-    """
-    if not solution_str or not ground_truth:
-        return 0.0, ""
-    gold = ground_truth if "\\boxed" in ground_truth else "\\boxed{" + ground_truth + "}"
-    tail = solution_str[-tail_chars:] if tail_chars > 0 else solution_str
-    reply = _POOL.check(gold, tail, timeout_s)
-    return (1.0 if reply.get("acc") else 0.0), str(reply.get("pred", ""))
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
+def _text(value: Any) -> Optional[str]:
+    """A row's ground truth or an output as text; None for values that are no answer."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (list, tuple)) and len(value) == 1:  # some datasets store [answer]
-        return _as_text(value[0])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # None, NaN below, lists, dicts
+        return None
+    if not math.isfinite(value):
+        return None
+    if isinstance(value, numbers.Integral) or float(value).is_integer():
+        return str(int(value))  # amc23 stores 27.0 for 27
     return str(value)
+
+
+def _check_settings(format_reward: Any, timeout_s: Any, extra: dict) -> None:
+    unknown = sorted(set(extra) - _VERL_KWARGS)
+    if unknown:
+        raise ValueError(f"bnpo.rewards.compute_score: unknown keyword(s) {unknown} (from {_KEY}?); "
+                         "it takes format_reward and timeout_s")
+    if not isinstance(format_reward, bool):
+        raise ValueError(f"{_KEY}.format_reward={format_reward!r} must be true or false")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not (0 < timeout_s < math.inf):
+        raise ValueError(f"{_KEY}.timeout_s={timeout_s!r} must be a finite number of seconds > 0 "
+                         f"(default {DEFAULT_TIMEOUT_S})")
+
+
+def verify_answer(solution_str: str, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[float, str]:
+    """The paper's accuracy of one output. Returns (acc in {0.0, 1.0}, extracted prediction or "")."""
+    reply = _POOL.check(ground_truth, solution_str[-TAIL_CHARS:], float(timeout_s))
+    return (1.0 if reply.get("acc") else 0.0), str(reply.get("pred", ""))
 
 
 def compute_score(
@@ -262,43 +116,45 @@ def compute_score(
     extra_info: Optional[dict] = None,
     format_reward: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    tail_chars: int = DEFAULT_TAIL_CHARS,
     **kwargs: Any,
 ) -> dict:
-    """verl reward function: accuracy (and optionally format) of one math output. Never raises.
+    """verl reward function: the paper's accuracy (and optionally format) reward of one output.
 
     Args:
-        data_source: the row's ``data_source`` (unused: every math source is scored the same way).
+        data_source: the row's ``data_source`` (unused: every source is scored the same way).
         solution_str: the decoded model output.
         ground_truth: the row's ``reward_model.ground_truth`` (an answer, without ``\\boxed``).
         extra_info: the row's ``extra_info`` (unused).
         format_reward: also score the R1 format (verl: ``reward_kwargs.format_reward=true``).
-        timeout_s: deadline of the math-verify check; past it the worker is killed and acc is 0.
-        tail_chars: how much of the output's end is searched for the answer.
-        **kwargs: other keywords verl may pass (ignored).
+        timeout_s: the whole call returns within this many seconds; a check still running then is
+            killed and scores 0.
+        **kwargs: the keywords verl's reward managers add (others are refused).
 
     Returns:
-        dict: ``acc`` (0/1), ``pred`` (str), ``score`` = acc, or with ``format_reward`` also
-        ``format`` (0/1) and ``score`` = (acc + format) / 2, which stays in [0, 1] (bnpo's default
-        reward range). ad_bnpo reads ``acc`` and ``format`` separately.
+        dict: ``acc`` (0/1), ``pred`` (str), ``score`` = acc; with ``format_reward`` also ``format``
+        (0/1) and ``score`` = acc + format, in [0, 2] (plain bnpo then needs
+        ``algorithm.bnpo.reward_max=2``; ad_bnpo reads ``acc`` and ``format``, each in [0, 1]).
+
+    Raises:
+        ValueError: a bad setting (``timeout_s`` not a finite number > 0, ``format_reward`` not a
+            bool, an unknown keyword). Bad outputs and answers never raise; they score 0.
     """
+    _check_settings(format_reward, timeout_s, kwargs)
     try:
-        text = _as_text(solution_str)
-        acc, pred = verify_answer(text, _as_text(ground_truth).strip(), float(timeout_s), int(tail_chars))
+        text, gold = _text(solution_str), _text(ground_truth)
+        if text and gold is not None and gold.strip():
+            acc, pred = verify_answer(text, gold, timeout_s)
+        else:
+            acc, pred = 0.0, ""
         result = {"score": acc, "acc": acc, "pred": pred}
         if format_reward:
-            fmt = r1_format_score(text)
+            fmt = r1_format_score(text) if text else 0.0
             result["format"] = fmt
-            result["score"] = (acc + fmt) / 2.0
+            result["score"] = acc + fmt
         return result
-    except Exception as e:  # keep training alive; the same keys as a normal result
+    except Exception as e:  # noqa: BLE001 -- keep training alive; the same keys as a normal result
         logger.warning("bnpo.rewards.compute_score failed (%s: %s); scoring 0", type(e).__name__, e)
         result = {"score": 0.0, "acc": 0.0, "pred": ""}
         if format_reward:
             result["format"] = 0.0
         return result
-
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    _serve()

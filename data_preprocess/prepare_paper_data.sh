@@ -5,7 +5,9 @@
 # r1: the <think>/<answer> prompt for format-reward (AD-BNPO) runs, written to ~/data/bnpo_r1/<name>/.
 # These are the folders the run scripts read by default.
 # Env: DATA_DIR (output root), LOCAL_DATA_ROOT (local copies as $LOCAL_DATA_ROOT/<name>, e.g.
-# math_lighteval/, math500/; without it the Hugging Face hub), SKIP_BAD_ROWS=1, PYTHON.
+# math_lighteval/, math500/; without it the Hugging Face hub), SKIP_BAD_ROWS=1, PYTHON,
+# N_REPEAT=<n> (also write test_repeated.parquet, every row n times, for the four validation sets;
+# the authors' default is 1, no such file).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TEMPLATE="${1:-qwen}"
@@ -19,7 +21,9 @@ EXTRA=()
 for name in math_lighteval math500 amc23 aime24 aime25; do
   SOURCE=()
   [[ -n "${LOCAL_DATA_ROOT:-}" ]] && SOURCE=(--local_dataset_path "$LOCAL_DATA_ROOT/$name")
+  REPEAT=()
+  [[ "$name" != math_lighteval ]] && REPEAT=(--n_repeat "${N_REPEAT:-1}")
   "${PYTHON:-python3}" "$HERE/$name.py" "${SOURCE[@]}" --local_save_dir "$DATA_DIR/$name" \
-    --prompt_template "$TEMPLATE" "${EXTRA[@]}"
+    --prompt_template "$TEMPLATE" "${EXTRA[@]}" "${REPEAT[@]}"
 done
 echo "data ready in $DATA_DIR"

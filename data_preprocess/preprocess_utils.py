@@ -16,29 +16,32 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from source_files import BadFile, check_source, one_line
+
 # ---------------------------------------------------------------------------------------------
 # prompts
 # ---------------------------------------------------------------------------------------------
 
+# The authors' system prompts (changyi7231/BNPO, recipe/bnpo/src/data_prepare.py), word for word.
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 R1_INSTRUCTION = (
-    "A conversation between User and Assistant. The User asks a question and the Assistant solves it. "
-    "The Assistant first thinks through the reasoning process and then gives the User the answer. "
-    "The reasoning goes inside <think> </think> tags and the answer inside <answer> </answer> tags, "
-    "i.e. <think> reasoning here </think><answer> answer here </answer>. "
-    "Put the final answer within \\boxed{} inside the answer tags."
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>."
 )
 
 PROMPT_TEMPLATES: dict[str, Callable[[str], list[dict]]] = {
     # spec §6: the paper's system prompt, the question as the user turn
     "qwen": lambda q: [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": q}],
-    # format-reward (AD-BNPO) experiments: the R1 think/answer layout
+    # format-reward (AD-BNPO) experiments: the R1 think/answer layout, the question as the user turn
     "r1": lambda q: [{"role": "system", "content": R1_INSTRUCTION}, {"role": "user", "content": q}],
 }
 
@@ -106,8 +109,13 @@ def boxed_answer(row: dict, key: str) -> str:
 
 def plain_answer(row: dict, key: str) -> str:
     value = row.get(key)
-    if isinstance(value, float) and value.is_integer():  # amc23 stores 27.0 for 27
-        value = int(value)
+    if isinstance(value, bool):  # a bool is an int to Python, and "True" no answer
+        raise BadRow(f"field {key!r} is a boolean ({value}), not an answer")
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadRow(f"field {key!r} is {value} (a missing value), not an answer")
+        if value.is_integer():  # amc23 stores 27.0 for 27
+            value = int(value)
     if value is None or isinstance(value, (dict, list)) or not str(value).strip():
         raise BadRow(f"field {key!r} is missing or empty")
     return str(value).strip()
@@ -177,7 +185,8 @@ def question_of(row: dict, keys: Sequence[str]) -> str:
     raise BadRow(f"no question text in field(s) {', '.join(map(repr, keys))}")
 
 
-def convert_split(spec: DatasetSpec, split: str, rows, template: str, skip_bad_rows: bool) -> tuple[list, int]:
+def convert_split(spec: DatasetSpec, split: str, rows, template: str, skip_bad_rows: bool,
+                  source: str = "") -> tuple[list, int]:
     """Rows of one source split -> verl rows. Returns (rows, number skipped)."""
     make_prompt = PROMPT_TEMPLATES[template]
     out, skipped, first_bad = [], 0, None
@@ -186,7 +195,7 @@ def convert_split(spec: DatasetSpec, split: str, rows, template: str, skip_bad_r
             question = question_of(row, spec.question_keys)
             answer = spec.answer(row)
         except BadRow as e:
-            where = f"{spec.name}: split {split!r} row {index}: {e}"
+            where = f"{spec.name}: {source + ': ' if source else ''}split {split!r} row {index}: {e}"
             if not skip_bad_rows:
                 raise BadRow(f"{where} (fix the row, or pass --skip_bad_rows to drop such rows)") from None
             skipped += 1
@@ -206,16 +215,65 @@ def convert_split(spec: DatasetSpec, split: str, rows, template: str, skip_bad_r
     return out, skipped
 
 
+def repeat_rows(rows: list, n: int) -> list:
+    """Each row ``n`` times in a row (the authors' ``*_repeated.parquet``): more validation samples per question."""
+    return [row for row in rows for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _remove_stale_temp_files(folder: str) -> None:
+    """Remove temporary files that a killed run (SIGKILL, power loss) left in ``folder``.
+
+    A temporary file is named ``.tmp-<pid>-*.parquet``; it is stale when process <pid> is gone.
+    """
+    for name in os.listdir(folder):
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(".parquet")):
+            continue
+        pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            os.remove(os.path.join(folder, name))
+            print(f"removed {os.path.join(folder, name)}, left by an interrupted run (process {pid})")
+        except PermissionError:  # alive, someone else's
+            pass
+
+
+def prepare_save_dir(path: str) -> str:
+    """``--local_save_dir`` as an absolute folder that exists; BadFile if it cannot be one."""
+    folder = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise BadFile(f"--local_save_dir {folder} is a file, not a folder; give a folder path (it is created if missing)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise BadFile(f"--local_save_dir {folder}: cannot create the folder ({e.strerror}); "
+                      "give a folder you can write to") from None
+    _remove_stale_temp_files(folder)
+    return folder
+
+
 def write_parquet_atomic(rows: list, path: str) -> None:
-    """Write ``rows`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``rows`` to ``path`` through a temporary file in the same folder, then rename.
+
+    The temporary file is removed on any error, Ctrl-C and (with :func:`main`'s handler) SIGTERM;
+    one left by SIGKILL is removed by the next run that writes to the folder.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not rows:
         raise BadRow(f"no rows left to write to {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    folder = prepare_save_dir(os.path.dirname(os.path.abspath(path)))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".parquet")
     os.close(fd)
     try:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
@@ -233,8 +291,35 @@ def write_parquet_atomic(rows: list, path: str) -> None:
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
+def _load_local(spec: DatasetSpec, local_path: str):
+    import datasets
+
+    if os.path.isfile(local_path):
+        ext = os.path.splitext(local_path)[1].lower()
+        if ext not in _BUILDERS:
+            raise BadFile(f"{local_path}: unknown file type {ext!r}; convert it to one of {sorted(_BUILDERS)}")
+        base = os.path.basename(local_path)
+        named = [s for s in spec.splits if s in base]
+        if len(named) != 1 and len(spec.splits) != 1:
+            raise BadFile(
+                f"{local_path}: cannot tell which of the splits {sorted(spec.splits)} this file holds; "
+                "put it in a folder as <split>.jsonl or name the file after its split"
+            )
+        split = named[0] if len(named) == 1 else next(iter(spec.splits))
+        check_source(local_path)
+        return datasets.load_dataset(_BUILDERS[ext], data_files={split: os.path.abspath(local_path)})
+    if os.path.isdir(local_path):
+        folder = os.path.abspath(local_path)
+        check_source(folder)
+        # a hub snapshot keeps each config in a subfolder (gsm8k: main/); a plain folder has none
+        if spec.hub_config and os.path.isdir(os.path.join(folder, spec.hub_config)):
+            return datasets.load_dataset(folder, data_dir=spec.hub_config)
+        return datasets.load_dataset(folder)
+    raise BadFile(f"--local_dataset_path {local_path}: no such file or folder")
+
+
 def load_splits(spec: DatasetSpec, local_path: Optional[str]) -> dict:
-    """Source split -> rows (a list of dicts), from ``local_path`` or the hub.
+    """Source split -> rows, from ``local_path`` or the hub; BadFile with a one-line reason if unreadable.
 
     ``local_path`` may be anything ``datasets.load_dataset`` reads (a folder of jsonl/parquet files
     named by split, a hub snapshot) or a single file, which is taken as the split its name contains
@@ -242,46 +327,42 @@ def load_splits(spec: DatasetSpec, local_path: Optional[str]) -> dict:
     """
     import datasets
 
-    if local_path is None:
-        loaded = datasets.load_dataset(spec.hub_id, spec.hub_config)
-    elif os.path.isfile(local_path):
-        ext = os.path.splitext(local_path)[1].lower()
-        if ext not in _BUILDERS:
-            raise SystemExit(f"--local_dataset_path {local_path}: unknown file type {ext!r} (use {sorted(_BUILDERS)})")
-        base = os.path.basename(local_path)
-        named = [s for s in spec.splits if s in base]
-        if len(named) != 1 and len(spec.splits) != 1:
-            raise SystemExit(
-                f"--local_dataset_path {local_path}: cannot tell which of the splits {sorted(spec.splits)} this "
-                "file holds; put it in a folder as <split>.jsonl or name the file after its split"
-            )
-        split = named[0] if len(named) == 1 else next(iter(spec.splits))
-        loaded = datasets.load_dataset(_BUILDERS[ext], data_files={split: os.path.abspath(local_path)})
-    elif os.path.isdir(local_path):
-        folder = os.path.abspath(local_path)
-        # a hub snapshot keeps each config in a subfolder (gsm8k: main/); a plain folder has none
-        if spec.hub_config and os.path.isdir(os.path.join(folder, spec.hub_config)):
-            loaded = datasets.load_dataset(folder, data_dir=spec.hub_config)
+    source = local_path or spec.hub_id
+    try:
+        if local_path is None:
+            loaded = datasets.load_dataset(spec.hub_id, spec.hub_config)
         else:
-            loaded = datasets.load_dataset(folder)
-    else:
-        raise SystemExit(f"--local_dataset_path {local_path}: no such file or folder")
+            loaded = _load_local(spec, local_path)
+    except (BadFile, BadRow):
+        raise
+    except Exception as e:  # noqa: BLE001 -- whatever datasets / pyarrow / the hub raise, as one line
+        fix = ("check that every file is a complete, readable dataset file with the same fields in every row"
+               if local_path else "check the network, or download the dataset and pass --local_dataset_path")
+        raise BadFile(f"{source}: could not be read ({one_line(e)}); {fix}") from None
 
     missing = [s for s in spec.splits if s not in loaded]
     wanted = [s for s in spec.splits if s in loaded]
     if not wanted:
-        raise SystemExit(
-            f"{spec.name}: none of the splits {sorted(spec.splits)} found in {local_path or spec.hub_id} "
-            f"(it has {sorted(loaded)})"
-        )
+        raise BadFile(f"{source}: none of the splits {sorted(spec.splits)} found (it has {sorted(loaded)}); "
+                      "name the files after their split, e.g. test.jsonl")
     if missing:
-        print(f"{spec.name}: split(s) {missing} not in {local_path or spec.hub_id}; converting {wanted}")
+        print(f"{spec.name}: split(s) {missing} not in {source}; converting {wanted}")
     return {s: loaded[s] for s in wanted}
 
 
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
+
+
+N_REPEAT_DEFAULT = 1  # the authors' data_prepare.py default: validation files hold each question once
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 def parse_args(spec: DatasetSpec, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -294,6 +375,9 @@ def parse_args(spec: DatasetSpec, argv: Optional[Sequence[str]] = None) -> argpa
     )
     parser.add_argument("--prompt_template", choices=sorted(PROMPT_TEMPLATES), default="qwen")
     parser.add_argument("--skip_bad_rows", action="store_true", help="drop rows whose answer cannot be read")
+    parser.add_argument("--n_repeat", type=_positive_int, default=N_REPEAT_DEFAULT,
+                        help="also write <split>_repeated.parquet with every row N times in a row (default: 1, "
+                             "no such file)")
     return parser.parse_args(argv)
 
 
@@ -301,13 +385,17 @@ def run(spec: DatasetSpec, argv: Optional[Sequence[str]] = None) -> dict:
     """Convert every split, then write them all; nothing is written if any split fails.
 
     Returns:
-        output file stem -> path written.
+        output file stem -> path written (``<stem>_repeated`` too with ``--n_repeat`` > 1).
     """
     args = parse_args(spec, argv)
-    save_dir = os.path.expanduser(args.local_save_dir)
+    save_dir = prepare_save_dir(args.local_save_dir)
+    source = args.local_dataset_path or spec.hub_id
     converted = {}
     for split, rows in load_splits(spec, args.local_dataset_path).items():
-        converted[spec.splits[split]], _ = convert_split(spec, split, rows, args.prompt_template, args.skip_bad_rows)
+        stem = spec.splits[split]
+        converted[stem], _ = convert_split(spec, split, rows, args.prompt_template, args.skip_bad_rows, source)
+        if args.n_repeat > 1:
+            converted[f"{stem}_repeated"] = repeat_rows(converted[stem], args.n_repeat)
     written = {}
     for stem, rows in converted.items():
         path = os.path.join(save_dir, f"{stem}.parquet")
@@ -317,8 +405,14 @@ def run(spec: DatasetSpec, argv: Optional[Sequence[str]] = None) -> dict:
     return written
 
 
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through write_parquet_atomic, which removes its temporary file
+
+
 def main(spec: DatasetSpec) -> None:
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     try:
         run(spec)
-    except BadRow as e:
+    except (BadRow, BadFile) as e:
         sys.exit(f"error: {e}")

@@ -21,9 +21,12 @@ BNPO_ENV_KEYS=(
   NORM_ADV_BY_STD=algorithm.norm_adv_by_std_in_grpo
   FIXED_ALPHA=algorithm.bnpo.fixed_alpha
   FIXED_BETA=algorithm.bnpo.fixed_beta
-  BNPO_COMPONENTS=algorithm.bnpo.components
-  BNPO_COMPONENT_WEIGHTS=algorithm.bnpo.component_weights
+  BNPO_REWARD_MIN=algorithm.bnpo.reward_min
+  BNPO_REWARD_MAX=algorithm.bnpo.reward_max
+  BNPO_COMPONENTS=++algorithm.bnpo.components
+  BNPO_COMPONENT_WEIGHTS=++algorithm.bnpo.component_weights
   USE_FORMAT_REWARD=reward.custom_reward_function.reward_kwargs.format_reward
+  REWARD_TIMEOUT_S=reward.custom_reward_function.reward_kwargs.timeout_s
   TRAIN_BATCH_SIZE=data.train_batch_size
   ROLLOUT_N=actor_rollout_ref.rollout.n
   PPO_MINI_BATCH_SIZE=actor_rollout_ref.actor.ppo_mini_batch_size
@@ -38,6 +41,7 @@ BNPO_ENV_KEYS=(
   LOSS_AGG_MODE=actor_rollout_ref.actor.loss_agg_mode
   TEMPERATURE=actor_rollout_ref.rollout.temperature
   VAL_TEMPERATURE=actor_rollout_ref.rollout.val_kwargs.temperature
+  VAL_N=actor_rollout_ref.rollout.val_kwargs.n
   TP_SIZE=actor_rollout_ref.rollout.tensor_model_parallel_size
   GPU_MEMORY_UTILIZATION=actor_rollout_ref.rollout.gpu_memory_utilization
   TOTAL_EPOCHS=trainer.total_epochs
@@ -55,35 +59,73 @@ bnpo_die() {
   exit 2
 }
 
-# bnpo_defaults MODEL_PATH_DEFAULT EXPERIMENT_PREFIX: fill in what depends on the run script, the
-# estimator and the data folder. Exports so that submit_ray_job.sh can forward the same values.
+# bnpo_arg KEY ARGS...: the value the last Hydra override among ARGS gives KEY (KEY=, +KEY= or
+# ++KEY=), or nothing.
+bnpo_arg() {
+  local key="$1" arg value=""
+  shift
+  for arg in "$@"; do
+    arg="${arg#+}"
+    arg="${arg#+}"
+    [[ "$arg" == "$key="* ]] && value="${arg#*=}"
+  done
+  printf '%s' "$value"
+}
+
+# bnpo_setting KEY VAR DEFAULT ARGS...: what the run will use for KEY: the overrides in ARGS win over
+# the variable VAR, which wins over DEFAULT.
+bnpo_setting() {
+  local key="$1" var="$2" default="$3" value
+  shift 3
+  value="$(bnpo_arg "$key" "$@")"
+  printf '%s' "${value:-${!var:-$default}}"
+}
+
+# bnpo_defaults MODEL_PATH_DEFAULT EXPERIMENT_PREFIX ARGS...: fill in what depends on the run script,
+# the estimator and the data folder (ARGS: the script's Hydra overrides, which win). Exports, so that
+# submit_ray_job.sh can forward the same values.
 bnpo_defaults() {
-  local model_default="$1" prefix="$2"
+  local model_default="$1" prefix="$2" estimator format_reward
+  shift 2
   export MODEL_PATH="${MODEL_PATH:-$model_default}"
   export ADV_ESTIMATOR="${ADV_ESTIMATOR:-bnpo}"
-  case "$ADV_ESTIMATOR" in
-    ad_bnpo)
-      # AD-BNPO decomposes accuracy and format; both keys come from bnpo.rewards.compute_score
-      export USE_FORMAT_REWARD="${USE_FORMAT_REWARD:-true}"
-      export BNPO_COMPONENTS="${BNPO_COMPONENTS:-[acc,format]}"
-      if [[ "$BNPO_COMPONENTS" == *format* ]] && ! bnpo_truthy "$USE_FORMAT_REWARD"; then
-        bnpo_die "ADV_ESTIMATOR=ad_bnpo uses the 'format' component, which needs USE_FORMAT_REWARD=1 (or set BNPO_COMPONENTS without format)"
-      fi
-      ;;
-  esac
+  estimator="$(bnpo_setting algorithm.adv_estimator ADV_ESTIMATOR bnpo "$@")"
+  if [[ "$estimator" == ad_bnpo ]]; then
+    # AD-BNPO decomposes accuracy and format; both keys come from bnpo.rewards.compute_score
+    export USE_FORMAT_REWARD="${USE_FORMAT_REWARD:-true}"
+    export BNPO_COMPONENTS="${BNPO_COMPONENTS:-[acc,format]}"
+  elif [[ -n "${BNPO_COMPONENTS:-}${BNPO_COMPONENT_WEIGHTS:-}" ]]; then
+    bnpo_die "BNPO_COMPONENTS / BNPO_COMPONENT_WEIGHTS only apply to ADV_ESTIMATOR=ad_bnpo (this run uses $estimator)"
+  fi
   if [[ -n "${USE_FORMAT_REWARD:-}" ]]; then
     if bnpo_truthy "$USE_FORMAT_REWARD"; then USE_FORMAT_REWARD=true; else USE_FORMAT_REWARD=false; fi
     export USE_FORMAT_REWARD
   fi
+  format_reward="$(bnpo_setting reward.custom_reward_function.reward_kwargs.format_reward USE_FORMAT_REWARD false "$@")"
+  bnpo_truthy "$format_reward" && format_reward=true || format_reward=false
+  if [[ "$estimator" == ad_bnpo && "$(bnpo_setting algorithm.bnpo.components BNPO_COMPONENTS '' "$@")" == *format* \
+        && "$format_reward" != true ]]; then
+    bnpo_die "ADV_ESTIMATOR=ad_bnpo uses the 'format' component, which needs USE_FORMAT_REWARD=1 (or set BNPO_COMPONENTS without format)"
+  fi
+  # with the format reward the score is acc + format, in [0, 2]: plain bnpo must declare that range
+  # (ad_bnpo maps each component, acc and format, each in [0, 1], with the same reward_min/max)
+  if [[ "$estimator" == bnpo && "$format_reward" == true && -z "$(bnpo_setting algorithm.bnpo.reward_max BNPO_REWARD_MAX '' "$@")" ]]; then
+    export BNPO_REWARD_MAX=2
+  fi
   # the format reward expects prompts made with --prompt_template r1, kept in their own folder
   local data_default="$HOME/data/bnpo"
-  [[ "${USE_FORMAT_REWARD:-false}" == true ]] && data_default="$HOME/data/bnpo_r1"
+  [[ "$format_reward" == true ]] && data_default="$HOME/data/bnpo_r1"
   export DATA_DIR="${DATA_DIR:-$data_default}"
   export TRAIN_FILES="${TRAIN_FILES:-$DATA_DIR/math_lighteval/train.parquet}"
   export VAL_FILES="${VAL_FILES:-[$DATA_DIR/math500/test.parquet,$DATA_DIR/amc23/test.parquet,$DATA_DIR/aime24/test.parquet,$DATA_DIR/aime25/test.parquet]}"
-  local suffix="$ADV_ESTIMATOR"
+  local suffix="$estimator"
   [[ -n "${FIXED_ALPHA:-}${FIXED_BETA:-}" ]] && suffix="${suffix}-a${FIXED_ALPHA:-fit}-b${FIXED_BETA:-fit}"
   export EXPERIMENT_NAME="${EXPERIMENT_NAME:-${prefix}-${suffix}}"
+  # jobs submitted by submit_ray_job.sh on one node: checkpoints under the cluster user's home, not
+  # in Ray's per-job temporary working directory
+  if [[ -z "${CKPT_DIR:-}" && "${BNPO_CKPT_UNDER_HOME:-0}" == 1 ]]; then
+    export CKPT_DIR="$HOME/checkpoints/$(bnpo_setting trainer.project_name PROJECT_NAME bnpo "$@")/$(bnpo_setting trainer.experiment_name EXPERIMENT_NAME '' "$@")"
+  fi
 }
 
 bnpo_truthy() {
@@ -113,10 +155,22 @@ bnpo_main_cmd() {
   BNPO_CMD+=("${BNPO_OVERRIDES[@]}" "$@")
 }
 
+# bnpo_gpu_preflight ARGS...: stop now, with what to do instead, when the GPUs this run asks for are
+# not there (verl would otherwise wait in Ray's scheduler or fail deep inside). BNPO_SKIP_GPU_CHECK=1
+# skips it.
+bnpo_gpu_preflight() {
+  bnpo_truthy "${BNPO_SKIP_GPU_CHECK:-0}" && return 0
+  "$PYTHON" "$BNPO_ROOT/scripts/gpu_preflight.py" --config "$BNPO_CONFIG_DIR/$BNPO_CONFIG_NAME.yaml" \
+    --nnodes "$(bnpo_setting trainer.nnodes NNODES '' "$@")" \
+    --gpus-per-node "$(bnpo_setting trainer.n_gpus_per_node N_GPUS_PER_NODE '' "$@")" \
+    --script "$0" || exit 2
+}
+
 # Entry point of the run scripts.
 bnpo_run() {
   bnpo_main_cmd "$@"
   if ! bnpo_truthy "${DRY_RUN:-0}"; then
+    bnpo_gpu_preflight "$@"
     printf 'bnpo: %q ' "${BNPO_CMD[@]}" >&2
     echo >&2
   fi

@@ -5,5 +5,5 @@
 # the composed config and exits.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-bnpo_defaults Qwen/Qwen2.5-Math-1.5B qwen2.5-math-1.5b
+bnpo_defaults Qwen/Qwen2.5-Math-1.5B qwen2.5-math-1.5b "$@"
 bnpo_run "$@"

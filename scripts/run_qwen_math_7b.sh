@@ -6,5 +6,5 @@
 # arguments override them. DRY_RUN=1 prints the composed config and exits.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-bnpo_defaults Qwen/Qwen2.5-Math-7B qwen2.5-math-7b
+bnpo_defaults Qwen/Qwen2.5-Math-7B qwen2.5-math-7b "$@"
 bnpo_run "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submit a BNPO run to an existing Ray cluster with `ray job submit`.
-#   RAY_ADDRESS=http://<head>:8265 bash scripts/submit_ray_job.sh [hydra.key=value ...]
+#   RAY_ADDRESS=http://<head>:8265 [CKPT_DIR=/shared/ckpt/run1] bash scripts/submit_ray_job.sh [hydra.key=value ...]
 #
 # The job runs RUN_SCRIPT (default scripts/run_qwen_math_7b.sh) from the cluster's copy of this
 # project: the runtime env's working_dir uploads the project (without .venv, .git, outputs, data),
@@ -10,15 +10,21 @@
 #
 # Env vars:
 #   RAY_ADDRESS         the cluster's dashboard address (required), e.g. http://10.0.0.1:8265
+#   CKPT_DIR            absolute checkpoint folder on the cluster (trainer.default_local_dir); required
+#                       with NNODES > 1 (storage every node sees); with one node it defaults to
+#                       $HOME/checkpoints/<project>/<experiment> of the job's user on the cluster
 #   RUN_SCRIPT          the run script the job executes (default scripts/run_qwen_math_7b.sh)
 #   the run scripts' variables (MODEL_PATH, DATA_DIR, NNODES, ADV_ESTIMATOR, ... see _common.sh):
 #                       those set here are forwarded to the job; the others take their defaults
 #                       on the cluster (DATA_DIR defaults to the cluster's $HOME/data/bnpo)
-#   FORWARD_ENV         more variable names to forward when set (default: WANDB_API_KEY HF_HOME HF_TOKEN)
+#   FORWARD_ENV         names of more variables to forward (default: none). Forwarded values are
+#                       stored with the job and shown by the Ray dashboard and job API: give secrets
+#                       (WANDB_API_KEY, HF_TOKEN) to the nodes' environment instead (recipe README)
 #   RUNTIME_PIP         space-separated pip requirements installed for the job by Ray (default: none)
 #   RAY_SUBMIT_ARGS     extra `ray job submit` flags, e.g. "--no-wait --submission-id bnpo-7b-1"
 #   BNPO_JOB_ENTRYPOINT a shell command run by the job instead of RUN_SCRIPT (checks, debugging)
-#   DRY_RUN=1           print the composed Hydra config (locally) and the submit command; submit nothing
+#   DRY_RUN=1           print the runtime env (forwarded values masked), the submit command and the
+#                       composed Hydra config (locally); submit nothing
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
@@ -31,12 +37,27 @@ else
   ENTRYPOINT=(bash "$RUN_SCRIPT" "$@")
 fi
 
-# The job's runtime env as JSON: the project as working_dir, the set variables as env_vars.
-FORWARD_NAMES="DATA_DIR PYTHON CONFIG_NAME ${FORWARD_ENV:-WANDB_API_KEY HF_HOME HF_TOKEN}"
+# Checkpoints: a relative trainer.default_local_dir would land in Ray's per-job temporary folder on
+# whichever node runs each worker, and be lost with it.
+NNODES_RUN="$(bnpo_setting trainer.nnodes NNODES 1 "$@")"
+CKPT_RUN="$(bnpo_setting trainer.default_local_dir CKPT_DIR '' "$@")"
+if [[ -z "$CKPT_RUN" ]]; then
+  if [[ "$NNODES_RUN" != 1 ]]; then
+    bnpo_die "NNODES=$NNODES_RUN: set CKPT_DIR to an absolute folder on storage that every node of the cluster sees (e.g. CKPT_DIR=/shared/checkpoints/bnpo-7b); each node writes its checkpoint shards there"
+  fi
+  export BNPO_CKPT_UNDER_HOME=1  # _common.sh, in the job: $HOME/checkpoints/<project>/<experiment>
+elif [[ "$CKPT_RUN" != /* ]]; then
+  bnpo_die "CKPT_DIR=$CKPT_RUN must be an absolute path on the cluster's nodes (a relative one lands in Ray's per-job temporary folder)"
+fi
+
+# The job's runtime env: the project as working_dir, the set variables as env_vars.
+FORWARD_NAMES="DATA_DIR PYTHON CONFIG_NAME BNPO_CKPT_UNDER_HOME ${FORWARD_ENV:-}"
 for pair in "${BNPO_ENV_KEYS[@]}"; do FORWARD_NAMES+=" ${pair%%=*}"; done
-RUNTIME_ENV_JSON="$(
-  FORWARD_NAMES="$FORWARD_NAMES" BNPO_ROOT="$BNPO_ROOT" "$PYTHON" - <<'PY'
-import json, os
+RUNTIME_ENV_FILE="$(mktemp "${TMPDIR:-/tmp}/bnpo_runtime_env.XXXXXX.json")"  # mode 600: it may hold secrets
+trap 'rm -f "$RUNTIME_ENV_FILE"' EXIT
+FORWARD_NAMES="$FORWARD_NAMES" MASKED="${FORWARD_ENV:-}" BNPO_ROOT="$BNPO_ROOT" SHOW="${DRY_RUN:-0}" \
+  "$PYTHON" - "$RUNTIME_ENV_FILE" <<'PY'
+import json, os, sys
 
 env_vars = {name: os.environ[name] for name in os.environ["FORWARD_NAMES"].split() if os.environ.get(name)}
 # registers bnpo / ad_bnpo on import of verl even where bnpo is only on sys.path (no entry point)
@@ -53,19 +74,27 @@ runtime_env = {
 pip = os.environ.get("RUNTIME_PIP", "").split()
 if pip:
     runtime_env["pip"] = pip
-print(json.dumps(runtime_env))
+with open(sys.argv[1], "w") as f:
+    json.dump(runtime_env, f)
+masked = [name for name in os.environ["MASKED"].split() if name in env_vars]
+if masked:
+    print(f"bnpo: forwarding {', '.join(masked)} (FORWARD_ENV): Ray keeps these values with the job and shows "
+          "them in the dashboard and job API", file=sys.stderr)
+if os.environ["SHOW"] in ("1", "true", "yes", "on"):
+    shown = {**runtime_env, "env_vars": {k: "***" if k in masked else v for k, v in env_vars.items()}}
+    print("bnpo: runtime env " + json.dumps(shown), file=sys.stderr)
 PY
-)"
 
 # shellcheck disable=SC2206  # RAY_SUBMIT_ARGS is a list of flags on purpose
-SUBMIT=(ray job submit --address "${RAY_ADDRESS:-}" --runtime-env-json "$RUNTIME_ENV_JSON" ${RAY_SUBMIT_ARGS:-} -- "${ENTRYPOINT[@]}")
+SUBMIT=(ray job submit --address "${RAY_ADDRESS:-}" --runtime-env "$RUNTIME_ENV_FILE" ${RAY_SUBMIT_ARGS:-} -- "${ENTRYPOINT[@]}")
 
 if bnpo_truthy "${DRY_RUN:-0}"; then
   printf '%q ' "${SUBMIT[@]}" >&2
   echo >&2
   [[ -n "${BNPO_JOB_ENTRYPOINT:-}" ]] && exit 0
-  exec bash "$BNPO_ROOT/$RUN_SCRIPT" "$@"
+  bash "$BNPO_ROOT/$RUN_SCRIPT" "$@"
+  exit
 fi
 
 [[ -n "${RAY_ADDRESS:-}" ]] || bnpo_die "set RAY_ADDRESS to the Ray dashboard of the cluster, e.g. RAY_ADDRESS=http://<head-ip>:8265"
-exec "${SUBMIT[@]}"
+"${SUBMIT[@]}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,8 +84,35 @@ def test_cli_and_r1_template(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote 2 rows" in proc.stdout
-    system = read_parquet(tmp_path / "test.parquet")[0]["prompt"][0]["content"]
-    assert "<think>" in system and "</answer>" in system and "\\boxed{}" in system
+    system, user = read_parquet(tmp_path / "test.parquet")[0]["prompt"]
+    assert system == {"role": "system", "content": AUTHORS_R1_PROMPT}
+    assert user["role"] == "user" and user["content"] == "Find the sum of the digits of $2025$."
+
+
+# the authors' prompts (changyi7231/BNPO recipe/bnpo/src/data_prepare.py), as one literal each
+AUTHORS_QWEN_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+AUTHORS_R1_PROMPT = "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant first thinks about the reasoning process in the mind and then provides the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>."  # noqa: E501
+
+
+def test_prompts_are_the_authors_word_for_word():
+    assert pu.BOXED_INSTRUCTION == AUTHORS_QWEN_PROMPT
+    assert pu.R1_INSTRUCTION == AUTHORS_R1_PROMPT
+    # both as the system turn, the question as the user turn (the authors' default prompt_type)
+    for template, text in (("qwen", AUTHORS_QWEN_PROMPT), ("r1", AUTHORS_R1_PROMPT)):
+        assert pu.PROMPT_TEMPLATES[template]("Q?") == [{"role": "system", "content": text},
+                                                       {"role": "user", "content": "Q?"}]
+
+
+def test_n_repeat_writes_repeated_files(tmp_path):
+    written = pu.run(spec_of("aime25"), ["--local_dataset_path", str(FIXTURES / "aime25"),
+                                         "--local_save_dir", str(tmp_path), "--n_repeat", "3"])
+    assert sorted(written) == ["test", "test_repeated"]
+    plain, repeated = read_parquet(written["test"]), read_parquet(written["test_repeated"])
+    assert repeated == [row for row in plain for _ in range(3)]  # each row 3 times in a row
+    assert sorted(pu.run(spec_of("aime25"), ["--local_dataset_path", str(FIXTURES / "aime25"),
+                                             "--local_save_dir", str(tmp_path / "one")])) == ["test"]
+    with pytest.raises(SystemExit):
+        pu.parse_args(spec_of("aime25"), ["--n_repeat", "0"])
 
 
 @pytest.mark.parametrize(
@@ -156,8 +185,141 @@ def test_skip_bad_rows_reports_and_keeps_source_indices(tmp_path, capsys):
 
 def test_missing_question_is_a_bad_row(tmp_path):
     _write_jsonl(tmp_path / "src" / "test.jsonl", [{"problem": "ok", "answer": "1"}, {"problem": "  ", "answer": "2"}])
-    with pytest.raises(pu.BadRow, match=r"aime25: split 'test' row 1: no question text"):
+    with pytest.raises(pu.BadRow, match=re.escape(f"aime25: {tmp_path / 'src'}: split 'test' row 1: no question text")):
         pu.run(spec_of("aime25"), ["--local_dataset_path", str(tmp_path / "src"), "--local_save_dir", str(tmp_path / "o")])
+
+
+def _cli(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PRE / script), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+def _bad_file_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a bad file gets (after any progress bars): no traceback, exit status 1."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr
+    return last
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b'{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2', r"line 2: not a complete JSON object.*repair or delete that line"),
+        (b'{"problem": "a", "answer": "1"}\n{"problem": "\xff\xfe", "answer": "2"}\n', r"line 2: not UTF-8 text \(byte 0xff\); re-save the file as UTF-8"),
+        (b"", r"the file is empty; point --local_dataset_path at"),
+        (b"\n  \n", r"the file is empty"),
+        (b'{"problem": "a", "answer": "1"}\n["b", "2"]\n', r"line 2: a JSON list, not an object"),
+    ],
+    ids=["truncated line", "not utf-8", "empty", "blank", "not an object"],
+)
+def test_bad_source_file_is_one_line_naming_file_line_and_fix(tmp_path, content, expected):
+    src = tmp_path / "test.jsonl"
+    src.write_bytes(content)
+    line = _bad_file_error(_cli("aime25.py", "--local_dataset_path", str(src), "--local_save_dir", str(tmp_path / "o")))
+    assert re.search(re.escape(str(src)) + ": " + expected, line), line
+    assert not (tmp_path / "o" / "test.parquet").exists()
+
+
+def test_bad_file_in_a_folder_is_named(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "test.jsonl").write_bytes(b'{"problem": "a", "answer": "1"}\n{"problem"')
+    line = _bad_file_error(_cli("aime25.py", "--local_dataset_path", str(tmp_path / "src"),
+                                "--local_save_dir", str(tmp_path / "o")))
+    assert f"{tmp_path / 'src' / 'test.jsonl'}: line 2: not a complete JSON object" in line
+
+
+def test_unreadable_parquet_is_one_line(tmp_path):
+    (tmp_path / "test.parquet").write_bytes(b"PAR1 this is not parquet")
+    line = _bad_file_error(_cli("aime25.py", "--local_dataset_path", str(tmp_path / "test.parquet"),
+                                "--local_save_dir", str(tmp_path / "o")))
+    assert f"{tmp_path / 'test.parquet'}: not a readable parquet file (ArrowInvalid: " in line
+    assert line.endswith("re-download or re-export it")
+
+
+def test_save_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    line = _bad_file_error(_cli("aime25.py", "--local_dataset_path", str(FIXTURES / "aime25"),
+                                "--local_save_dir", str(tmp_path / "out")))
+    assert line == f"error: --local_save_dir {tmp_path / 'out'} is a file, not a folder; give a folder path (it is created if missing)"
+    line = _bad_file_error(_cli("aime25.py", "--local_dataset_path", str(FIXTURES / "aime25"),
+                                "--local_save_dir", str(tmp_path / "out" / "sub")))
+    assert f"--local_save_dir {tmp_path / 'out' / 'sub'}: cannot create the folder (Not a directory)" in line
+
+
+def test_hub_without_network_is_one_line(tmp_path):
+    line = _bad_file_error(_cli("aime25.py", "--local_save_dir", str(tmp_path), HF_DATASETS_CACHE=str(tmp_path / "c")))
+    assert line.startswith("error: math-ai/aime25: could not be read (") and "--local_dataset_path" in line
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, False, None, "  "])
+def test_answer_that_is_no_value_is_a_bad_row(value):
+    with pytest.raises(pu.BadRow, match="field 'answer'"):
+        pu.plain_answer({"answer": value}, "answer")
+
+
+def test_nan_answer_in_a_file_names_the_file_and_row(tmp_path):
+    src = tmp_path / "test.jsonl"
+    src.write_text('{"question": "q0", "answer": 27.0}\n{"question": "q1", "answer": NaN}\n')
+    line = _bad_file_error(_cli("amc23.py", "--local_dataset_path", str(src), "--local_save_dir", str(tmp_path / "o")))
+    assert line == (f"error: amc23: {src}: split 'test' row 1: field 'answer' is nan (a missing value), not an answer "
+                    "(fix the row, or pass --skip_bad_rows to drop such rows)")
+
+
+def test_boolean_answers_are_bad_rows_not_true(tmp_path):
+    rows = [{"question": "q0", "answer": True}, {"question": "q1", "answer": 3}]
+    kept, skipped = pu.convert_split(spec_of("amc23"), "test", rows, "qwen", skip_bad_rows=True)
+    assert skipped == 1 and [r["reward_model"]["ground_truth"] for r in kept] == ["3"]
+
+
+_SLOW_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import preprocess_utils as pu
+import pyarrow.parquet as pq
+
+def slow_write(table, where, **kw):  # a write that is still going when the signal comes
+    with open(where, "wb") as f:
+        f.write(b"PAR1 partial")
+    print("WRITING", flush=True)
+    time.sleep(120)
+
+pq.write_table = slow_write
+spec = pu.DatasetSpec(name="t", hub_id="t/t", splits={"test": "test"}, question_keys=("problem",),
+                      answer=pu.field_reader(pu.plain_answer, "answer"))
+sys.argv = ["x", "--local_dataset_path", sys.argv[2], "--local_save_dir", sys.argv[3]]
+pu.main(spec)
+"""
+
+
+def test_sigterm_mid_write_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(PRE), str(FIXTURES / "aime25"), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "c")})
+    try:
+        assert proc.stdout.readline().strip() == "WRITING", proc.stderr.read()
+        assert [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]  # the write is under way
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert list(out.iterdir()) == []
+
+
+def test_temporary_file_of_a_killed_run_is_removed_by_the_next(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".tmp-{gone.pid}-abc123.parquet"  # as SIGKILL leaves it
+    live = out / f".tmp-{os.getpid()}-def456.parquet"  # a run still writing (this process)
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    pu.run(spec_of("aime25"), ["--local_dataset_path", str(FIXTURES / "aime25"), "--local_save_dir", str(out)])
+    assert not stale.exists() and live.exists()
+    assert (out / "test.parquet").exists()
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -175,7 +337,7 @@ def test_single_file_is_taken_as_its_split(tmp_path):
     # a two-split dataset cannot tell which split an unnamed file holds
     unnamed = tmp_path / "gsm.jsonl"
     unnamed.write_text((FIXTURES / "gsm8k" / "main" / "train.jsonl").read_text())
-    with pytest.raises(SystemExit, match="cannot tell which of the splits"):
+    with pytest.raises(pu.BadFile, match="cannot tell which of the splits"):
         pu.load_splits(spec_of("gsm8k"), str(unnamed))
 
 

@@ -1,10 +1,13 @@
-"""scripts/submit_ray_job.sh against a real (local, CPU, loopback) Ray cluster.
+"""scripts/submit_ray_job.sh: what it refuses and forwards (no Ray needed), and against a real
+(local, CPU, loopback) Ray cluster.
 
-The test starts its own Ray head in its own temp dir and process group, submits a short job through
-the script (BNPO_JOB_ENTRYPOINT replaces the training command with a check), and stops exactly the
-processes it started. The job checks, in the driver and in a Ray worker process, that `import verl`
-registers bnpo / ad_bnpo from the uploaded copy of the project with entry-point discovery switched
-off, i.e. the way it works on cluster nodes where bnpo is not pip-installed.
+The slow test starts its own Ray head in its own temp dir and process group, submits a short job
+through the script (BNPO_JOB_ENTRYPOINT replaces the training command with checks), and stops
+exactly the processes it started. The job checks, in the driver and in a Ray worker process, that
+`import verl` registers bnpo / ad_bnpo from the uploaded copy of the project with entry-point
+discovery switched off (the way it works on cluster nodes where bnpo is not pip-installed); that
+only the variables meant for it arrived (no secrets, no HF_HOME); where the run's checkpoints go;
+and that the run script's GPU check counts the cluster's GPUs.
 """
 
 from __future__ import annotations
@@ -54,8 +57,18 @@ print("BNPO_JOB_RESULT " + json.dumps({
     "has_venv": os.path.exists(".venv"), "has_git": os.path.exists(".git"),
     "has_recipe": os.path.exists("recipe/bnpo/config/bnpo_trainer.yaml"),
     "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS"),
+    "env": {name: os.environ.get(name) for name in
+            ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "CKPT_DIR", "BNPO_CKPT_UNDER_HOME", "HOME")},
 }))
 """
+# after CHECK: the run script composes its config in the job (checkpoint folder), then runs for real
+# (its GPU check must count the cluster's GPUs, of which this one has none)
+IN_JOB = (
+    "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>/dev/null | python3 -c "
+    "'import sys, yaml; print(\"BNPO_CKPT \" + yaml.safe_load(sys.stdin)[\"trainer\"][\"default_local_dir\"])'; "
+    "bash scripts/run_qwen_math_7b.sh 2>&1 | head -1 | sed 's/^/BNPO_PREFLIGHT /'"
+)
+SECRETS = {"WANDB_API_KEY": "secret-wandb-key", "HF_TOKEN": "secret-hf-token", "HF_HOME": "/only/on/my/laptop"}
 
 
 def _free_port() -> int:
@@ -84,9 +97,12 @@ def ray_head():
     env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
            # loopback-only test cluster; Ray >= 2.5x turns token auth on when ~/.ray/auth_token exists
            "RAY_AUTH_MODE": "disabled"}
+    # every port this head listens on is a free one: other Ray instances on a shared machine hold the
+    # fixed defaults (the dashboard agent's 52365, the client server's 10001)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -122,10 +138,11 @@ def ray_head():
 @pytest.mark.slow
 def test_submit_ray_job_registers_plugin_on_workers(ray_head):
     address, env, temp_dir = ray_head
-    env = {**env, "RAY_ADDRESS": address, "BNPO_JOB_ENTRYPOINT": f"python3 -c {shlex.quote(CHECK)}",
+    env = {**env, "RAY_ADDRESS": address, "BNPO_JOB_ENTRYPOINT": f"python3 -c {shlex.quote(CHECK)} && {IN_JOB}",
            # entry points off in the job: registration must come from the runtime env alone
            "FORWARD_ENV": "VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_PLUGINS": "none",
-           "MODEL_PATH": "/models/forwarded"}
+           "MODEL_PATH": "/models/forwarded", **SECRETS}
+    env.pop("CKPT_DIR", None)
     deadline = time.monotonic() + 180
     while True:
         proc = subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh")], env=env, cwd=ROOT,
@@ -154,12 +171,70 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head):
     assert result["driver"]["bnpo_file"].startswith(result["driver"]["cwd"])
     assert result["has_recipe"] and not result["has_venv"] and not result["has_git"]
     assert result["tree_bytes"] < 5_000_000, result["tree_bytes"]
+    # only what was meant for the job arrived: no secrets, not this machine's HF_HOME
+    job_env = result["env"]
+    assert job_env["MODEL_PATH"] == "/models/forwarded"
+    assert (job_env["WANDB_API_KEY"], job_env["HF_TOKEN"], job_env["HF_HOME"]) == (None, None, None)
+    assert not any(secret in out for secret in SECRETS.values() if secret != SECRETS["HF_HOME"])
+    # one node, no CKPT_DIR: checkpoints under the job user's home, not Ray's per-job folder
+    assert job_env["CKPT_DIR"] is None and job_env["BNPO_CKPT_UNDER_HOME"] == "1"
+    ckpt = next(ln for ln in out.splitlines() if ln.startswith("BNPO_CKPT ")).split(" ", 1)[1]
+    assert ckpt == f"{job_env['HOME']}/checkpoints/bnpo/qwen2.5-math-7b-bnpo"
+    # the run script's GPU check, inside the job, asks the cluster (RAY_ADDRESS is its GCS there)
+    preflight = next(ln for ln in out.splitlines() if ln.startswith("BNPO_PREFLIGHT ")).split(" ", 1)[1]
+    assert preflight.startswith("error: this run needs 1 node(s) x 4 GPU(s)"), preflight
+    assert "the Ray cluster at RAY_ADDRESS=" in preflight and "has 1 node(s) with [0] GPUs" in preflight
+
+
+def _submit(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("RAY_ADDRESS", "CKPT_DIR", "NNODES", "FORWARD_ENV", "DRY_RUN", "BNPO_JOB_ENTRYPOINT",
+                          "WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "BNPO_CKPT_UNDER_HOME", "MODEL_PATH")}
+    clean["PATH"] = VENV_BIN + os.pathsep + clean.get("PATH", "")
+    return subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh"), *args], env={**clean, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_submit_requires_ray_address():
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
-    proc = subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = _submit()
     assert proc.returncode == 2
     assert "RAY_ADDRESS" in proc.stderr
+
+
+def test_several_nodes_need_an_absolute_ckpt_dir():
+    proc = _submit(NNODES="2", RAY_ADDRESS="http://10.0.0.1:8265")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: NNODES=2: set CKPT_DIR to an absolute folder")
+    assert "every node" in proc.stderr
+    assert _submit("trainer.nnodes=2", RAY_ADDRESS="http://10.0.0.1:8265").returncode == 2  # as an override too
+    relative = _submit(CKPT_DIR="ckpt/run1", RAY_ADDRESS="http://10.0.0.1:8265")
+    assert relative.returncode == 2 and "CKPT_DIR=ckpt/run1 must be an absolute path" in relative.stderr
+
+
+def _runtime_env(proc: subprocess.CompletedProcess) -> dict:
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("bnpo: runtime env "))
+    return json.loads(line.split(" ", 3)[3])
+
+
+def test_only_named_variables_are_forwarded_and_secrets_are_masked():
+    entry = {"DRY_RUN": "1", "BNPO_JOB_ENTRYPOINT": "true", "RAY_ADDRESS": "http://10.0.0.1:8265"}
+    plain = _submit(**entry, **SECRETS, NNODES="2", CKPT_DIR="/shared/ckpt", MODEL_PATH="/models/q")
+    assert plain.returncode == 0, plain.stderr
+    env_vars = _runtime_env(plain)["env_vars"]
+    assert env_vars == {"NNODES": "2", "CKPT_DIR": "/shared/ckpt", "MODEL_PATH": "/models/q",
+                        "VERL_USE_EXTERNAL_MODULES": "bnpo.verl_plugin"}
+    named = _submit(**entry, **SECRETS, FORWARD_ENV="WANDB_API_KEY HF_HOME")
+    env_vars = _runtime_env(named)["env_vars"]
+    assert env_vars["WANDB_API_KEY"] == env_vars["HF_HOME"] == "***" and "HF_TOKEN" not in env_vars
+    assert "forwarding WANDB_API_KEY, HF_HOME (FORWARD_ENV)" in named.stderr
+    assert SECRETS["WANDB_API_KEY"] not in named.stderr + named.stdout
+    # the submit command reads the runtime env from a file: no values on its command line
+    submit = next(ln for ln in named.stderr.splitlines() if ln.startswith("ray job submit"))
+    assert "--runtime-env /" in submit and "--runtime-env-json" not in submit
+
+
+def test_ckpt_dir_reaches_the_composed_config():
+    proc = _submit(DRY_RUN="1", RAY_ADDRESS="http://10.0.0.1:8265", CKPT_DIR="/shared/ckpt/run1", HOME="/home/u")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import yaml
+
+    assert yaml.safe_load(proc.stdout)["trainer"]["default_local_dir"] == "/shared/ckpt/run1"

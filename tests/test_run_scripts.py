@@ -5,44 +5,25 @@ early. Runs on CPU with no GPU, model or data."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
-import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
-from omegaconf import OmegaConf
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_helpers import HOME, ROOT, composed, run_script, script_env
+
 RUN_SCRIPTS = {
     "scripts/run_qwen_math_7b.sh": "Qwen/Qwen2.5-Math-7B",
     "scripts/run_qwen_math_1_5b.sh": "Qwen/Qwen2.5-Math-1.5B",
 }
-# every variable _common.sh reads, cleared so the caller's shell cannot leak into a test
-_SCRIPT_VARS = [
-    line.split("=", 1)[0].strip()
-    for line in (ROOT / "scripts/_common.sh").read_text().split("BNPO_ENV_KEYS=(", 1)[1].split(")", 1)[0].splitlines()
-    if "=" in line
-] + ["DATA_DIR", "DRY_RUN", "CONFIG_NAME", "RUN_SCRIPT", "BNPO_JOB_ENTRYPOINT", "RAY_ADDRESS"]
-
-
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRIPT_VARS}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["HOME"] = "/home/researcher"
-    env.update(DRY_RUN="1", **extra)
-    return env
 
 
 def dry_run(script: str, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / script), *overrides], env=_env(**env), cwd="/",
-                          capture_output=True, text=True, timeout=300)
-
-
-def composed(script: str, *overrides: str, **env: str):
-    proc = dry_run(script, *overrides, **env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return OmegaConf.create(yaml.safe_load(proc.stdout))
+    return run_script(script, *overrides, **env)
 
 
 @pytest.fixture(scope="module", params=sorted(RUN_SCRIPTS))
@@ -84,12 +65,16 @@ def test_paper_settings(paper_config):
     assert (cfg.trainer.total_epochs, cfg.trainer.test_freq) == (5, 16)
     assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (1, 4)
     # data and reward
-    assert cfg.data.train_files == "/home/researcher/data/bnpo/math_lighteval/train.parquet"
+    assert cfg.data.train_files == f"{HOME}/data/bnpo/math_lighteval/train.parquet"
     assert [Path(p).parent.name for p in cfg.data.val_files] == ["math500", "amc23", "aime24", "aime25"]
     reward_fn = cfg.reward.custom_reward_function
     assert (reward_fn.path, reward_fn.name) == ("pkg://bnpo.rewards", "compute_score")
     assert reward_fn.reward_kwargs.format_reward is False
-    assert cfg.algorithm.bnpo.fixed_alpha is None and cfg.algorithm.bnpo.components is None
+    assert cfg.algorithm.bnpo.fixed_alpha is None and "components" not in cfg.algorithm.bnpo
+    assert cfg.algorithm.bnpo.reward_max == 1.0
+    # the authors' vLLM engine settings (recipe/bnpo/README.md has them all, tests/test_parity.py checks them)
+    assert (rollout.max_num_batched_tokens, rollout.max_num_seqs) == (32768, 1024)
+    assert cfg.reward.custom_reward_function.reward_kwargs.timeout_s == 10.0
     # verl's own trainer mode: bnpo needs no trainer flag; the algorithm section builds as bnpo's dataclass
     assert cfg.trainer.v1.trainer_mode == "sync"
     assert cfg.algorithm._target_ == "bnpo.verl_config.BNPOAlgoConfig"
@@ -133,7 +118,7 @@ def test_ad_bnpo_turns_on_components_and_format_reward():
     assert list(cfg.algorithm.bnpo.components) == ["acc", "format"]
     assert cfg.reward.custom_reward_function.reward_kwargs.format_reward is True
     # R1-template data lives apart from the plain one
-    assert cfg.data.train_files == "/home/researcher/data/bnpo_r1/math_lighteval/train.parquet"
+    assert cfg.data.train_files == f"{HOME}/data/bnpo_r1/math_lighteval/train.parquet"
     assert cfg.trainer.experiment_name == "qwen2.5-math-1.5b-ad_bnpo"
     _check_like_main_ppo(cfg)
 
@@ -150,15 +135,130 @@ def test_ad_bnpo_without_format_reward_is_refused():
     assert "USE_FORMAT_REWARD" in proc.stderr and proc.stdout == ""
 
 
-def test_submit_script_dry_run_composes_the_same_run():
-    proc = dry_run("scripts/submit_ray_job.sh", "trainer.test_freq=8", RUN_SCRIPT="scripts/run_qwen_math_1_5b.sh",
-                   NNODES="2", RAY_ADDRESS="http://10.0.0.1:8265")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = OmegaConf.create(yaml.safe_load(proc.stdout))
-    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen2.5-Math-1.5B"
-    assert cfg.trainer.nnodes == 2 and cfg.trainer.test_freq == 8
-    # the submit command (stderr): the run script with the overrides, the set variables forwarded
-    submit = next(line for line in proc.stderr.splitlines() if line.startswith("ray job submit"))
-    assert "--address http://10.0.0.1:8265" in submit
-    assert submit.rstrip().endswith("-- bash scripts/run_qwen_math_1_5b.sh trainer.test_freq=8")
-    assert '\\"NNODES\\":\\ \\"2\\"' in submit and "VERL_USE_EXTERNAL_MODULES" in submit
+def test_val_n_sets_validation_samples_per_question():
+    cfg = composed("scripts/run_qwen_math_7b.sh", VAL_N="8")
+    assert cfg.actor_rollout_ref.rollout.val_kwargs.n == 8
+    assert cfg.actor_rollout_ref.rollout.val_kwargs.do_sample is True
+
+
+def test_validation_logs_mean_at_k_and_repeated_files_the_same_mean():
+    """What verl 0.9.1 logs (val-core/<source>/acc/...): VAL_N=k samples share their question's id,
+    while each row of a repeated file gets its own."""
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    acc = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    val_n = process_validation_metrics(["math-ai/aime24"] * 8, ["q1"] * 4 + ["q2"] * 4, {"acc": acc})
+    assert val_n["math-ai/aime24"]["acc"]["mean@4"] == pytest.approx(0.625)
+    repeated = process_validation_metrics(["math-ai/aime24"] * 8, [f"row{i}" for i in range(8)], {"acc": acc})
+    assert repeated["math-ai/aime24"]["acc"]["mean@1"] == pytest.approx(0.625)
+
+
+@pytest.mark.parametrize(
+    "overrides, env",
+    [((), {"USE_FORMAT_REWARD": "1"}),
+     (("reward.custom_reward_function.reward_kwargs.format_reward=true",), {})],
+    ids=["variable", "argument"],
+)
+def test_format_reward_on_plain_bnpo_declares_the_range_0_to_2(overrides, env):
+    cfg = composed("scripts/run_qwen_math_7b.sh", *overrides, **env)
+    assert cfg.reward.custom_reward_function.reward_kwargs.format_reward is True
+    assert (cfg.algorithm.bnpo.reward_min, cfg.algorithm.bnpo.reward_max) == (0.0, 2)
+    assert cfg.data.train_files == f"{HOME}/data/bnpo_r1/math_lighteval/train.parquet"
+    _check_like_main_ppo(cfg)
+
+
+def test_ad_bnpo_keeps_the_range_0_to_1_of_each_component():
+    cfg = composed("scripts/run_qwen_math_1_5b.sh", ADV_ESTIMATOR="ad_bnpo")
+    assert cfg.algorithm.bnpo.reward_max == 1.0
+
+
+def test_an_explicit_reward_max_wins():
+    cfg = composed("scripts/run_qwen_math_7b.sh", "algorithm.bnpo.reward_max=3", USE_FORMAT_REWARD="1")
+    assert cfg.algorithm.bnpo.reward_max == 3
+
+
+def _scores(format_reward: bool) -> tuple[np.ndarray, list[str]]:
+    """compute_score on 4 outputs for each of 3 questions: acc + format in {0, 1, 2}."""
+    pytest.importorskip("math_verify")
+    from bnpo.rewards import compute_score
+
+    outputs = ["<think>a</think><answer>\\boxed{2}</answer>", "\\boxed{2}", "<think>a</think><answer>3</answer>", "x"]
+    scores, uids = [], []
+    for q in range(3):
+        for i, text in enumerate(outputs[q:] + outputs[:q]):
+            scores.append(compute_score("test", text, "2", format_reward=format_reward)["score"])
+            uids.append(f"q{q}")
+    return np.array(scores), uids
+
+
+def test_bnpo_accepts_the_scores_of_a_format_reward_run():
+    """The step-1 advantage with the composed config and real scores: no range error."""
+    import verl  # noqa: F401  (registers the estimators)
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    scores, uids = _scores(format_reward=True)
+    assert scores.max() == 2.0
+    rewards = torch.zeros(len(scores), 4)
+    rewards[:, -1] = torch.tensor(scores)
+    mask = torch.ones_like(rewards)
+    estimator = get_adv_estimator_fn("bnpo")
+    cfg = composed("scripts/run_qwen_math_7b.sh", USE_FORMAT_REWARD="1")
+    adv, _ = estimator(token_level_rewards=rewards, response_mask=mask, index=np.array(uids), config=cfg.algorithm)
+    assert torch.isfinite(adv).all()
+    # the same scores under the accuracy-only range would stop the run
+    with pytest.raises(ValueError, match="reward_max"):
+        estimator(token_level_rewards=rewards, response_mask=mask, index=np.array(uids),
+                  config=composed("scripts/run_qwen_math_7b.sh").algorithm)
+
+
+def test_components_with_plain_bnpo_are_refused():
+    proc = dry_run("scripts/run_qwen_math_7b.sh", BNPO_COMPONENTS="[acc]")
+    assert proc.returncode == 2 and "only apply to ADV_ESTIMATOR=ad_bnpo" in proc.stderr and proc.stdout == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU pre-flight check
+# ----------------------------------------------------------------------------------------------
+
+
+def _fake_nvidia_smi(folder: Path, gpus: int) -> str:
+    """A PATH whose nvidia-smi lists ``gpus`` GPUs (and nothing else of the host's)."""
+    folder.mkdir(exist_ok=True)
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: NVIDIA H100 (UUID: GPU-{i})'\n" for i in range(gpus)))
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    return f"{folder}{os.pathsep}{script_env()['PATH']}"
+
+
+def test_run_without_gpus_stops_at_once_and_says_what_to_run(tmp_path):
+    start = time.monotonic()
+    proc = run_script("scripts/run_qwen_math_7b.sh", dry_run=False, PATH=_fake_nvidia_smi(tmp_path / "bin", 0))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: this run needs 1 node(s) x 4 GPU(s)")
+    assert "this machine has 0 usable GPU(s)" in proc.stderr
+    assert f"DRY_RUN=1 bash {ROOT}/scripts/run_qwen_math_7b.sh" in proc.stderr
+    assert "bash scripts/run_cpu_smoke.sh" in proc.stderr
+    assert "verl.trainer.main_ppo" not in proc.stderr  # stopped before verl was started
+    assert elapsed < 30, elapsed
+
+
+def _preflight(tmp_path, gpus: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    snippet = f'source "{ROOT}/scripts/_common.sh"; bnpo_gpu_preflight "$@"'
+    return subprocess.run(["bash", "-c", snippet, "run_qwen_math_7b.sh", *args], capture_output=True, text=True,
+                          timeout=120, env=script_env(dry_run=False, PATH=_fake_nvidia_smi(tmp_path / "bin", gpus),
+                                                      **env))
+
+
+def test_preflight_counts_the_gpus_asked_for(tmp_path):
+    assert _preflight(tmp_path, 4).returncode == 0
+    assert _preflight(tmp_path, 8, "trainer.n_gpus_per_node=8").returncode == 0
+    too_few = _preflight(tmp_path, 4, N_GPUS_PER_NODE="8")
+    assert too_few.returncode == 2 and "needs 1 node(s) x 8 GPU(s)" in too_few.stderr
+    assert "this machine has 4 usable GPU(s) (nvidia-smi lists 4)" in too_few.stderr
+    hidden = _preflight(tmp_path, 4, CUDA_VISIBLE_DEVICES="0,1")
+    assert hidden.returncode == 2 and "has 2 usable GPU(s)" in hidden.stderr
+    assert _preflight(tmp_path, 4, "trainer.n_gpus_per_node=2", CUDA_VISIBLE_DEVICES="0,1").returncode == 0
+    two_nodes = _preflight(tmp_path, 8, NNODES="2")
+    assert two_nodes.returncode == 2 and "2 nodes need a Ray cluster" in two_nodes.stderr
+    assert _preflight(tmp_path, 0, BNPO_SKIP_GPU_CHECK="1").returncode == 0
