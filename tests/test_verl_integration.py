@@ -88,12 +88,14 @@ def test_main_ppo_stops_at_startup_on_a_bnpo_typo():
 
 def test_every_key_through_hydra():
     values = {"reward_min": -1, "reward_max": 3, "fixed_alpha": 2, "fixed_beta": 1.5, "max_weight": 50,
-              "components": "[acc,format,len]", "component_weights": "[1,2,3]"}
+              "components": "[acc,format,len]", "component_weights": "[1,2,3]", "fit_halflife": 8,
+              "baseline": "posterior_mean"}
     assert set(values) == set(KEYS)
     config = verl_config("algorithm.adv_estimator=ad_bnpo", *(f"+algorithm.bnpo.{k}={v}" for k, v in values.items()))
     cfg = check_run_config(config)
     assert (cfg.reward_min, cfg.reward_max, cfg.fixed_alpha, cfg.fixed_beta, cfg.max_weight) == (-1, 3, 2, 1.5, 50)
     assert cfg.components == ("acc", "format", "len") and cfg.component_weights == (1, 2, 3)
+    assert (cfg.fit_halflife, cfg.baseline) == (8.0, "posterior_mean")
 
 
 @pytest.mark.parametrize(
