@@ -91,6 +91,7 @@ def check_run_config(config: Any, load_error: Optional[BaseException] = None) ->
             f"ignores it: use algorithm.adv_estimator=ad_bnpo, or remove {_key('components')} / "
             f"{_key('component_weights')}."
         )
+    _check_reward_range(config, str(name), cfg)
     if algorithm.get("use_kl_in_reward", False):
         raise ValueError(
             f"algorithm.use_kl_in_reward=True with algorithm.adv_estimator={name}: it adds a per-token KL penalty to "
@@ -98,6 +99,20 @@ def check_run_config(config: Any, load_error: Optional[BaseException] = None) ->
             f"p_hat (and which ad_bnpo's components would drop). {KL_ADVICE}"
         )
     return cfg
+
+
+def _check_reward_range(config: Any, name: str, cfg: BNPOConfig) -> None:
+    """bnpo.rewards with the format reward scores acc + format in [0, 2]: plain bnpo must declare that range."""
+    reward_fn = (config.get("reward", None) or {}).get("custom_reward_function", None) or {}
+    path = str(reward_fn.get("path", None) or "")
+    ours = path == "pkg://bnpo.rewards" or path.replace("\\", "/").endswith("bnpo/rewards.py")
+    kwargs = reward_fn.get("reward_kwargs", None) or {}
+    if name == "bnpo" and ours and kwargs.get("format_reward", False) is True and cfg.reward_max < 2:
+        raise ValueError(
+            f"reward.custom_reward_function.reward_kwargs.format_reward=true makes bnpo.rewards score acc + format, in "
+            f"[0, 2], but {_key('reward_max')}={cfg.reward_max}: set +{_key('reward_max')}=2 (or use "
+            f"algorithm.adv_estimator=ad_bnpo with {_key('components')}=[acc,format])."
+        )
 
 
 def install_startup_check(load_error: Callable[[], Optional[BaseException]]) -> None:

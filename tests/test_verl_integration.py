@@ -111,6 +111,8 @@ def test_every_key_through_hydra():
         (("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc]", "algorithm.use_kl_in_reward=True"),
          r"algorithm\.use_kl_in_reward=True with algorithm\.adv_estimator=ad_bnpo"),
         (("algorithm.adv_estimator=ad_bnpo", '+algorithm.bnpo.components="acc,format"'), r"is a string"),
+        (("algorithm.adv_estimator=bnpo", "reward.custom_reward_function.path=pkg://bnpo.rewards",
+          "+reward.custom_reward_function.reward_kwargs.format_reward=true"), r"acc \+ format, in \[0, 2\].*reward_max=2"),
         # the trainer modes of bnpo 0.1 are gone, whatever the estimator: say what to use instead
         (("algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=bnpo_sync"),
          r"trainer\.v1\.trainer_mode=bnpo_sync was removed .* Set trainer\.v1\.trainer_mode=sync"),
@@ -121,6 +123,14 @@ def test_every_key_through_hydra():
 def test_startup_check_names_the_setting(overrides, message):
     with pytest.raises(ValueError, match=message):
         check_run_config(verl_config(*overrides))
+
+
+def test_startup_check_accepts_the_format_reward_with_its_range():
+    reward = ("reward.custom_reward_function.path=pkg://bnpo.rewards",
+              "+reward.custom_reward_function.reward_kwargs.format_reward=true")
+    assert check_run_config(verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2", *reward))
+    assert check_run_config(verl_config("algorithm.adv_estimator=ad_bnpo", "+algorithm.bnpo.components=[acc,format]",
+                                        *reward))
 
 
 def test_startup_check_accepts_every_trainer_mode_and_leaves_other_estimators_alone():
