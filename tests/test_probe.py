@@ -15,20 +15,15 @@ from demo_cli import run_demo
 from bnpo import pooling
 from bnpo.beta import fit_beta_moments
 from bnpo.demo.experiment import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
-from bnpo.demo.probe import (
-    REGIMES,
-    ProbeSettings,
-    assumption_check,
-    batch_gradients,
+from bnpo.demo.measures import (
     cosines,
-    draw_batches,
     measure,
     per_batch_noise,
     relative_noise,
     theorem_normaliser,
     theorem_variance,
-    warm_pools,
 )
+from bnpo.demo.probe import REGIMES, ProbeSettings, assumption_check, batch_gradients, draw_batches, warm_pools
 from bnpo.demo.probe_cli import SMOKE, parse_args
 from bnpo.demo.probe_report import OUTPUTS
 from bnpo.demo.task import build_policy, response_log_probs
