@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from demo_cli import run_demo
 
 from bnpo.demo.__main__ import QUICK, parse_args
 from bnpo.demo.experiment import ESTIMATORS, Settings, algorithm_config, rollout
@@ -104,17 +102,8 @@ def test_cli_validates_its_options():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnpo.demo", "--quick", "--no-progress", "--out", str(out)],
-        cwd=tmp_path_factory.getbasetemp(),
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "grad-norm mean" in proc.stdout  # the summary table
+    stdout = run_demo("--quick", "--out", str(out), cwd=tmp_path_factory.getbasetemp())
+    assert "grad-norm mean" in stdout  # the summary table
     return out
 
 

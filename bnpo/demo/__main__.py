@@ -1,13 +1,23 @@
-"""Command line of the demo: ``python -m bnpo.demo [--quick] [--out DIR] [--seeds N] [--steps N] ...``."""
+"""Command line of the demo.
+
+``python -m bnpo.demo [--quick] [--out DIR] [--seeds N] [--steps N] ...``: the training comparison.
+``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from .experiment import ESTIMATORS, Settings, run
+from .probe import run_probe
+from .probe_cli import parse_args as parse_probe_args
+from .probe_report import OUTPUTS as PROBE_OUTPUTS
+from .probe_report import format_tables as format_probe_tables
+from .probe_report import write_outputs as write_probe_outputs
 from .report import format_table, write_outputs
 
 QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
@@ -15,7 +25,9 @@ QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, bool]:
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="python -m bnpo.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bnpo.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("bnpo_demo_out"), help="output folder (default: %(default)s)")
     parser.add_argument(
         "--quick", action="store_true", help=f"a short run: {QUICK['seeds']} seeds x {QUICK['steps']} steps"
@@ -48,13 +60,31 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"]:
+        probe_main(argv[1:])
+        return
     settings, out, show_progress = parse_args(argv)
     start = time.perf_counter()
     results = run(settings, show_progress=show_progress)
     summary = write_outputs(results, settings, out)
-    print(format_table(summary))
-    print(f"\n{len(settings.seeds)} seeds x {settings.steps} steps in {time.perf_counter() - start:.0f} s; wrote")
-    for name in ("summary.json", "metrics.csv", "gradnorm.png", "reward.png"):
+    what = f"{len(settings.seeds)} seeds x {settings.steps} steps"
+    _print_done(format_table(summary), what, start, out, ("summary.json", "metrics.csv", "gradnorm.png", "reward.png"))
+
+
+def probe_main(argv: list[str]) -> None:
+    """``python -m bnpo.demo probe ...``: the gradient-noise probe (options: bnpo/demo/probe_cli.py)."""
+    settings, out, show_progress = parse_probe_args(argv)
+    start = time.perf_counter()
+    points = run_probe(settings, show_progress=show_progress)
+    summary = write_probe_outputs(points, settings, out)
+    _print_done(format_probe_tables(summary), "probe", start, out, PROBE_OUTPUTS)
+
+
+def _print_done(table: str, what: str, start: float, out: Path, names: tuple[str, ...]) -> None:
+    print(table)
+    print(f"\n{what} in {time.perf_counter() - start:.0f} s; wrote")
+    for name in names:
         print(f"  {out / name}")
 
 

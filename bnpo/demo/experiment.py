@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from queue import Empty
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
@@ -30,7 +31,8 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.torch_functional import get_constant_schedule_with_warmup, masked_mean
 from verl.workers.config import ActorConfig
 
-from bnpo.stats import pop_last_stats
+from bnpo import pooling
+from bnpo.stats import BNPOStats, pop_last_stats
 
 from .task import ReverseTask, build_policy, response_log_probs, sample_responses
 
@@ -99,6 +101,13 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "grpo", norm_adv_by_std_in_grpo=False, description="verl's GRPO without std: REINFORCE with baseline"
     ),
     "rloo": EstimatorSpec("rloo", description="verl's RLOO: leave-one-out baseline"),
+    # the opt-in options of algorithm.bnpo (issue 13): a steadier Beta fit, an empirical-Bayes baseline
+    "bnpo_pooled": EstimatorSpec(
+        "bnpo", bnpo={"fit_halflife": 10.0}, description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"
+    ),
+    "bnpo_posterior": EstimatorSpec(
+        "bnpo", bnpo={"baseline": "posterior_mean"}, description="BNPO, baseline: posterior mean of p(q) under Beta(a, b)"
+    ),
 }
 
 
@@ -111,6 +120,7 @@ class RunResult:
     initial_reward: float
     final_reward: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights after the kept steps
 
 
 def algorithm_config(spec: EstimatorSpec) -> Any:
@@ -182,26 +192,45 @@ def rollout(s: Settings, model: torch.nn.Module, questions: torch.Tensor, sample
     batch.batch["responses"] = responses
     batch.batch["response_mask"] = response_mask
     batch.batch["token_level_rewards"] = token_level_rewards
-    batch.batch["old_log_probs"] = response_log_probs(model, prompts, responses)
+    batch.batch["old_log_probs"] = response_log_probs(model, prompts, responses, s.temperature)
     return batch
+
+
+def estimate_advantages(spec: EstimatorSpec, batch: DataProto) -> tuple[DataProto, Optional[BNPOStats]]:
+    """verl's ``compute_advantage`` with this estimator on a shallow copy of ``batch``, and BNPO's statistics."""
+    pop_last_stats()  # a non-BNPO estimator must not inherit an earlier call's statistics
+    # select with the keys named makes a new TensorDict (sharing the tensors): the advantages land on the copy
+    scored = compute_advantage(
+        batch.select(batch_keys=list(batch.batch.keys())),
+        spec.adv_estimator,
+        norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo,
+        config=algorithm_config(spec),
+    )
+    return scored, pop_last_stats()
+
+
+def policy_loss(
+    s: Settings, log_prob: torch.Tensor, batch: DataProto, actor_cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """verl's policy loss (``vanilla``: dual-clip PPO with ``agg_loss``) of the batch's advantages at ``log_prob``."""
+    return get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)(
+        old_log_prob=batch.batch["old_log_probs"],
+        log_prob=log_prob,
+        advantages=batch.batch["advantages"],
+        response_mask=batch.batch["response_mask"].bool(),
+        loss_agg_mode=s.loss_agg_mode,
+        config=actor_cfg,
+    )
 
 
 def ppo_update(
     s: Settings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DataProto, actor_cfg: ActorConfig
 ) -> dict[str, float]:
     """One PPO epoch over the batch in mini-batches; returns the mean of each mini-batch metric."""
-    policy_loss_fn = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
     collected: dict[str, list[float]] = {}
     for mini in batch.split(s.ppo_mini_batch_size * s.rollout_n):
-        log_prob = response_log_probs(model, mini.batch["prompts"], mini.batch["responses"])
-        loss, pg_metrics = policy_loss_fn(
-            old_log_prob=mini.batch["old_log_probs"],
-            log_prob=log_prob,
-            advantages=mini.batch["advantages"],
-            response_mask=mini.batch["response_mask"].bool(),
-            loss_agg_mode=s.loss_agg_mode,
-            config=actor_cfg,
-        )
+        log_prob = response_log_probs(model, mini.batch["prompts"], mini.batch["responses"], s.temperature)
+        loss, pg_metrics = policy_loss(s, log_prob, mini, actor_cfg)
         optimizer.zero_grad()
         loss.backward()
         # the norm before clipping is what the paper's Fig. 2 plots
@@ -230,7 +259,8 @@ def batch_metrics(s: Settings, batch: DataProto) -> dict[str, float]:
     }
 
 
-_PROGRESS: Optional[Any] = None  # in a worker process: the queue that carries finished steps to the bar
+_PROGRESS: Optional[Any] = None  # where finished units of work go: a worker's queue, or the bar's callback
+_DONE = "done"  # what a worker sends after each job, behind everything the job reported
 
 
 def _init_worker(queue: Optional[Any], num_threads: int) -> None:
@@ -239,17 +269,31 @@ def _init_worker(queue: Optional[Any], num_threads: int) -> None:
     torch.set_num_threads(num_threads)
 
 
-def _send_progress(row: dict) -> None:
+def report_progress(message: Any) -> None:
+    """Send one finished unit of work to the progress bar of ``run_jobs`` (nothing outside it)."""
     if _PROGRESS is not None:
-        _PROGRESS.put({key: row[key] for key in ("estimator", "seed", "reward", "grad_norm")})
+        _PROGRESS.put(message)
+
+
+def _send_progress(row: dict) -> None:
+    report_progress({key: row[key] for key in ("estimator", "seed", "reward", "grad_norm")})
 
 
 def train(
-    s: Settings, name: str, seed: int, initial_state: dict, on_step: Callable[[dict], None] = _send_progress
+    s: Settings,
+    name: str,
+    seed: int,
+    initial_state: dict,
+    on_step: Callable[[dict], None] = _send_progress,
+    keep_states: Sequence[int] = (),
 ) -> RunResult:
-    """One RL run of estimator ``name`` from the seed's warm-started weights; ``on_step`` sees each metric row."""
+    """One RL run of estimator ``name`` from the seed's warm-started weights; ``on_step`` sees each metric row.
+
+    ``keep_states``: the steps after which the weights are kept in ``RunResult.states`` (0: the initial weights).
+    """
     spec = ESTIMATORS[name]
-    algo_cfg, actor_cfg = algorithm_config(spec), actor_config(s)
+    pooling.reset_pools()  # fit_halflife: a run must not inherit an earlier run's pooled fit in this process
+    actor_cfg = actor_config(s)
     model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
     model.load_state_dict(initial_state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
@@ -257,13 +301,11 @@ def train(
     questions = torch.Generator().manual_seed(40_000 + seed)  # same data order for every estimator
     sampler = torch.Generator().manual_seed(50_000 + seed)
     result = RunResult(name, seed, initial_reward=evaluate(s, model, seed), final_reward=math.nan)
+    if 0 in keep_states:
+        result.states[0] = copy.deepcopy(model.state_dict())
     for step in range(1, s.steps + 1):
         batch = rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
-        pop_last_stats()  # a non-BNPO estimator must not inherit an earlier run's statistics
-        batch = compute_advantage(
-            batch, spec.adv_estimator, norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo, config=algo_cfg
-        )
-        stats = pop_last_stats()
+        batch, stats = estimate_advantages(spec, batch)
         row = {"estimator": name, "seed": seed, "step": step, "lr": scheduler.get_last_lr()[0]}
         row.update(batch_metrics(s, batch))
         row.update(ppo_update(s, model, optimizer, batch, actor_cfg))
@@ -271,6 +313,8 @@ def train(
         for key in ("mu", "var", "a", "b", "alpha", "beta"):
             row[f"bnpo_{key}"] = getattr(stats, key) if stats is not None else math.nan
         result.rows.append(row)
+        if step in keep_states:
+            result.states[step] = copy.deepcopy(model.state_dict())
         on_step(row)
     result.final_reward = evaluate(s, model, seed)
     return result
@@ -290,29 +334,48 @@ def run(s: Settings, show_progress: bool = True) -> list[RunResult]:
             bar.set_postfix_str(postfix, refresh=False)
             bar.update(1)
 
-        if s.workers <= 1:
-            _init_worker(None, s.num_threads)
-            states = {seed: warm_start(s, seed) for seed in s.seeds}
-            return [train(s, name, seed, states[seed], advance) for name, seed in jobs]
-        # One process per run (a single intra-op thread each): on 2 cores this beats 2 threads in one process,
-        # whose thread pool stalls badly whenever another program is using the CPU.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        queue = context.Queue()
-        with ProcessPoolExecutor(s.workers, context, initializer=_init_worker, initargs=(queue, s.num_threads)) as pool:
-            states = dict(zip(s.seeds, pool.map(warm_start, [s] * len(s.seeds), s.seeds)))
-            futures = [pool.submit(train, s, name, seed, states[seed]) for name, seed in jobs]
-            while not all(f.done() for f in futures):
-                _drain(queue, advance, timeout=0.1)
-            while bar.n < bar.total and _drain(queue, advance, timeout=2.0):
-                pass  # steps reported just before a run returned may still be in flight
-            return [f.result() for f in futures]
+        initial = run_jobs([(warm_start, (s, seed)) for seed in s.seeds], s.workers, s.num_threads, advance)
+        states = dict(zip(s.seeds, initial))
+        trains = [(train, (s, name, seed, states[seed])) for name, seed in jobs]
+        return run_jobs(trains, s.workers, s.num_threads, advance)
 
 
-def _drain(queue: Any, advance: Callable[[dict], None], timeout: float) -> bool:
-    """Pass one queued step to ``advance``; False if none came within ``timeout`` seconds."""
+def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int, num_threads: int, advance: Callable[[Any], None]) -> list:
+    """``[fn(*args) for fn, args in jobs]`` in up to ``workers`` processes; what jobs report goes to ``advance``.
+
+    One process per job (a single intra-op thread each by default): on 2 cores this beats 2 threads in one
+    process, whose thread pool stalls badly whenever another program is using the CPU.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        threads = torch.get_num_threads()
+        _init_worker(SimpleNamespace(put=advance), num_threads)
+        try:
+            return [fn(*args) for fn, args in jobs]
+        finally:
+            _init_worker(None, threads)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    queue = context.Queue()
+    initargs = (queue, num_threads)
+    with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=_init_worker, initargs=initargs) as pool:
+        futures = [pool.submit(_job, fn, args) for fn, args in jobs]
+        finished = 0
+        while finished < len(futures):
+            try:
+                message = queue.get(timeout=0.1)
+            except Empty:
+                if all(f.done() for f in futures):  # a worker died without reporting: result() raises why
+                    break
+                continue
+            if message == _DONE:
+                finished += 1
+            else:
+                advance(message)
+        return [f.result() for f in futures]
+
+
+def _job(fn: Callable, args: tuple) -> Any:
+    """One job in a worker process; _DONE follows, in queue order, everything the job reported."""
     try:
-        advance(queue.get(timeout=timeout))
-        return True
-    except Empty:
-        return False
-
+        return fn(*args)
+    finally:
+        report_progress(_DONE)

@@ -101,10 +101,16 @@ def sample_responses(
     return responses, get_response_mask(responses, eos_token=EOS, dtype=torch.long)
 
 
-def response_log_probs(model: Qwen2ForCausalLM, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-    """(bs, R) log-probabilities of the response tokens under ``model`` (differentiable)."""
+def response_log_probs(
+    model: Qwen2ForCausalLM, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """(bs, R) log-probabilities of the response tokens under ``model`` (differentiable).
+
+    ``temperature``: the sampling temperature; the logits are divided by it, as verl's actor does, so that the
+    scored policy is the one that sampled (dividing by 1.0 is exact).
+    """
     input_ids = torch.cat([prompts, responses], dim=1)
     logits = model(input_ids=input_ids, use_cache=False).logits
     # logits at position t predict token t + 1: the response is predicted from P - 1 to the second-to-last
-    response_logits = logits[:, prompts.shape[1] - 1 : -1].float()
+    response_logits = logits[:, prompts.shape[1] - 1 : -1].float() / temperature
     return logprobs_from_logits(response_logits, responses)

@@ -1,0 +1,311 @@
+"""``python -m bnpo.demo probe``: the gradient noise of each estimator at a fixed policy.
+
+Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; the training
+demo's gradient-norm CV mixes that noise with the policy's drift over the run. The probe holds the policy fixed.
+At snapshots of a training run (``snapshots``: 0 is the warm-started policy) it draws ``batches`` = K independent
+batches exactly as training does (``prompts_per_step`` questions x ``rollout_n`` samples), and on each batch
+computes every estimator's gradient of the training loss: verl's ``compute_advantage``, then verl's ``vanilla``
+policy loss with the demo's aggregation, before clipping, at old_log_probs = the current log-probs (ratio 1).
+Every estimator sees the same K batches, so the comparison is paired. Per estimator and snapshot:
+
+    noise  = mean_k ||g_k - g_bar||^2 / ||g_bar||^2      g_bar: the mean over the K batches. Scale-free (an
+             estimator times a constant has the same noise); lower is steadier.
+    cosine = cos(g_k, g_ref)  g_ref: the mean REINFORCE gradient over ``reference_batches`` further batches, an
+             unbiased estimate of the direction of the true policy gradient (REINFORCE with the group-mean
+             baseline has expectation (m-1)/m grad J). It combines noise and bias: BNPO and GRPO reweight
+             questions, so their mean is not grad J.
+    fits   = the spread of the fitted a, b, alpha, beta over the K batches (BNPO estimators).
+
+``bnpo_pooled`` (``algorithm.bnpo.fit_halflife``) needs a history. Protocol: at each snapshot its pool is warmed
+with ``pool_warmup_batches`` = W batches drawn at the snapshot (W = 4 half-lives: 94% of a stationary pool's
+weight), and each of the K batches is scored with a fresh copy of that warmed pool plus the batch: what a run
+whose policy stood still would see, and the K batches stay independent of each other.
+
+Theorem 1 says (alpha, beta) = (1 + a/3, 1 + b/3) minimises the gradient variance when p ~ Beta(a, b). The probe
+tests it at each snapshot: (a, b) is fitted to the p_hat of the W warm-up batches, and BNPO with the fixed
+normaliser (1 + t a/3, 1 + t b/3) is measured for t in ``theorem_scales`` (t = 0 is REINFORCE, t = 1 the
+theorem's choice). The theorem's own variance is B(alpha, beta)^2 B(a + 3 - 2 alpha, b + 3 - 2 beta) / B(a, b)
+times E||grad log pi||^2, which needs grad log pi uncorrelated with the normalised advantage; the probe checks
+that assumption on ``assumption_batches`` batches: for each question with mixed outcomes,
+kappa = ||sum_o (s_o - p_hat) grad log pi(o)||^2 / (m p_hat (1 - p_hat)) should not depend on p_hat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from verl import DataProto
+
+from bnpo import pooling
+from bnpo.beta import fit_beta_moments
+
+from .experiment import (
+    ESTIMATORS,
+    EstimatorSpec,
+    Settings,
+    actor_config,
+    estimate_advantages,
+    policy_loss,
+    report_progress,
+    rollout,
+    run_jobs,
+    train,
+    warm_start,
+)
+from .measures import kappa_by_level, measure, spread, theorem_normaliser, theorem_variance
+from .task import build_policy, response_log_probs
+
+# Two regimes of per-question success rates, as overrides of the training demo's Settings (measured a, b: README).
+REGIMES: dict[str, dict[str, Any]] = {
+    # the training demo as it is: strings of 1..6 digits, so p(q) is near 0 or 1 for most questions (a, b < 1)
+    "u_shaped": {},
+    # every string has 6 digits and a longer warm start makes the policy nearly always right at temperature 1;
+    # sampling (and scoring) at temperature 2 then puts every question's success rate near 0.5 (a, b > 1)
+    "unimodal": {"min_digits": 6, "max_digits": 6, "warm_start_steps": 600, "temperature": 2.0},
+}
+REGIME_DESCRIPTIONS = {
+    "u_shaped": "the training demo: 1-6 digits, 200-step warm start, temperature 1",
+    "unimodal": "6 digits, 600-step warm start, temperature 2",
+}
+FIT_KEYS = ("a", "b", "alpha", "beta")
+REFERENCE = "reinforce"  # its mean gradient estimates the direction of the true policy gradient
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Every setting of the probe. Defaults: about 5 minutes on 2 idle CPU cores."""
+
+    estimators: tuple[str, ...] = ("reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior")
+    regimes: tuple[str, ...] = ("u_shaped", "unimodal")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    snapshots: tuple[int, ...] = (0, 100)  # RL steps of the training run at which the policy is probed
+    trainer: str = "bnpo"  # the estimator that trains the run between snapshots
+    batches: int = 48  # K: independent batches per snapshot
+    reference_batches: int = 128  # batches of the reference gradient
+    pool_warmup_batches: int = 40  # W: 4 half-lives of bnpo_pooled; also the snapshot's Beta fit for the theorem
+    theorem_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # t of (1 + t a/3, 1 + t b/3); t = 0 is reinforce
+    assumption_batches: int = 8  # batches of the per-question check of Theorem 1's assumption
+    workers: int = 2  # (regime, seed) jobs in parallel processes
+    num_threads: int = 1  # torch intra-op threads per process
+    demo_overrides: tuple[tuple[str, Any], ...] = ()  # applied to every regime's Settings (the smoke test's sizes)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in (*self.estimators, self.trainer) if name not in ESTIMATORS]
+        if unknown:
+            raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)} (--estimators).")
+        if REFERENCE not in self.estimators:
+            raise ValueError(f"the probe's reference gradient is {REFERENCE!r}'s: keep it in --estimators.")
+        bad = [name for name in self.regimes if name not in REGIMES]
+        if bad:
+            raise ValueError(f"unknown regime(s) {bad}; choose from {sorted(REGIMES)} (--regime).")
+        if self.batches < 2 or self.reference_batches < 1 or self.pool_warmup_batches < 1:
+            raise ValueError("need batches >= 2, reference_batches >= 1 and pool_warmup_batches >= 1.")
+        if not self.seeds or not self.snapshots or min(self.snapshots) < 0:
+            raise ValueError(f"need at least one seed and snapshots >= 0, got {self.seeds} and {self.snapshots}.")
+
+    def demo_settings(self, regime: str) -> Settings:
+        """The training demo's Settings of a regime, run up to the last snapshot."""
+        s = replace(Settings(), **{**REGIMES[regime], **dict(self.demo_overrides)})
+        return replace(s, steps=max(self.snapshots))
+
+    def units_per_job(self) -> int:
+        """Progress units of one (regime, seed) job: its training steps and every batch it draws."""
+        per_snapshot = self.pool_warmup_batches + self.reference_batches + self.batches + self.assumption_batches
+        return max(self.snapshots) + len(self.snapshots) * per_snapshot
+
+
+# ------------------------------------------------------------------------------------- one probe job
+
+
+def _generator(*parts: Any) -> torch.Generator:
+    """A generator seeded from ``parts`` (stable across runs and processes)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**62 - 1))
+
+
+def draw_batches(s: Settings, model: torch.nn.Module, key: tuple, purpose: str, count: int) -> Iterator[DataProto]:
+    """``count`` training-like batches from the policy; each (snapshot ``key``, purpose) has its own random streams."""
+    questions, sampler = _generator(*key, purpose, "questions"), _generator(*key, purpose, "sampler")
+    for _ in range(count):
+        yield rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
+
+
+def batch_gradients(
+    s: Settings, model: torch.nn.Module, batch: DataProto, specs: dict[str, EstimatorSpec], pools: dict[str, dict]
+) -> dict[str, tuple[torch.Tensor, Any]]:
+    """Each estimator's gradient (P,) of the training loss on ``batch``, and its BNPO statistics.
+
+    One forward pass; the loss is verl's policy loss at ratio 1 (old_log_probs are the snapshot's own). An
+    estimator named in ``pools`` is scored with a fresh copy of that saved pool state (``fit_halflife``).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    actor_cfg = actor_config(s)
+    log_prob = response_log_probs(model, batch.batch["prompts"], batch.batch["responses"], s.temperature)
+    drift = (log_prob.detach() - batch.batch["old_log_probs"]).abs().max().item()
+    if drift > 1e-4:
+        raise RuntimeError(f"the batch was not sampled from this policy (log-prob difference {drift:.2g}).")
+    out = {}
+    for name, spec in specs.items():
+        if name in pools:
+            pooling.load_state_dict(pools[name])
+        scored, stats = estimate_advantages(spec, batch)
+        loss, _ = policy_loss(s, log_prob, scored, actor_cfg)
+        grads = torch.autograd.grad(loss, params, retain_graph=True)
+        out[name] = (torch.cat([g.reshape(-1) for g in grads]), stats)
+    return out
+
+
+def is_adaptive(spec: EstimatorSpec) -> bool:
+    """A BNPO estimator whose (alpha, beta) come from the fit (not fixed, as reinforce's (1, 1))."""
+    return spec.adv_estimator == "bnpo" and (spec.bnpo or {}).get("fixed_alpha") is None
+
+
+def warm_pools(specs: dict[str, EstimatorSpec], warmup: list[DataProto]) -> dict[str, dict]:
+    """For each pooled (fit_halflife) estimator, its pool state after scoring the warm-up batches."""
+    pools = {}
+    for name, spec in specs.items():
+        if spec.bnpo and spec.bnpo.get("fit_halflife") is not None:
+            pooling.reset_pools()
+            for batch in warmup:
+                estimate_advantages(spec, batch)
+            pools[name] = pooling.state_dict()
+    pooling.reset_pools()
+    return pools
+
+
+def assumption_check(s: Settings, model: torch.nn.Module, batch: DataProto) -> list[tuple[float, float]]:
+    """(p_hat, kappa) of each question with mixed outcomes: kappa = ||sum_o (s_o - p_hat) grad log pi(o)||^2 /
+    (m p_hat (1 - p_hat)), from verl's loss on the question's samples with REINFORCE's advantages."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    actor_cfg, m = actor_config(s), s.rollout_n
+    scored, _ = estimate_advantages(ESTIMATORS[REFERENCE], batch)
+    reward = batch.batch["token_level_rewards"].sum(dim=1).view(-1, m)
+    out = []
+    for q, p_hat in enumerate(reward.mean(dim=1).tolist()):
+        if not 0 < p_hat < 1:
+            continue
+        rows = scored[q * m : (q + 1) * m]  # rollout repeats each question m times, interleaved
+        log_prob = response_log_probs(model, rows.batch["prompts"], rows.batch["responses"], s.temperature)
+        loss, _ = policy_loss(s, log_prob, rows, actor_cfg)  # seq-mean: -(1/m) sum_o A_o log pi(o)
+        grads = torch.autograd.grad(loss, params)
+        squared = sum(g.double().pow(2).sum() for g in grads).item() * m * m
+        out.append((p_hat, squared / (m * p_hat * (1 - p_hat))))
+    return out
+
+
+def probe_snapshot(
+    p: ProbeSettings, s: Settings, regime: str, seed: int, step: int, state: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Every measurement at one snapshot (a fixed policy): a JSON-ready dict."""
+    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model.load_state_dict(state)
+    key = (regime, seed, step)
+    tick = {"regime": regime, "seed": seed, "step": step}
+
+    def progress(phase: str) -> None:
+        report_progress({**tick, "phase": phase})
+
+    specs = {name: ESTIMATORS[name] for name in p.estimators}
+    warmup = []
+    for batch in draw_batches(s, model, key, "warmup", p.pool_warmup_batches):
+        warmup.append(batch)
+        progress("warm-up")
+    pools = warm_pools(specs, warmup)
+    p_hat = torch.cat([b.batch["token_level_rewards"].sum(dim=1).view(-1, s.rollout_n).mean(dim=1) for b in warmup])
+    fit = fit_beta_moments(p_hat)
+    a, b = float(fit.a), float(fit.b)
+    theorem = {f"t={t:g}": theorem_normaliser(t, a, b) for t in p.theorem_scales}
+    for key, (alpha, beta) in theorem.items():
+        specs[key] = EstimatorSpec("bnpo", bnpo={"fixed_alpha": alpha, "fixed_beta": beta})
+
+    reference = None
+    for batch in draw_batches(s, model, key, "reference", p.reference_batches):
+        grad = batch_gradients(s, model, batch, {REFERENCE: specs[REFERENCE]}, {})[REFERENCE][0].double()
+        reference = grad if reference is None else reference + grad
+        progress("reference")
+    reference /= p.reference_batches
+
+    grads: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
+    fits: dict[str, dict[str, list[float]]] = {name: {key: [] for key in FIT_KEYS} for name in specs}
+    for batch in draw_batches(s, model, key, "probe", p.batches):
+        for name, (grad, stats) in batch_gradients(s, model, batch, specs, pools).items():
+            grads[name].append(grad)
+            if stats is not None and is_adaptive(specs[name]):
+                for key in FIT_KEYS:
+                    fits[name][key].append(getattr(stats, key))
+        progress("probe")
+    pooling.reset_pools()
+
+    kappa = []
+    for batch in draw_batches(s, model, key, "assumption", p.assumption_batches):
+        kappa.extend(assumption_check(s, model, batch))
+        progress("assumption")
+
+    results = {}
+    for name in specs:
+        entry = measure(torch.stack(grads[name]), reference)
+        if fits[name]["a"]:
+            entry["fits"] = {key: spread(values) for key, values in fits[name].items()}
+        results[name] = entry
+    reference_variance = results[REFERENCE]["variance"]
+    predicted_reference = theorem_variance(1.0, 1.0, a, b)
+    sweep = {"t=0": {"t": 0.0, "alpha": 1.0, "beta": 1.0, **results[REFERENCE]}}
+    for t, key in zip(p.theorem_scales, theorem):
+        alpha, beta = theorem[key]
+        sweep[key] = {"t": t, "alpha": alpha, "beta": beta, **results.pop(key)}
+    reference_signal = results[REFERENCE]["signal"]
+    for entry in sweep.values():
+        entry["variance_ratio"] = entry["variance"] / reference_variance if reference_variance > 0 else math.nan
+        entry["signal_ratio"] = entry["signal"] / reference_signal if reference_signal > 0 else math.nan
+        entry["predicted_ratio"] = theorem_variance(entry["alpha"], entry["beta"], a, b) / predicted_reference
+        # (nan without a Beta fit; inf where the theorem's variance diverges)
+    return {
+        "regime": regime,
+        "seed": seed,
+        "step": step,
+        "reward": float(p_hat.mean()),
+        "mixed_frac": float(((p_hat > 0) & (p_hat < 1)).double().mean()),
+        "a": a,  # the snapshot's Beta fit over the warm-up batches' p_hat
+        "b": b,
+        "estimators": results,
+        "theorem": sweep,
+        "kappa": kappa_by_level(kappa, s.rollout_n),
+    }
+
+
+def probe_job(p: ProbeSettings, regime: str, seed: int) -> list[dict[str, Any]]:
+    """Warm start, a training run to the last snapshot, and the probe of every snapshot of one (regime, seed)."""
+    s = p.demo_settings(regime)
+    initial = warm_start(s, seed)
+    if s.steps > 0:
+
+        def on_step(row: dict) -> None:
+            report_progress({"regime": regime, "seed": seed, "step": row["step"], "phase": "train"})
+
+        states = train(s, p.trainer, seed, initial, on_step=on_step, keep_states=p.snapshots).states
+    else:
+        states = {0: initial}
+    return [probe_snapshot(p, s, regime, seed, step, states[step]) for step in sorted(p.snapshots)]
+
+
+def run_probe(p: ProbeSettings, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Every (regime, seed) job, ``p.workers`` at a time; one dict per (regime, seed, snapshot)."""
+    jobs = [(probe_job, (p, regime, seed)) for regime in p.regimes for seed in p.seeds]
+    tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
+    with tqdm(total=len(jobs) * p.units_per_job(), desc="probe", unit="batch", disable=not show_progress) as bar:
+
+        def advance(message: dict) -> None:
+            bar.set_postfix_str(
+                f"{message['regime']} seed={message['seed']} step={message['step']} {message['phase']}", refresh=False
+            )
+            bar.update(1)
+
+        points = run_jobs(jobs, p.workers, p.num_threads, advance)
+    return [point for job in points for point in job]
+

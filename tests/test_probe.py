@@ -1,0 +1,290 @@
+"""The gradient-noise probe (``python -m bnpo.demo probe``): its measures against known answers, its gradients
+against the training loss, the pooled-fit protocol, the two regimes, and a real ``--smoke`` run."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+from demo_cli import run_demo
+
+from bnpo import pooling
+from bnpo.beta import fit_beta_moments
+from bnpo.demo.experiment import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
+from bnpo.demo.measures import (
+    cosines,
+    measure,
+    per_batch_noise,
+    relative_noise,
+    theorem_normaliser,
+    theorem_variance,
+)
+from bnpo.demo.probe import REGIMES, ProbeSettings, assumption_check, batch_gradients, draw_batches, warm_pools
+from bnpo.demo.probe_cli import SMOKE, parse_args
+from bnpo.demo.probe_report import OUTPUTS
+from bnpo.demo.task import build_policy, response_log_probs
+
+# ------------------------------------------------------------------------------------------ the measures
+
+
+def test_identical_gradients_have_no_noise_and_cosine_one():
+    g = torch.randn(1, 50).repeat(6, 1)
+    assert relative_noise(g) == 0.0 and per_batch_noise(g) == 0.0
+    assert torch.allclose(cosines(g, g[0]), torch.ones(6, dtype=torch.float64))
+
+
+def test_hand_made_gradients():
+    # g = (±1, 1): mean (0, 1), every ||g_k - mean||^2 = 1
+    g = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    assert relative_noise(g) == pytest.approx(1.0)
+    assert cosines(g, torch.tensor([0.0, 1.0])).tolist() == pytest.approx([2**-0.5, 2**-0.5])
+    # unbiased: tr Cov = 2 / (K - 1) = 2, ||E g||^2 = 1 - 2 / K = 0: the mean is not resolved
+    assert per_batch_noise(g) == math.inf
+    # four gradients around (0, 2): deviations (±1, 0), (0, ±1); spread 1, signal 4
+    g = torch.tensor([[1.0, 2.0], [-1.0, 2.0], [0.0, 3.0], [0.0, 1.0]])
+    assert relative_noise(g) == pytest.approx(1 / 4)
+    assert per_batch_noise(g) == pytest.approx((4 / 3) / (4 - (4 / 3) / 4))
+    assert cosines(g, torch.tensor([0.0, -5.0]))[2].item() == pytest.approx(-1.0)
+    # a zero mean with spread: infinitely noisy; a zero vector has cosine 0
+    assert relative_noise(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == math.inf
+    assert cosines(torch.zeros(1, 2), torch.tensor([1.0, 0.0])).item() == 0.0
+
+
+def test_noise_is_scale_free_and_estimates_the_true_ratio():
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.full((50,), 5 / math.sqrt(50))  # ||E g||^2 = 25; tr Cov = 50: true noise ratio 2
+    g = mean + torch.randn(4000, 50, generator=generator, dtype=torch.float64)
+    for scale in (1e-3, 7.0):
+        assert relative_noise(scale * g) == pytest.approx(relative_noise(g), rel=1e-9)
+        assert per_batch_noise(scale * g) == pytest.approx(per_batch_noise(g), rel=1e-9)
+        assert torch.allclose(cosines(scale * g, mean), cosines(g, mean))
+    assert per_batch_noise(g) == pytest.approx(2.0, rel=0.05)
+    # with K = 8 the K-batch measure is pulled towards K - 1, the unbiased one is not
+    small = [g[i : i + 8] for i in range(0, 4000, 8)]
+    assert sum(relative_noise(x) for x in small) / len(small) == pytest.approx(7 / 8 * 2 / (1 + 2 / 8), rel=0.05)
+
+
+def test_theorem_variance_is_minimised_at_one_plus_a_third():
+    for a, b in ((0.3, 0.2), (3.0, 2.5), (1.0, 6.0)):
+        alpha, beta = theorem_normaliser(1.0, a, b)
+        best = theorem_variance(alpha, beta, a, b)
+        for da, db in ((0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05), (0.1, -0.1)):
+            if alpha + da >= 1 and beta + db >= 1:
+                assert theorem_variance(alpha + da, beta + db, a, b) > best
+        # (1, 1): E[p (1 - p)] under Beta(a, b) = ab / ((a + b)(a + b + 1))
+        assert theorem_variance(1.0, 1.0, a, b) == pytest.approx(a * b / ((a + b) * (a + b + 1)))
+        assert theorem_variance((a + 3) / 2, beta, a, b) == math.inf  # the finiteness bound
+    assert math.isnan(theorem_variance(1.0, 1.0, 0.0, 0.0))  # no fit, no prediction
+
+
+# ---------------------------------------------------------------------------------- gradients at a snapshot
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    """A briefly warm-started policy on 1-3 digits (mixed outcomes) and batches of 8 questions x 8 samples."""
+    torch.set_num_threads(1)
+    s = Settings(prompts_per_step=8, max_digits=3, warm_start_steps=40)
+    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed=0)
+    model.load_state_dict(warm_start(s, 0))
+    batches = list(draw_batches(s, model, ("test",), "probe", 4))
+    assert any(0 < r < 1 for b in batches for r in b.batch["token_level_rewards"].sum(1).view(-1, 8).mean(1).tolist())
+    return s, model, batches
+
+
+HALF = EstimatorSpec("bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "reward_max": 2.0})  # reinforce / 2
+
+
+def test_gradient_is_the_training_loss_at_ratio_one(snapshot):
+    """verl's vanilla loss at old = current log-probs: the REINFORCE surrogate -mean_i A_i sum_t log pi."""
+    s, model, batches = snapshot
+    batch = batches[0]
+    grad, _ = batch_gradients(s, model, batch, {"reinforce": ESTIMATORS["reinforce"]}, {})["reinforce"]
+    scored, _ = estimate_advantages(ESTIMATORS["reinforce"], batch)
+    log_prob = response_log_probs(model, batch.batch["prompts"], batch.batch["responses"], s.temperature)
+    mask = batch.batch["response_mask"]
+    surrogate = -((scored.batch["advantages"] * log_prob * mask).sum(1)).mean()
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, list(model.parameters()))])
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+    assert grad.norm() > 0
+
+
+def test_scored_policy_is_the_sampling_policy_at_any_temperature(snapshot):
+    """At temperature 2 (the unimodal regime) the log-probs the loss uses are those of the sampler, as in verl."""
+    s, model, _ = snapshot
+    from bnpo.demo.task import sample_responses
+
+    prompts = s.task.sample_prompts(1, torch.Generator().manual_seed(3)).repeat(20000, 1)
+    with torch.no_grad():
+        first, _ = sample_responses(model, prompts, 1, 2.0, torch.Generator().manual_seed(4))
+        tokens = torch.arange(13).unsqueeze(1)
+        probs = {t: response_log_probs(model, prompts[:13], tokens, t).exp().flatten() for t in (1.0, 2.0)}
+    frequency = torch.bincount(first.flatten(), minlength=13).double() / len(first)
+    assert probs[2.0].sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert (frequency - probs[2.0]).abs().max() < 0.015
+    assert (frequency - probs[1.0]).abs().max() > 0.05  # the test can tell the temperatures apart
+
+
+def test_an_estimator_times_a_constant_has_the_same_noise(snapshot):
+    s, model, batches = snapshot
+    specs = {"reinforce": ESTIMATORS["reinforce"], "half": HALF, "bnpo": ESTIMATORS["bnpo"]}
+    grads = {name: [] for name in specs}
+    for batch in batches:
+        for name, (grad, _) in batch_gradients(s, model, batch, specs, {}).items():
+            grads[name].append(grad)
+    stacked = {name: torch.stack(g) for name, g in grads.items()}
+    torch.testing.assert_close(stacked["half"], stacked["reinforce"] / 2)
+    reference = stacked["reinforce"].mean(0)
+    full, half = measure(stacked["reinforce"], reference), measure(stacked["half"], reference)
+    for key in ("noise", "per_batch_noise", "cosine", "mean_cosine"):
+        assert half[key] == pytest.approx(full[key], rel=1e-5), key
+    assert half["variance"] == pytest.approx(full["variance"] / 4, rel=1e-5)  # the raw variance is not scale-free
+    assert measure(stacked["bnpo"], reference)["noise"] != pytest.approx(full["noise"], rel=1e-6)
+
+
+def test_pooled_fit_uses_a_fresh_copy_of_the_warmed_pool(snapshot):
+    s, model, batches = snapshot
+    spec = ESTIMATORS["bnpo_pooled"]
+    halflife = spec.bnpo["fit_halflife"]
+    warmup, probe = batches[:3], batches[3]
+    pools = warm_pools({"bnpo_pooled": spec, "bnpo": ESTIMATORS["bnpo"]}, warmup)
+    assert set(pools) == {"bnpo_pooled"}
+    specs = {"bnpo_pooled": spec}
+    first, stats = batch_gradients(s, model, probe, specs, pools)["bnpo_pooled"]
+    again, stats_again = batch_gradients(s, model, probe, specs, pools)["bnpo_pooled"]
+    assert torch.equal(first, again) and stats == stats_again  # the pool did not carry the first call over
+    # the fit is that of the warm-up batches and this one, weighted 0.5^(age / halflife)
+    p_hats = [b.batch["token_level_rewards"].sum(1).view(-1, 8).mean(1).double() for b in (*warmup, probe)]
+    reference = pooling.MomentPool(halflife)
+    for p_hat in p_hats:
+        fit = reference.add(p_hat)
+    assert stats.fit_weight == pytest.approx(sum(8 * 0.5 ** (age / halflife) for age in range(4)))
+    assert stats.a == pytest.approx(float(fit.a)) and stats.b == pytest.approx(float(fit.b))
+    assert stats.a != pytest.approx(float(fit_beta_moments(p_hats[-1]).a))  # not the batch's own fit
+
+
+def test_assumption_check_matches_a_direct_computation(snapshot):
+    s, model, batches = snapshot
+    batch = batches[0]
+    pairs = assumption_check(s, model, batch)
+    reward = batch.batch["token_level_rewards"].sum(1).view(-1, 8)
+    mixed = [q for q, p in enumerate(reward.mean(1).tolist()) if 0 < p < 1]
+    assert [p for p, _ in pairs] == [reward[q].mean().item() for q in mixed]
+    q = mixed[0]
+    rows = slice(8 * q, 8 * q + 8)
+    centred = reward[q] - reward[q].mean()
+    log_prob = response_log_probs(model, batch.batch["prompts"][rows], batch.batch["responses"][rows])
+    total = (centred.unsqueeze(1) * log_prob * batch.batch["response_mask"][rows]).sum()
+    squared = sum(g.double().pow(2).sum() for g in torch.autograd.grad(total, list(model.parameters()))).item()
+    assert pairs[0][1] == pytest.approx(squared / (centred.pow(2).sum().item()), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- regimes, runs and the CLI
+
+
+def test_regimes_give_the_advertised_beta_fits():
+    """The README's claim: U-shaped success rates fit a, b < 1; the unimodal regime a, b > 1 (seed 0, warm start)."""
+    probe = ProbeSettings()
+    names = {f.name for f in fields(Settings)}
+    for regime, overrides in REGIMES.items():
+        assert set(overrides) <= names, regime
+        s = probe.demo_settings(regime)
+        model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed=0)
+        model.load_state_dict(warm_start(s, 0))
+        batches = draw_batches(s, model, ("regime-test",), "fit", 6)
+        p_hat = torch.cat([b.batch["token_level_rewards"].sum(1).view(-1, s.rollout_n).mean(1) for b in batches])
+        fit = fit_beta_moments(p_hat)
+        if regime == "u_shaped":
+            assert fit.a < 1 and fit.b < 1, (float(fit.a), float(fit.b))
+        else:
+            assert fit.a > 1 and fit.b > 1, (float(fit.a), float(fit.b))
+
+
+def test_training_with_a_pooled_fit_starts_every_run_afresh():
+    s = Settings(prompts_per_step=8, max_digits=3, warm_start_steps=5, steps=3, eval_questions=8)
+    state = warm_start(s, 0)
+    first = train(s, "bnpo_pooled", 0, state, on_step=lambda row: None, keep_states=(0, 2))
+    second = train(s, "bnpo_pooled", 0, state, on_step=lambda row: None)
+    assert [r["bnpo_a"] for r in first.rows] == [r["bnpo_a"] for r in second.rows]
+    assert set(first.states) == {0, 2} and not second.states
+    assert all(torch.equal(first.states[0][k], state[k]) for k in state)
+
+
+def _report_three(tag: str) -> str:
+    from bnpo.demo.experiment import report_progress
+
+    for i in range(3):
+        report_progress((tag, i))
+    return tag
+
+
+def test_run_jobs_delivers_every_report_before_returning():
+    for workers in (1, 2):
+        seen = []
+        results = run_jobs([(_report_three, (tag,)) for tag in "abc"], workers, 1, seen.append)
+        assert results == ["a", "b", "c"]
+        assert sorted(seen) == [(tag, i) for tag in "abc" for i in range(3)]
+
+
+def test_cli_validates_its_options():
+    settings, out, progress = parse_args([])
+    assert settings == ProbeSettings() and out == Path("bnpo_probe_out") and progress
+    settings, _, _ = parse_args(["--quick", "--regime", "unimodal", "--snapshots", "50", "0"])
+    assert settings.regimes == ("unimodal",) and settings.snapshots == (0, 50) and len(settings.seeds) == 1
+    assert parse_args(["--smoke"])[0] == replace(ProbeSettings(), **SMOKE)
+    for bad in (["--regime", "flat"], ["--batches", "1"], ["--snapshots", "-1"], ["--estimators", "bnpo"],
+                ["--quick", "--smoke"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    with pytest.raises(ValueError, match="unknown regime"):
+        ProbeSettings(regimes=("flat",))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("probe") / "out"
+    return out, run_demo("probe", "--smoke", "--out", str(out), cwd=tmp_path_factory.getbasetemp(), timeout=600)
+
+
+def test_smoke_run_writes_the_table_and_the_figures(smoke_run):
+    out, stdout = smoke_run
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in ("noise.png", "fits.png", "theorem.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "table.md").read_text()
+    assert table.strip() in stdout
+    for regime in REGIMES:
+        assert f"**{regime}**" in table
+    for name in ProbeSettings().estimators:  # a noise row per regime, and a fit row for the adaptive BNPO estimators
+        rows = 2 if name.startswith("bnpo") else 1
+        assert table.count(f"| {name} |") == rows * len(REGIMES), name
+
+
+def test_smoke_summary_has_every_point_and_measure(smoke_run):
+    out, _ = smoke_run
+    summary = json.loads((out / "probe_summary.json").read_text())
+    settings = replace(ProbeSettings(), **SMOKE)
+    points = summary["points"]
+    assert sorted((pt["regime"], pt["seed"], pt["step"]) for pt in points) == sorted(
+        (r, seed, step) for r in settings.regimes for seed in settings.seeds for step in settings.snapshots
+    )
+    u_shaped = [pt for pt in points if pt["regime"] == "u_shaped"]
+    for pt in u_shaped:  # the smoke's u-shaped policy has mixed outcomes: every number is a real one
+        for name, entry in pt["estimators"].items():
+            assert entry["noise"] > 0 and -1 <= entry["cosine"] <= 1 and entry["grad_norm"] > 0, name
+        for name in ("bnpo", "bnpo_pooled", "bnpo_posterior"):
+            assert set(pt["estimators"][name]["fits"]) == {"a", "b", "alpha", "beta"}
+        assert "fits" not in pt["estimators"]["reinforce"] and "fits" not in pt["estimators"]["grpo"]
+        assert pt["theorem"]["t=0"]["variance_ratio"] == 1.0
+    regime = summary["regimes"]["u_shaped"]
+    ratios = [pt["estimators"]["bnpo"]["noise"] / pt["estimators"]["reinforce"]["noise"] for pt in u_shaped]
+    assert regime["all"]["estimators"]["bnpo"]["noise_ratio"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-3)
+    for pt in u_shaped:  # one seed: a snapshot's summary is its point
+        at = regime["snapshots"][str(pt["step"])]
+        assert at["a"] == pytest.approx(pt["a"], rel=1e-3)
+        assert at["estimators"]["grpo"]["noise"] == pytest.approx(pt["estimators"]["grpo"]["noise"], rel=1e-3)
