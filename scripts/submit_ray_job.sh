@@ -65,7 +65,7 @@ env_vars["VERL_USE_EXTERNAL_MODULES"] = "bnpo.verl_plugin"
 runtime_env = {
     "working_dir": os.environ["BNPO_ROOT"],
     "excludes": [
-        ".git", ".venv", "venv", "outputs", "checkpoints", "wandb", "runs", "bnpo_demo_out", "data",
+        ".git", ".venv", "venv", "outputs", "checkpoints", "wandb", "runs", "bnpo_demo_out", "bnpo_probe_out", "data",
         "*.parquet", "*.safetensors", "*.pt", "__pycache__", ".pytest_cache", ".hypothesis",
         "*.egg-info", "build", "dist",
     ] + os.environ.get("EXTRA_EXCLUDES", "").split(),
