@@ -371,8 +371,9 @@ def compute_ad_bnpo_advantage(
         mapped = {key: map_rewards(raw[key], cfg, f"'{key}' reward", keep=rows.keep) for key in keys}
         if token_level_rewards is not None:
             check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
-            check_outcome_only(token_level_rewards, rows.keep)
-            check_components_explain_outcome(raw, outcome_rewards(token_level_rewards), rows.keep)
+            outcome = outcome_rewards(token_level_rewards)
+            check_outcome_only(token_level_rewards, rows.keep, outcome)
+            check_components_explain_outcome(raw, outcome, rows.keep)
         scalar = torch.zeros(bs, dtype=torch.float64, device=response_mask.device)
         per_component = {}
         for key, weight in zip(keys, weights):  # loops over the K components only

@@ -21,18 +21,20 @@ KL_ADVICE = (
 )
 
 
-def shaped_rows(token_level_rewards: torch.Tensor) -> torch.Tensor:
+def shaped_rows(token_level_rewards: torch.Tensor, total: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(bs,) bool: rows whose reward sits on more than one token (an outcome reward sits on one).
+
+    ``total`` (bs,), optional: the rows' sums when the caller has them (``advantage.outcome_rewards``).
 
     With one nonzero token v (or none) a row's sum is exactly max + min (v + 0); with reward on several
     tokens it is not, unless exactly one positive and one negative token remain (no shaping verl has makes
-    that pattern). Three vectorised reductions; counting nonzeros would build a (bs, L) temporary.
+    that pattern). Vectorised reductions; counting nonzeros would build a (bs, L) temporary.
     """
     if token_level_rewards.shape[-1] == 0:
         return torch.zeros(token_level_rewards.shape[0], dtype=torch.bool, device=token_level_rewards.device)
     rewards = token_level_rewards.to(torch.promote_types(token_level_rewards.dtype, torch.float32))
-    high, low = rewards.amax(dim=-1), rewards.amin(dim=-1)
-    total = rewards.sum(dim=-1)
+    high, low = rewards.amax(dim=-1).double(), rewards.amin(dim=-1).double()
+    total = rewards.sum(dim=-1).double() if total is None else total.double()
     scale = torch.maximum(high.abs(), low.abs())
     return (total - (high + low)).abs() > 1e-6 * scale
 
@@ -61,9 +63,11 @@ def range_hint(token_level_rewards: torch.Tensor, scores: torch.Tensor, outside:
     return ""
 
 
-def check_outcome_only(token_level_rewards: torch.Tensor, keep: Optional[torch.Tensor]) -> None:
+def check_outcome_only(
+    token_level_rewards: torch.Tensor, keep: Optional[torch.Tensor], total: Optional[torch.Tensor] = None
+) -> None:
     """ad_bnpo: refuse rewards spread over several tokens of a sample (``keep`` (bs,) bool, None: all)."""
-    spread = shaped_rows(token_level_rewards)
+    spread = shaped_rows(token_level_rewards, total)
     if keep is not None:
         spread = spread & keep
     if bool(spread.any()):
@@ -74,6 +78,19 @@ def check_outcome_only(token_level_rewards: torch.Tensor, keep: Optional[torch.T
             "from algorithm.use_kl_in_reward=True, which ad_bnpo's per-sample components cannot carry and would "
             f"drop. {KL_ADVICE}"
         )
+
+
+def _cells(values: torch.Tensor) -> torch.Tensor:
+    """(bs,) id of each row's component vector (bs, K): equal rows, equal ids.
+
+    One 1-D ``unique`` per column, ids combined and renumbered column by column (so they stay below bs):
+    ``unique(dim=0)`` sorts whole rows and costs several times more.
+    """
+    cell = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
+    for column in values.unbind(dim=1):  # loops over the K components only
+        _, code = torch.unique(column, return_inverse=True)
+        _, cell = torch.unique(cell * (int(code.max()) + 1) + code, return_inverse=True)
+    return cell
 
 
 def check_components_explain_outcome(
@@ -93,7 +110,7 @@ def check_components_explain_outcome(
         values, outcome, rows = values[keep], outcome[keep], rows[keep]
     if outcome.numel() == 0:
         return
-    _, cell = torch.unique(values, dim=0, return_inverse=True)
+    cell = _cells(values)
     cells = int(cell.max()) + 1
     low = torch.full((cells,), float("inf"), dtype=torch.float64, device=outcome.device)
     high = torch.full_like(low, float("-inf"))
