@@ -119,3 +119,35 @@ def test_the_published_float32_arithmetic_departs_from_the_exact_values_bnpo_fol
         worst_reference = max(worst_reference, rel_err(bench.reference_loop(trl.clone(), mask, index)[0]))
         worst_bnpo = max(worst_bnpo, rel_err(compute_bnpo_advantage(trl, mask, index, BNPOConfig())[0]))
     assert worst_reference > 1e-4 and worst_bnpo < 1e-6, (worst_reference, worst_bnpo)
+
+
+@pytest.mark.parametrize(
+    "case, rewards, uids",
+    [
+        ("nan", [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]),  # sigma^2 = 0 with 0 < mu < 1
+        ("raises", [0.0, 0.0, 0.0, 0.0], ["a", "a", "b", "b"]),  # every question failed
+        ("raises", [1.0, 1.0, 1.0, 1.0], ["a", "a", "b", "b"]),  # every question solved
+        ("raises", [1.0, 0.0, 1.0], ["a", "b", "c"]),  # every group a singleton
+        ("1e6", [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0], list("aabbbbccccs")),  # singleton s, alpha > 1
+        ("silent", [1.5, -0.5, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0], list("aabbbbcccc")),  # out of range, mean inside
+    ],
+)
+def test_the_published_code_breaks_where_the_readme_says(case, rewards, uids):
+    """The README's "reference" column of the degenerate-batches table, on the benchmark's reproduction of the
+    published per-sample code (reference_loop; the published code's extra `assert 0 <= p <= 1` is not reproduced)."""
+    import numpy as np
+    from batches import outcome_batch
+
+    bench = _load_bench()
+    trl, mask, index = outcome_batch(rewards, uids)
+    if case == "raises":
+        with pytest.raises(ValueError):  # torch.distributions.Beta with NaN parameters
+            bench.reference_loop(trl, mask, index)
+        return
+    advantages = bench.reference_loop(trl, mask, index)[0][:, 0].numpy()
+    if case == "nan":
+        assert np.isnan(advantages).all()
+    elif case == "1e6":
+        assert advantages[-1] == pytest.approx(1e6)
+    else:
+        assert np.isfinite(advantages).all() and abs(advantages[0]) > 0.5  # 1.5 used as a reward, silently
