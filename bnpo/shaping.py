@@ -39,15 +39,19 @@ def shaped_rows(token_level_rewards: torch.Tensor, total: Optional[torch.Tensor]
     return (total - (high + low)).abs() > 1e-6 * scale
 
 
+def _first_spread(token_level_rewards: torch.Tensor, spread: torch.Tensor) -> str:
+    """The first of the ``spread`` (bs,) rows and how many of its tokens carry reward."""
+    row = int(spread.nonzero()[0])
+    return f"(first: row {row}, {int((token_level_rewards[row] != 0).sum())} tokens)"
+
+
 def range_hint(token_level_rewards: torch.Tensor, scores: torch.Tensor, outside: torch.Tensor, cfg: BNPOConfig) -> str:
     """The most likely reason why the outcome rewards (bs,) ``scores`` leave the declared range on ``outside``."""
-    spread = shaped_rows(token_level_rewards) & outside
+    spread = shaped_rows(token_level_rewards, scores) & outside
     if bool(spread.any()):
-        row = int(spread.nonzero()[0])
         return (
-            f" {int(spread.sum())} of these samples have reward on several tokens (first: row {row}, "
-            f"{int((token_level_rewards[row] != 0).sum())} tokens): token-level reward shaping, most likely a KL "
-            f"penalty from algorithm.use_kl_in_reward=True. {KL_ADVICE}"
+            f" {int(spread.sum())} of these samples have reward on several tokens {_first_spread(token_level_rewards, spread)}: "
+            f"token-level reward shaping, most likely a KL penalty from algorithm.use_kl_in_reward=True. {KL_ADVICE}"
         )
     low, high = float(scores[outside].min()), float(scores[outside].max())
     if cfg.reward_min == 0 and cfg.reward_max == 1 and 1 < high <= 2 and low >= 0:
@@ -71,11 +75,10 @@ def check_outcome_only(
     if keep is not None:
         spread = spread & keep
     if bool(spread.any()):
-        row = int(spread.nonzero()[0])
         raise ValueError(
-            f"ad_bnpo got token-level rewards on several tokens in {int(spread.sum())} samples (first: row {row}, "
-            f"{int((token_level_rewards[row] != 0).sum())} tokens): token-level shaping, most likely a KL penalty "
-            "from algorithm.use_kl_in_reward=True, which ad_bnpo's per-sample components cannot carry and would "
+            f"ad_bnpo got token-level rewards on several tokens in {int(spread.sum())} samples "
+            f"{_first_spread(token_level_rewards, spread)}: "
+            "token-level shaping, most likely a KL penalty from algorithm.use_kl_in_reward=True, which ad_bnpo's per-sample components cannot carry and would "
             f"drop. {KL_ADVICE}"
         )
 
