@@ -5,7 +5,7 @@ n_rollouts x response_len. Timed implementations (all through verl's registry un
 
     bnpo             ours, get_adv_estimator_fn("bnpo")
     ad_bnpo          ours, two components ("acc", "format") read from non_tensor_batch
-    reference_loop   the published code's structure (spec section 3), re-implemented here: a Python loop
+    reference_loop   the published code's structure (changyi7231/BNPO), re-implemented here: a Python loop
                      over samples, per-uid reward lists, then one torch.distributions.Beta per sample
     grpo             verl's per-sample Python loop
     grpo_vectorized  verl's vectorised GRPO
@@ -102,7 +102,7 @@ def reference_loop(
     reward_max: float = 1.0,
     max_weight: float = 1e6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BNPO in the published code's per-sample structure (spec section 3); the baseline to beat.
+    """BNPO in the published code's per-sample structure (changyi7231/BNPO); the baseline to beat.
 
     Args:
         token_level_rewards: (bs, L); response_mask: (bs, L); index: (bs,) uids.

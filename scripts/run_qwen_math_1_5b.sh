@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BNPO on Qwen2.5-Math-1.5B with the paper's setting (spec §6): MATH train, 1 node x 4 GPUs.
+# BNPO on Qwen2.5-Math-1.5B with the paper's setting (recipe/bnpo/README.md): MATH train, 1 node x 4 GPUs.
 #   bash scripts/run_qwen_math_1_5b.sh [hydra.key=value ...]
 # Same recipe and env vars as run_qwen_math_7b.sh (see scripts/_common.sh); DRY_RUN=1 prints
 # the composed config and exits.

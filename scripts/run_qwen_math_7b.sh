@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BNPO on Qwen2.5-Math-7B, the paper's setting (spec §6): MATH train, 1 node x 4 GPUs.
+# BNPO on Qwen2.5-Math-7B, the paper's setting (recipe/bnpo/README.md): MATH train, 1 node x 4 GPUs.
 #   bash scripts/run_qwen_math_7b.sh [hydra.key=value ...]
 # Settings come from recipe/bnpo/config/bnpo_trainer.yaml; env vars of scripts/_common.sh
 # (MODEL_PATH, DATA_DIR, NNODES, N_GPUS_PER_NODE, ADV_ESTIMATOR, USE_FORMAT_REWARD, ...) and the

@@ -4,7 +4,7 @@
 #
 # The job runs RUN_SCRIPT (default scripts/run_qwen_math_7b.sh) from the cluster's copy of this
 # project: the runtime env's working_dir uploads the project (without .venv, .git, outputs, data),
-# Ray puts that copy on every worker's sys.path, and VERL_USE_EXTERNAL_MODULES=bnpo.verl_plugin makes
+# Ray puts that copy on every worker's sys.path, and VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin makes
 # `import verl` register bnpo / ad_bnpo in every process, also on nodes where bnpo is not installed
 # (they still need verl and math-verify: pip install 'bnpo[rewards]' deps, or RUNTIME_PIP below).
 #
@@ -61,7 +61,7 @@ import json, os, sys
 
 env_vars = {name: os.environ[name] for name in os.environ["FORWARD_NAMES"].split() if os.environ.get(name)}
 # registers bnpo / ad_bnpo on import of verl even where bnpo is only on sys.path (no entry point)
-env_vars["VERL_USE_EXTERNAL_MODULES"] = "bnpo.verl_plugin"
+env_vars["VERL_USE_EXTERNAL_MODULES"] = "bnpo.verl.plugin"
 runtime_env = {
     "working_dir": os.environ["BNPO_ROOT"],
     "excludes": [

@@ -7,4 +7,4 @@ VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 bash scripts/install_cpu_e2e.sh test
-python -m pytest "$@"
+python -m pytest --full "$@"

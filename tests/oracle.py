@@ -1,4 +1,5 @@
-"""A slow, independent oracle for BNPO written straight from BNPO_SPEC.md §2-§3 and §5.
+"""A slow, independent oracle for BNPO written straight from the paper's formulas (arXiv 2506.02864: the
+advantage, the method-of-moments fit, Theorem 1's alpha, beta, AD-BNPO) and the published code's behaviour.
 
 Plain Python floats and ``math`` only, one sample at a time: nothing shared with ``bnpo``.
 """

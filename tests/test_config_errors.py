@@ -7,7 +7,7 @@ from batches import grouped, outcome_batch
 from omegaconf import OmegaConf
 
 from bnpo import BNPOConfig, compute_ad_bnpo_advantage, compute_bnpo_advantage, config_from_algorithm, parse_bnpo_block
-from bnpo.advantage import component_rewards
+from bnpo.core.scores import component_rewards
 
 
 def test_defaults_when_block_is_missing():

@@ -169,7 +169,7 @@ def test_bnpo_columns_follow_the_spec(quick_run: Path):
         a, b, alpha, beta = (float(r[c]) for c in ("bnpo_a", "bnpo_b", "bnpo_alpha", "bnpo_beta"))
         if r["estimator"] == "reinforce":
             assert alpha == beta == 1.0
-        else:  # spec section 2: alpha = max(1, 1 + a/3), beta = max(1, 1 + b/3)
+        else:  # the paper's Theorem 1, clamped at 1 as the reference: alpha = max(1, 1 + a/3), beta = max(1, 1 + b/3)
             assert alpha == pytest.approx(max(1.0, 1 + a / 3)) and beta == pytest.approx(max(1.0, 1 + b / 3))
 
 

@@ -87,7 +87,7 @@ def test_advantage_is_zero_outside_mask_and_constant_inside():
     assert torch.allclose(adv, row_scalar[:, None].to(adv.dtype) * mask)
 
 
-# ---- degenerate batches (spec §4): defined, finite, documented ----
+# ---- degenerate batches (docs/estimator.md): defined, finite, documented ----
 
 
 def test_singleton_groups_get_zero_and_stay_out_of_the_fit():

@@ -12,8 +12,8 @@ import pytest
 import torch
 from demo_cli import run_demo
 
-from bnpo import pooling
-from bnpo.beta import fit_beta_moments
+from bnpo.core.pooling import MomentPool
+from bnpo.core.beta import fit_beta_moments
 from bnpo.demo.experiment import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
 from bnpo.demo.measures import (
     cosines,
@@ -159,7 +159,7 @@ def test_pooled_fit_uses_a_fresh_copy_of_the_warmed_pool(snapshot):
     assert torch.equal(first, again) and stats == stats_again  # the pool did not carry the first call over
     # the fit is that of the warm-up batches and this one, weighted 0.5^(age / halflife)
     p_hats = [b.batch["token_level_rewards"].sum(1).view(-1, 8).mean(1).double() for b in (*warmup, probe)]
-    reference = pooling.MomentPool(halflife)
+    reference = MomentPool(halflife)
     for p_hat in p_hats:
         fit = reference.add(p_hat)
     assert stats.fit_weight == pytest.approx(sum(8 * 0.5 ** (age / halflife) for age in range(4)))

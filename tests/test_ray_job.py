@@ -164,7 +164,7 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head):
     assert result["plugins_policy"] == "none"
     for where in ("driver", "worker"):
         probe = result[where]
-        assert probe["estimators"] == {"bnpo": "bnpo.verl_estimators", "ad_bnpo": "bnpo.verl_estimators"}, where
+        assert probe["estimators"] == {"bnpo": "bnpo.verl.estimators", "ad_bnpo": "bnpo.verl.estimators"}, where
         assert probe["v1_hook"] is True, (where, probe)  # bnpo's step in every v1 trainer mode
         # the job imports the uploaded copy, not this checkout
         assert not probe["bnpo_file"].startswith(str(ROOT) + os.sep), (where, probe)
@@ -221,7 +221,7 @@ def test_only_named_variables_are_forwarded_and_secrets_are_masked():
     assert plain.returncode == 0, plain.stderr
     env_vars = _runtime_env(plain)["env_vars"]
     assert env_vars == {"NNODES": "2", "CKPT_DIR": "/shared/ckpt", "MODEL_PATH": "/models/q",
-                        "VERL_USE_EXTERNAL_MODULES": "bnpo.verl_plugin"}
+                        "VERL_USE_EXTERNAL_MODULES": "bnpo.verl.plugin"}
     named = _submit(**entry, **SECRETS, FORWARD_ENV="WANDB_API_KEY HF_HOME")
     env_vars = _runtime_env(named)["env_vars"]
     assert env_vars["WANDB_API_KEY"] == env_vars["HF_HOME"] == "***" and "HF_TOKEN" not in env_vars

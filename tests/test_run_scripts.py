@@ -1,5 +1,5 @@
 """The run scripts in DRY_RUN mode: the composed Hydra config (verl's real main_ppo + the recipe)
-holds the paper's settings (spec §6), env vars and extra overrides reach it, bad combinations stop
+holds the paper's settings (recipe/bnpo/README.md), env vars and extra overrides reach it, bad combinations stop
 early. Runs on CPU with no GPU, model or data."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_paper_settings(paper_config):
     assert cfg.reward.custom_reward_function.reward_kwargs.timeout_s == 10.0
     # verl's own trainer mode: bnpo needs no trainer flag; the algorithm section builds as bnpo's dataclass
     assert cfg.trainer.v1.trainer_mode == "sync"
-    assert cfg.algorithm._target_ == "bnpo.verl_config.BNPOAlgoConfig"
+    assert cfg.algorithm._target_ == "bnpo.verl.algo_config.BNPOAlgoConfig"
 
 
 def _check_like_main_ppo(cfg) -> None:

@@ -11,13 +11,13 @@ import yaml
 from batches import grouped, outcome_batch, scalar
 from omegaconf import OmegaConf
 from oracle import reference_ad_bnpo, reference_advantages
-from verl_helpers import run_python, verl_config
+from verl_helpers import legacy_batch, run_python, verl_config
 
 import verl.trainer.ppo.ray_trainer as ray_trainer
-from bnpo import pop_last_stats
-from bnpo.config import KEYS, parse_bnpo_block
-from bnpo.verl_config import BNPOAlgoConfig, check_run_config
-from verl import DataProto
+from bnpo.core.config import KEYS, parse_bnpo_block
+from bnpo.verl import estimator_scope, fit_state_of
+from bnpo.verl.algo_config import BNPOAlgoConfig
+from bnpo.verl.startup import check_run_config
 from verl.trainer.config import AlgoConfig
 from verl.utils.config import omega_conf_to_dataclass
 
@@ -42,7 +42,7 @@ def test_fresh_process_that_imports_verl_has_everything():
     out = run_python("-c", probe)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
-    assert lines["estimators"] == "bnpo.verl_estimators bnpo.verl_estimators"
+    assert lines["estimators"] == "bnpo.verl.estimators bnpo.verl.estimators"
     assert lines["startup_check"] == "True"
     assert lines["v1"] == "True"
     assert lines["legacy"] == "True"
@@ -155,67 +155,61 @@ def test_algo_dataclass_needs_bnpo_algo_config():
     with pytest.raises(Exception, match="bnpo"):
         omega_conf_to_dataclass(algorithm)
     algorithm = verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2",
-                            "algorithm._target_=bnpo.verl_config.BNPOAlgoConfig").algorithm
+                            "algorithm._target_=bnpo.verl.algo_config.BNPOAlgoConfig").algorithm
     converted = omega_conf_to_dataclass(algorithm)
     assert isinstance(converted, AlgoConfig) and isinstance(converted, BNPOAlgoConfig)
     trl, mask, index = outcome_batch([0.0, 2.0, 2.0, 2.0], ["a", "a", "b", "b"])
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    adv, _ = get_adv_estimator_fn("bnpo")(token_level_rewards=trl, response_mask=mask, index=index, config=converted)
-    assert pop_last_stats().num_questions == 2  # reward_max=2 was applied: 2.0 is inside the range
-
-
-def _legacy_batch(rewards, uids, **fields) -> DataProto:
-    trl, mask, index = outcome_batch(rewards, uids)
-    bs, length = trl.shape
-    tensors = {
-        "token_level_scores": trl, "token_level_rewards": trl, "response_mask": mask,
-        "responses": torch.zeros(bs, length, dtype=torch.long), "prompts": torch.zeros(bs, 3, dtype=torch.long),
-        "attention_mask": torch.cat([torch.ones(bs, 3), mask], dim=1).long(),
-    }
-    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": index, **fields})
+    with estimator_scope() as scope:
+        get_adv_estimator_fn("bnpo")(token_level_rewards=trl, response_mask=mask, index=index, config=converted)
+    assert scope.stats.num_questions == 2  # reward_max=2 was applied: 2.0 is inside the range
 
 
 def test_legacy_compute_advantage_bnpo_numbers_and_metrics():
     rewards, uids = grouped([0.25, 0.5, 0.625, 0.875], group_size=8)
     rewards = [2 * r for r in rewards]
     algorithm = verl_config("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.reward_max=2").algorithm
-    data = ray_trainer.compute_advantage(_legacy_batch(rewards, uids), adv_estimator="bnpo", config=algorithm)
+    with estimator_scope():  # what RayPPOTrainer.fit opens for its steps
+        data = ray_trainer.compute_advantage(legacy_batch(rewards, uids), adv_estimator="bnpo", config=algorithm)
+        metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
+        stale = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     expected, fit = reference_advantages(rewards, uids, reward_max=2.0)
     mask = data.batch["response_mask"]
     got = scalar(data.batch["advantages"], mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
-    metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     for name in ("mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_degenerate", "weight_max", "clamped_frac"):
         assert f"bnpo/{name}" in metrics
     assert metrics["bnpo/alpha"] == pytest.approx(fit["alpha"]) and metrics["bnpo/num_questions"] == 4
-    assert "bnpo/alpha" not in ray_trainer.compute_data_metrics(batch=data, use_critic=False)  # no stale stats
+    assert "bnpo/alpha" not in stale  # a step's statistics are logged once
 
 
 def test_legacy_compute_advantage_ad_bnpo_gets_the_reward_components():
     acc, uids = grouped([0.25, 0.5, 0.75], group_size=8)
     fmt = [float(x) for x in np.random.default_rng(1).integers(0, 2, size=len(acc))]
     algorithm = verl_config(*AD_BNPO).algorithm
-    batch = _legacy_batch(acc, uids, acc=np.array(acc, dtype=object), format=np.array(fmt), score=np.array(acc))
-    data = ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=algorithm)
+    batch = legacy_batch(acc, uids, acc=np.array(acc, dtype=object), format=np.array(fmt), score=np.array(acc))
+    with estimator_scope():
+        data = ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=algorithm)
+        metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     expected = reference_ad_bnpo({"acc": acc, "format": fmt}, uids)
     mask = data.batch["response_mask"]
     got = scalar(data.batch["advantages"], mask)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-6)
-    metrics = ray_trainer.compute_data_metrics(batch=data, use_critic=False)
-    assert {"bnpo/acc/alpha", "bnpo/format/alpha", "bnpo/alpha"} <= set(metrics)
+    assert {"bnpo/acc/alpha", "bnpo/format/alpha", "bnpo/num_questions"} <= set(metrics)
 
 
 def test_legacy_missing_component_lists_the_available_keys():
     acc, uids = grouped([0.25, 0.5], group_size=4)
-    batch = _legacy_batch(acc, uids, acc=np.array(acc), score=np.array(acc))
+    batch = legacy_batch(acc, uids, acc=np.array(acc), score=np.array(acc))
     with pytest.raises(ValueError, match=r"'format'.*\['acc', 'score', 'uid'\]"):
         ray_trainer.compute_advantage(batch, adv_estimator="ad_bnpo", config=verl_config(*AD_BNPO).algorithm)
 
 
 def test_legacy_fit_calls_the_wrapped_functions():
-    # RayPPOTrainer.fit looks both up as module globals, so the wrapped ones are what every step uses.
-    names = ray_trainer.RayPPOTrainer.fit.__code__.co_names
+    # RayPPOTrainer.fit (verl's, inside bnpo's scope) looks both up as module globals, so the wrapped ones are
+    # what every step uses.
+    names = ray_trainer.RayPPOTrainer.fit.__wrapped__.__code__.co_names
     assert "compute_advantage" in names and "compute_data_metrics" in names
     assert ray_trainer.compute_advantage._bnpo_wrapped
 
@@ -223,7 +217,7 @@ def test_legacy_fit_calls_the_wrapped_functions():
 def test_other_estimators_pass_through_unchanged():
     rewards, uids = grouped([0.25, 0.5], group_size=4)
     algorithm = verl_config("algorithm.adv_estimator=grpo").algorithm
-    data = ray_trainer.compute_advantage(_legacy_batch(rewards, uids), adv_estimator="rloo", config=algorithm)
+    data = ray_trainer.compute_advantage(legacy_batch(rewards, uids), adv_estimator="rloo", config=algorithm)
     assert "bnpo/alpha" not in ray_trainer.compute_data_metrics(batch=data, use_critic=False)
     assert torch.isfinite(data.batch["advantages"]).all()
 
@@ -269,67 +263,3 @@ def test_recipe_config_builds_through_verls_dataclasses():
     assert set(_dataclass_failures(recipe)) <= set(stock), _dataclass_failures(recipe)
     with pytest.raises(Exception, match="algorithm.bnpo.max_wieght"):  # the block is validated when built
         omega_conf_to_dataclass(OmegaConf.merge(recipe.algorithm, {"bnpo": {"max_wieght": 2}}))
-
-
-class _Loader:
-    """A data loader with nothing to save (verl checkpoints its state and reads its length)."""
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def __len__(self):
-        return 1
-
-
-def _checkpointing_trainer(cls, checkpoint_dir, *overrides):
-    """verl's trainer with its real _save_checkpoint / _load_checkpoint; workers and data loader stubbed."""
-    from types import SimpleNamespace
-
-    trainer = cls.__new__(cls)
-    trainer.config = verl_config(f"trainer.default_local_dir={checkpoint_dir}", *overrides)
-    trainer.trainer_mode = "sync"
-    trainer.use_critic = False
-    trainer.actor_rollout_wg = SimpleNamespace(save_checkpoint=lambda *a, **k: None, load_checkpoint=lambda *a, **k: None)
-    trainer.train_dataloader = _Loader()
-    trainer.checkpoint_callback = SimpleNamespace(on_save=lambda **kwargs: None)
-    return trainer
-
-
-@pytest.mark.parametrize("legacy", [False, True])
-def test_pooled_fit_is_saved_with_verls_checkpoint_and_restored_on_resume(tmp_path, legacy):
-    from bnpo import pooling
-    from verl.trainer.ppo.v1 import PPOTrainerSync
-
-    cls = ray_trainer.RayPPOTrainer if legacy else PPOTrainerSync
-    overrides = ("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=4")
-    algorithm = verl_config(*overrides).algorithm
-    batches = [_legacy_batch(*grouped(rates, group_size=8)) for rates in ([0.25, 0.5, 0.875], [0.125, 0.5, 0.625])]
-
-    def step(batch):
-        data = ray_trainer.compute_advantage(batch, adv_estimator="bnpo", config=algorithm)
-        return data.batch["advantages"].clone(), pop_last_stats()
-
-    pooling.reset_pools()
-    first = _checkpointing_trainer(cls, tmp_path, *overrides)
-    first._load_checkpoint()  # a fresh start: nothing to resume
-    step(batches[0])
-    first.global_steps = 1
-    first._save_checkpoint()
-    assert (tmp_path / "global_step_1" / "bnpo_state.json").exists()
-    uninterrupted, stats = step(batches[1])
-
-    pooling.reset_pools()
-    resumed = _checkpointing_trainer(cls, tmp_path, *overrides)
-    resumed._load_checkpoint()
-    assert resumed.global_steps == 1
-    again, stats_again = step(batches[1])
-    assert torch.equal(again, uninterrupted) and stats_again.fit_weight == stats.fit_weight
-
-    fresh = _checkpointing_trainer(cls, tmp_path, *overrides, "trainer.resume_mode=disable")
-    fresh._load_checkpoint()  # no resume: the pools of the previous run in this process are dropped
-    _, stats_fresh = step(batches[1])
-    assert stats_fresh.fit_weight == 3.0
-    pooling.reset_pools()

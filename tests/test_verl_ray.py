@@ -5,7 +5,14 @@ One local Ray instance and a real TransferQueue. Rollouts are written by verl's 
 multi-output session's final reward onto the other outputs), and each trainer mode runs its real
 ``step`` -> ``_step_once``: verl's ``_balance_batch`` pads the batch with ``upsample_batch_to_divisible_size``
 and reorders it, verl's ``_compute_advantage`` (wrapped by bnpo) calls the estimator, and verl's
-``MetricsAggregator`` reduces the metrics. Only what needs workers or a model is stubbed.
+``MetricsAggregator`` reduces the metrics.
+
+What differs between the modes: ``step``, ``_step_once``, ``_balance_batch`` and ``_compute_advantage`` are
+``PPOTrainer``'s, shared by all three; each mode's own code is its hooks around sampling (``on_sample_begin``,
+``on_sample_end``, ``prepare_step``), which drive the rollout replicas, and separate_async's
+``_compute_old_log_prob``. The hooks run as the mode defines them, against a recorder in place of verl's
+checkpoint manager (the replicas); the old log-probs, the actor update and the prompt feed need workers and a
+model, so they are stubbed.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ def estimators_in_a_ray_worker():
 
 
 def test_a_ray_task_sees_both_estimators(transfer_queue):
-    assert ray.get(estimators_in_a_ray_worker.remote()) == {"bnpo": "bnpo.verl_estimators", "ad_bnpo": "bnpo.verl_estimators"}
+    assert ray.get(estimators_in_a_ray_worker.remote()) == {"bnpo": "bnpo.verl.estimators", "ad_bnpo": "bnpo.verl.estimators"}
 
 
 # ---- rollouts written by verl's agent loop ----
@@ -117,8 +124,25 @@ def old_log_probs_from_rollout(batch, metrics):
     return batch
 
 
+class ReplicasRecorder:
+    """Stands in for verl's checkpoint manager, which the modes' hooks use to drive the rollout replicas."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append(name)
+
+
+# what each mode's own hooks do to the replicas around sampling (verl/trainer/ppo/v1/trainer_<mode>.py)
+REPLICA_CALLS = {"sync": ["sleep_replicas"], "colocate_async": ["abort_replicas", "sleep_replicas"], "separate_async": []}
+
+
 def trainer_for(mode: str, keys, *overrides):
-    """verl's trainer class of ``mode`` with its real step / _step_once / _balance_batch / _compute_advantage."""
+    """verl's trainer class of ``mode`` with its real step / _step_once / _balance_batch / _compute_advantage and
+    its own sampling hooks; workers, model and prompt feed stubbed."""
+    from verl.trainer.ppo.v1.trainer_separate_async import HybridEngineMode
+
     cls = get_trainer_cls(mode)
     trainer = cls.__new__(cls)
     trainer.config = verl_config(
@@ -134,8 +158,12 @@ def trainer_for(mode: str, keys, *overrides):
     trainer.tokenizer = SimpleNamespace(eos_token_id=EOS)
     trainer._compute_old_log_prob = old_log_probs_from_rollout
     trainer._update_actor = lambda batch, metrics: batch
-    trainer.prepare_step = lambda: {}
-    trainer.on_sample_begin = trainer.on_sample_end = lambda: None
+    trainer._add_batch_to_generate = lambda: None  # the prompt feed of PPOTrainer.prepare_step (agent loop)
+    trainer.checkpoint_manager = ReplicasRecorder()
+    trainer.curr_step_profile = False
+    trainer.hybrid_rollout_config = SimpleNamespace(enable_switch=False)
+    trainer.current_mode = HybridEngineMode.TRAINER  # separate_async: the replicas already train
+    trainer._step_wait_samples, trainer._step_sample_wait_seconds = 0, 0.0
     return trainer
 
 
@@ -165,7 +193,9 @@ def test_bnpo_in_every_mode_with_padding_and_multi_output_sessions(transfer_queu
     keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
     assert len(keys) % (DP_SIZE * ROLLOUT_N) != 0  # verl will pad this batch
     metrics = {}
-    batch = trainer_for(mode, keys, "algorithm.adv_estimator=bnpo").step(metrics, timing_raw={})
+    trainer = trainer_for(mode, keys, "algorithm.adv_estimator=bnpo")
+    batch = trainer.step(metrics, timing_raw={})
+    assert trainer.checkpoint_manager.calls == REPLICA_CALLS[mode]  # the mode's own sampling hooks ran
 
     pad_keys = [key for key in batch.keys if key.startswith("pad")]
     assert len(pad_keys) > 0 and len(batch.keys) == len(keys) + len(pad_keys)
@@ -238,9 +268,35 @@ def test_missing_component_lists_the_available_keys(transfer_queue):
 
 
 def test_verl_keys_parse_into_sessions():
-    from bnpo.verl_trainer import final_rows
+    from bnpo.verl.trainer_v1 import final_rows
 
     keys = ["u-1_0_0", "u-1_0_1", "u_2_1_0", "u-1_1_0", "pad9_0_0", "u_2_1_2", "u_2_1_1"]
     assert final_rows(keys).tolist() == [1, 1, 5, 3, 4, 5, 5]
     assert final_rows(["a_0_0", "b_1_0"]) is None  # single-output sessions: nothing to broadcast
     assert final_rows(["not-verl-format", "x"]) is None
+
+
+def test_two_trainers_in_one_process_keep_their_own_pooled_fits(transfer_queue):
+    """Each v1 trainer's steps see only its own batches: its pooled fit, its statistics (verl's real step)."""
+    pooled = ("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=2")
+
+    def batch_keys(seed):
+        rewards, uids, k, rng = sessions_batch(seed=seed, multi_output=False)
+        return write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+
+    def step(trainer, keys):
+        trainer.replay_buffer = ReplayBufferStub(keys)
+        metrics = {}
+        trainer.step(metrics, timing_raw={})
+        return metrics
+
+    first, second = batch_keys(20), batch_keys(21)
+    a, b, alone = (trainer_for("sync", first, *pooled) for _ in range(3))
+    step(a, first)
+    step(b, second)  # another trainer's step in between
+    a_second = step(a, batch_keys(22))
+    step(alone, first)
+    alone_second = step(alone, batch_keys(22))
+    bnpo_metrics = {key for key in a_second if key.startswith("bnpo/")}
+    assert bnpo_metrics and all(a_second[key] == pytest.approx(alone_second[key]) for key in bnpo_metrics)
+    assert a_second["bnpo/fit_weight"] > 7  # two batches of 7 questions, the first one decayed

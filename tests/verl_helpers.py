@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import verl
+import torch
+from batches import outcome_batch
 from hydra import compose, initialize_config_dir
+
+import verl
+from verl import DataProto
 
 ROOT = Path(__file__).resolve().parents[1]
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
@@ -26,3 +30,15 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 240) -> subpr
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def legacy_batch(rewards, uids, **fields) -> DataProto:
+    """A DataProto as verl's legacy trainer has it at the advantage step (reward on the last response token)."""
+    trl, mask, index = outcome_batch(rewards, uids)
+    bs, length = trl.shape
+    tensors = {
+        "token_level_scores": trl, "token_level_rewards": trl, "response_mask": mask,
+        "responses": torch.zeros(bs, length, dtype=torch.long), "prompts": torch.zeros(bs, 3, dtype=torch.long),
+        "attention_mask": torch.cat([torch.ones(bs, 3), mask], dim=1).long(),
+    }
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": index, **fields})

@@ -31,8 +31,9 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.torch_functional import get_constant_schedule_with_warmup, masked_mean
 from verl.workers.config import ActorConfig
 
-from bnpo import pooling
-from bnpo.stats import BNPOStats, pop_last_stats
+from bnpo.core.pooling import FitState
+from bnpo.core.stats import BNPOStats
+from bnpo.verl.context import estimator_scope
 
 from .task import ReverseTask, build_policy, response_log_probs, sample_responses
 
@@ -62,7 +63,7 @@ class Settings:
     prompts_per_step: int = 32
     rollout_n: int = 8
     temperature: float = 1.0
-    # PPO update: the paper's recipe (spec section 6) except the learning rate, sized for this model
+    # PPO update: the paper's recipe (arXiv 2506.02864, Sec. 5) except the learning rate, sized for this model
     lr: float = 5e-4
     lr_warmup_steps: int = 10
     weight_decay: float = 0.0
@@ -196,17 +197,20 @@ def rollout(s: Settings, model: torch.nn.Module, questions: torch.Tensor, sample
     return batch
 
 
-def estimate_advantages(spec: EstimatorSpec, batch: DataProto) -> tuple[DataProto, Optional[BNPOStats]]:
-    """verl's ``compute_advantage`` with this estimator on a shallow copy of ``batch``, and BNPO's statistics."""
-    pop_last_stats()  # a non-BNPO estimator must not inherit an earlier call's statistics
-    # select with the keys named makes a new TensorDict (sharing the tensors): the advantages land on the copy
-    scored = compute_advantage(
-        batch.select(batch_keys=list(batch.batch.keys())),
-        spec.adv_estimator,
-        norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo,
-        config=algorithm_config(spec),
-    )
-    return scored, pop_last_stats()
+def estimate_advantages(
+    spec: EstimatorSpec, batch: DataProto, fit_state: Optional[FitState] = None
+) -> tuple[DataProto, Optional[BNPOStats]]:
+    """verl's ``compute_advantage`` with this estimator on a shallow copy of ``batch``, and BNPO's statistics
+    (None for other estimators). ``fit_state``: the run's pooled fits (``fit_halflife``)."""
+    with estimator_scope(fit_state) as scope:
+        # select with the keys named makes a new TensorDict (sharing the tensors): the advantages land on the copy
+        scored = compute_advantage(
+            batch.select(batch_keys=list(batch.batch.keys())),
+            spec.adv_estimator,
+            norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo,
+            config=algorithm_config(spec),
+        )
+    return scored, scope.stats
 
 
 def policy_loss(
@@ -292,7 +296,7 @@ def train(
     ``keep_states``: the steps after which the weights are kept in ``RunResult.states`` (0: the initial weights).
     """
     spec = ESTIMATORS[name]
-    pooling.reset_pools()  # fit_halflife: a run must not inherit an earlier run's pooled fit in this process
+    fit_state = FitState()  # fit_halflife: this run's pooled fit
     actor_cfg = actor_config(s)
     model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
     model.load_state_dict(initial_state)
@@ -305,7 +309,7 @@ def train(
         result.states[0] = copy.deepcopy(model.state_dict())
     for step in range(1, s.steps + 1):
         batch = rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
-        batch, stats = estimate_advantages(spec, batch)
+        batch, stats = estimate_advantages(spec, batch, fit_state)
         row = {"estimator": name, "seed": seed, "step": step, "lr": scheduler.get_last_lr()[0]}
         row.update(batch_metrics(s, batch))
         row.update(ppo_update(s, model, optimizer, batch, actor_cfg))

@@ -42,8 +42,8 @@ import torch
 from tqdm.auto import tqdm
 from verl import DataProto
 
-from bnpo import pooling
-from bnpo.beta import fit_beta_moments
+from bnpo.core.beta import fit_beta_moments
+from bnpo.core.pooling import FitState
 
 from .experiment import (
     ESTIMATORS,
@@ -152,9 +152,11 @@ def batch_gradients(
         raise RuntimeError(f"the batch was not sampled from this policy (log-prob difference {drift:.2g}).")
     out = {}
     for name, spec in specs.items():
+        fit_state = None
         if name in pools:
-            pooling.load_state_dict(pools[name])
-        scored, stats = estimate_advantages(spec, batch)
+            fit_state = FitState()
+            fit_state.load_state_dict(pools[name])
+        scored, stats = estimate_advantages(spec, batch, fit_state)
         loss, _ = policy_loss(s, log_prob, scored, actor_cfg)
         grads = torch.autograd.grad(loss, params, retain_graph=True)
         out[name] = (torch.cat([g.reshape(-1) for g in grads]), stats)
@@ -171,11 +173,10 @@ def warm_pools(specs: dict[str, EstimatorSpec], warmup: list[DataProto]) -> dict
     pools = {}
     for name, spec in specs.items():
         if spec.bnpo and spec.bnpo.get("fit_halflife") is not None:
-            pooling.reset_pools()
+            fit_state = FitState()
             for batch in warmup:
-                estimate_advantages(spec, batch)
-            pools[name] = pooling.state_dict()
-    pooling.reset_pools()
+                estimate_advantages(spec, batch, fit_state)
+            pools[name] = fit_state.state_dict()
     return pools
 
 
@@ -240,7 +241,6 @@ def probe_snapshot(
                 for key in FIT_KEYS:
                     fits[name][key].append(getattr(stats, key))
         progress("probe")
-    pooling.reset_pools()
 
     kappa = []
     for batch in draw_batches(s, model, key, "assumption", p.assumption_batches):

@@ -1,8 +1,8 @@
-"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl_plugin``).
+"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl.plugin``).
 
-Thin wrappers: the numbers come from ``bnpo.advantage``; what verl does not pass (the reward components,
-agent-loop sessions) comes from ``bnpo.verl_batch``; each call's statistics are kept in ``bnpo.stats``
-for the trainer integration to log. Never imports verl.
+Thin wrappers: the numbers come from ``bnpo.core``; what verl does not pass (the reward components, agent-loop
+sessions, the trainer's pooled fits) comes from the open ``bnpo.verl.context.EstimatorScope``, and each call's
+statistics are left there for the trainer integration to log. Never imports verl.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, Optional
 
 import torch
 
-from .advantage import check_tensors, compute_ad_bnpo_advantage, compute_bnpo_advantage, component_rewards
-from .config import _key, config_from_algorithm
-from .stats import record
-from .verl_batch import current_batch
+from ..core.advantage import compute_ad_bnpo_advantage, compute_bnpo_advantage
+from ..core.config import _key, config_from_algorithm
+from ..core.scores import component_rewards
+from .context import EstimatorScope, current_scope
 
 
 def _require_index(index: Any, name: str) -> Any:
@@ -26,17 +26,16 @@ def _require_index(index: Any, name: str) -> Any:
     return index
 
 
-def _final_row(num_samples: int) -> Optional[Any]:
-    context = current_batch()
-    if context is None or context.final_row is None:
+def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
+    if scope is None or scope.final_row is None:
         return None
-    if len(context.final_row) != num_samples:
+    if len(scope.final_row) != len(index):
         raise RuntimeError(
-            f"bnpo: the batch has {num_samples} samples but the trainer described {len(context.final_row)} agent-loop "
+            f"bnpo: the batch has {len(index)} samples but the trainer described {len(scope.final_row)} agent-loop "
             "outputs; verl's _compute_advantage no longer hands the estimator its batch in TransferQueue key order. "
             "Report this with your verl version (bnpo is tested with verl 0.9.1)."
         )
-    return context.final_row
+    return scope.final_row
 
 
 def compute_bnpo_outcome_advantage(
@@ -59,11 +58,14 @@ def compute_bnpo_outcome_advantage(
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
     cfg = config_from_algorithm(config)
-    check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
+    index = _require_index(index, "bnpo")
+    scope = current_scope()
     advantages, returns, stats = compute_bnpo_advantage(
-        token_level_rewards, response_mask, _require_index(index, "bnpo"), cfg, final_row=_final_row(response_mask.shape[0])
+        token_level_rewards, response_mask, index, cfg, final_row=_final_row(scope, index),
+        fit_state=scope.fit_state if scope else None,
     )
-    record(stats)
+    if scope is not None:
+        scope.stats = stats
     return advantages, returns
 
 
@@ -84,30 +86,32 @@ def compute_ad_bnpo_outcome_advantage(
         index: (bs,) question uids.
         config: verl's algorithm config; ``bnpo.components`` names the reward keys.
         non_tensor_batch: per-sample fields, ``non_tensor_batch[key]`` (bs,) per component. verl passes
-            it to no estimator but gdpo; when absent, the fields published by bnpo's trainer integration
-            (``bnpo.verl_batch``) are used.
+            it to no estimator but gdpo; when absent, the fields of the open scope (bnpo's trainer
+            integration) are used.
 
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
     cfg = config_from_algorithm(config)
-    context = current_batch()
-    fields = non_tensor_batch if non_tensor_batch is not None else (context.fields if context else None)
+    index = _require_index(index, "ad_bnpo")
+    scope = current_scope()
+    fields = non_tensor_batch if non_tensor_batch is not None else (scope.fields if scope else None)
     if fields is None:
         raise ValueError(
             "ad_bnpo got no per-sample reward fields: verl hands them to no estimator but gdpo, and bnpo's trainer "
-            "integration did not run (it extends verl's v1 PPOTrainer._compute_advantage and the legacy trainer's "
-            f"compute_advantage). Pass non_tensor_batch=<dict with the keys of {_key('components')}>."
+            "integration did not run (it extends verl's trainers' advantage step). Pass non_tensor_batch=<dict with "
+            f"the keys of {_key('components')}>, or call inside bnpo.verl.estimator_scope(fields=...)."
         )
-    check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
-    components = component_rewards(fields, cfg, response_mask.shape[0], response_mask.device)
+    device = getattr(response_mask, "device", torch.device("cpu"))  # the core names a response_mask of the wrong type
+    components = component_rewards(fields, cfg, len(index), device)
     advantages, returns, stats = compute_ad_bnpo_advantage(
-        components, response_mask, _require_index(index, "ad_bnpo"), cfg, dtype=token_level_rewards.dtype,
-        final_row=_final_row(response_mask.shape[0]), token_level_rewards=token_level_rewards,
+        components, response_mask, index, cfg, dtype=getattr(token_level_rewards, "dtype", torch.float32),
+        final_row=_final_row(scope, index), token_level_rewards=token_level_rewards,
+        fit_state=scope.fit_state if scope else None,
     )
-    record(stats)
+    if scope is not None:
+        scope.stats = stats
     return advantages, returns
 
 
 ESTIMATOR_FUNCTIONS = {"bnpo": compute_bnpo_outcome_advantage, "ad_bnpo": compute_ad_bnpo_outcome_advantage}
-ESTIMATORS = tuple(ESTIMATOR_FUNCTIONS)

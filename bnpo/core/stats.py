@@ -1,10 +1,13 @@
-"""Statistics of one estimator call, kept for the trainer integration to log without recomputation."""
+"""Statistics of one estimator call, returned with the advantages for the trainer integration to log."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+# The fit's numbers: one Beta fit's. AD-BNPO's top level has one fit per component, so it reports none of these
+# (each component's are under bnpo/<component>/).
+FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight")
 METRIC_NAMES = (
     "mu",
     "var",
@@ -40,15 +43,17 @@ class BNPOStats:
     weight_max, clamped_frac: largest 1/f_N and fraction of samples whose weight hit max_weight,
         over the samples that carry signal (non-singleton, non-constant questions).
     fallback: None, or why (alpha, beta) fell back to (1, 1).
-    components: AD-BNPO only: the statistics of each component, by reward key.
+    components: AD-BNPO only: the statistics of each component, by reward key. The top level then holds
+        the counts, the maxima of weight_max / clamped_frac and the first fallback, and None for the fit's
+        numbers (FIT_NAMES): an average of different components' fits describes no distribution.
     """
 
-    mu: float
-    var: float
-    a: float
-    b: float
-    alpha: float
-    beta: float
+    mu: Optional[float]
+    var: Optional[float]
+    a: Optional[float]
+    b: Optional[float]
+    alpha: Optional[float]
+    beta: Optional[float]
     num_questions: int
     num_fit: int
     num_singleton: int
@@ -58,12 +63,12 @@ class BNPOStats:
     fallback: Optional[str] = None
     num_excluded: int = 0
     num_broadcast: int = 0
-    fit_weight: float = 0.0
+    fit_weight: Optional[float] = 0.0
     components: dict[str, "BNPOStats"] = field(default_factory=dict)
 
     def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:
         """Flat ``{prefix}/{name}`` metrics (and ``{prefix}/{component}/{name}`` for AD-BNPO)."""
-        metrics = {f"{prefix}/{name}": float(getattr(self, name)) for name in METRIC_NAMES}
+        metrics = {f"{prefix}/{name}": float(getattr(self, name)) for name in METRIC_NAMES if getattr(self, name) is not None}
         metrics[f"{prefix}/fallback"] = float(self.fallback is not None)
         for key, sub in self.components.items():
             metrics.update(sub.to_metrics(f"{prefix}/{key}"))
@@ -71,23 +76,3 @@ class BNPOStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-_LAST: Optional[BNPOStats] = None
-
-
-def record(stats: BNPOStats) -> None:
-    global _LAST
-    _LAST = stats
-
-
-def last_stats() -> Optional[BNPOStats]:
-    """Statistics of the most recent bnpo / ad_bnpo call in this process (None before the first)."""
-    return _LAST
-
-
-def pop_last_stats() -> Optional[BNPOStats]:
-    """Like last_stats, but clears them so a later step cannot log stale values."""
-    global _LAST
-    stats, _LAST = _LAST, None
-    return stats

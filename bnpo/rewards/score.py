@@ -2,7 +2,7 @@
 
 Use as verl's custom reward function, by package or by file path::
 
-    reward.custom_reward_function.path=pkg://bnpo.rewards      # or /path/to/bnpo/rewards.py
+    reward.custom_reward_function.path=pkg://bnpo.rewards      # or /path/to/bnpo/rewards/score.py
     reward.custom_reward_function.name=compute_score
     +reward.custom_reward_function.reward_kwargs.format_reward=true   # optional, for AD-BNPO
 
@@ -11,10 +11,11 @@ on). verl's reward loop stores every key of that dict per sample, so ``acc`` and
 batch's ``non_tensor_batch`` where ``ad_bnpo`` reads them as its components.
 
 Both rewards are the authors' (changyi7231/BNPO, recipe/bnpo/src/reward_manager.py): the accuracy
-check's parse settings are in bnpo/reward_verify.py, the format rule is :func:`r1_format_score`, and
+check's parse settings are in bnpo/rewards/verify.py, the format rule is :func:`r1_format_score`, and
 with the format reward on the score is ``acc + format`` (in [0, 2]). Where their code raises (a
 non-text output or gold answer, a data source outside their list) this one scores 0 or converts,
-and it bounds each call's time (bnpo/reward_pool.py).
+and it bounds each call's time (bnpo/rewards/pool.py). A math-verify that cannot work at all raises
+``RewardSetupError`` instead of scoring every output 0.
 """
 
 from __future__ import annotations
@@ -27,16 +28,8 @@ import numbers
 import os
 from typing import Any, Optional
 
-if __package__:
-    from . import reward_pool, reward_verify
-else:  # loaded by file path (reward.custom_reward_function.path=/.../bnpo/rewards.py)
-    def _sibling(name: str):
-        spec = importlib.util.spec_from_file_location(f"_bnpo_{name}", os.path.join(os.path.dirname(__file__), f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    reward_pool, reward_verify = _sibling("reward_pool"), _sibling("reward_verify")
+from bnpo.rewards import pool as reward_pool  # absolute: the file may also be loaded by path
+from bnpo.rewards import verify as reward_verify
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +145,8 @@ def compute_score(
             result["format"] = fmt
             result["score"] = acc + fmt
         return result
+    except reward_pool.RewardSetupError:
+        raise  # every output would score 0: stop the run instead
     except Exception as e:  # noqa: BLE001 -- keep training alive; the same keys as a normal result
         logger.warning("bnpo.rewards.compute_score failed (%s: %s); scoring 0", type(e).__name__, e)
         result = {"score": 0.0, "acc": 0.0, "pred": ""}

@@ -11,7 +11,7 @@ as data so that the recipe's parity table can be checked against them:
 Process layout (why: math-verify can run for minutes on adversarial text, and its own timeouts use
 ``signal.alarm``, which only works in a main thread, while verl calls reward functions from many
 threads). This file, run as a script, is a *server*: it imports math-verify once and then forks one
-*worker* per request of the caller (bnpo/reward_pool.py), handing the worker's socket back over a
+*worker* per request of the caller (bnpo/rewards/pool.py), handing the worker's socket back over a
 Unix socket. A fork of the warm server takes milliseconds, so a worker that overran its deadline is
 killed and replaced without paying the start-up again. Only the standard library is imported at
 module level; math-verify is imported by the server.
@@ -154,8 +154,4 @@ def logging_off() -> None:
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve":
-    # run as a script, this file's folder (bnpo/) heads sys.path, where config.py, stats.py, ... would
-    # shadow top-level modules of the same names for math-verify's imports
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     serve(int(sys.argv[2]))

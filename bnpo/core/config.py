@@ -34,7 +34,7 @@ class BNPOConfig:
     components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch).
     component_weights: optional non-negative weights of the components (default: equal).
     fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in steps (estimator calls)
-        over which the fit's moments are pooled across batches (``bnpo.pooling``).
+        over which the fit's moments are pooled across batches (``bnpo.core.pooling``).
     baseline: "group_mean" (the paper: p_hat) or "posterior_mean", the mean of p(q) under the fitted
         Beta(a, b) prior, (a + sum of s) / (a + b + m), at which the weight is also evaluated.
     """
@@ -185,6 +185,24 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
     kwargs["components"] = _as_str_tuple("components", raw.get("components"))
     kwargs["component_weights"] = _as_float_tuple("component_weights", raw.get("component_weights"))
     return BNPOConfig(**kwargs)
+
+
+ESTIMATORS = ("bnpo", "ad_bnpo")
+
+
+def check_estimator(name: str, cfg: BNPOConfig) -> None:
+    """The settings that only one of the two estimators reads: ad_bnpo needs ``components``, bnpo takes none."""
+    if name == "ad_bnpo" and not cfg.components:
+        raise ValueError(
+            f"algorithm.adv_estimator=ad_bnpo needs {_key('components')}, the reward keys to decompose, e.g. "
+            f"+{_key('components')}='[acc,format]' (keys of the dict your reward function returns)."
+        )
+    if name == "bnpo" and (cfg.components is not None or cfg.component_weights is not None):
+        raise ValueError(
+            f"{_key('components')}={list(cfg.components or ())} is set, but only ad_bnpo reads it: set "
+            f"algorithm.adv_estimator=ad_bnpo to decompose the reward, or remove {_key('components')} and "
+            f"{_key('component_weights')}."
+        )
 
 
 def config_from_algorithm(config: Any) -> BNPOConfig:

@@ -3,12 +3,13 @@
 One extension of verl: ``install`` wraps ``PPOTrainer._compute_advantage`` in
 ``verl/trainer/ppo/v1/trainer_base.py``, which every mode inherits and ``_step_once`` calls once per
 local update. For bnpo / ad_bnpo the wrapper
-- publishes what verl's ``_compute_advantage`` does not hand the estimator (``bnpo.verl_batch``): the reward
-  function's per-sample scores for ad_bnpo (kept in TransferQueue) and the agent-loop sessions, read from
-  the TransferQueue keys ``{uid}_{session_id}_{index}`` that verl's agent loop writes;
+- opens an estimator scope (``bnpo.verl.context``) with what verl's ``_compute_advantage`` does not hand the
+  estimator: the reward function's per-sample scores for ad_bnpo (kept in TransferQueue), the agent-loop
+  sessions, read from the TransferQueue keys ``{uid}_{session_id}_{index}`` that verl's agent loop writes,
+  and the trainer's own pooled fits;
 - adds the step's BNPO statistics to the metrics, which verl logs through its tracker.
-``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl_checkpoint``).
-Other estimators run verl's method untouched. ``tests/test_verl_modes.py`` fails if verl changes any of this.
+``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl.checkpoint``).
+Other estimators run verl's method untouched. ``tests/test_verl_ray.py`` runs each mode's ``step`` through it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from typing import Any, Optional
 import numpy as np
 import transfer_queue as tq
 
-from . import verl_checkpoint
-from .stats import pop_last_stats
-from .verl_batch import providing
-from .verl_config import check_run_config
-from .verl_estimators import ESTIMATORS
+from ..core.config import ESTIMATORS
+from . import checkpoint, compat
+from .context import estimator_scope, fit_state_of, required_stats
+from .startup import check_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,11 @@ def final_rows(keys: list[str]) -> Optional[np.ndarray]:
 
 def install(trainer_base: ModuleType) -> None:
     """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, and its checkpointing
-    (``bnpo.verl_checkpoint``) (idempotent)."""
+    (``bnpo.verl.checkpoint``) (idempotent; every place is checked before anything is patched)."""
+    places = compat.require_all(trainer_base)
     trainer_cls = trainer_base.PPOTrainer
-    verl_checkpoint.install(trainer_cls)
-    original = trainer_cls._compute_advantage
+    original = places["PPOTrainer._compute_advantage"]
+    checkpoint.install(trainer_cls)
     if getattr(original, "_bnpo_wrapped", False):
         return
 
@@ -96,14 +97,11 @@ def install(trainer_base: ModuleType) -> None:
         algorithm = self.config.algorithm
         if algorithm.adv_estimator not in ESTIMATORS:
             return original(self, batch, metrics)
-        cfg = check_run_config(self.config)
+        cfg = check_run_config(self.config, startup=False)
         fields = reward_fields(batch, list(cfg.components or [])) if algorithm.adv_estimator == "ad_bnpo" else {}
-        pop_last_stats()  # never log a previous step's numbers
-        with providing(fields, final_rows(list(batch.keys))):
+        with estimator_scope(fit_state_of(self), fields, final_rows(list(batch.keys))) as scope:
             batch = original(self, batch, metrics)
-        stats = pop_last_stats()
-        if stats is not None:
-            metrics.update(stats.to_metrics())
+        metrics.update(required_stats(scope, algorithm.adv_estimator).to_metrics())
         return batch
 
     _compute_advantage._bnpo_wrapped = True

@@ -2,7 +2,7 @@
 
 The plugin is imported by ``import verl`` in every process; importing verl's trainers there would cost
 seconds and pull in heavy dependencies in processes that never train. Instead the plugin asks to be
-called back when (and only if) a process imports them.
+called back when (and only if) a process imports them. A callback that raises is recorded in ``FAILED``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ logger = logging.getLogger(__name__)
 Callback = Callable[[ModuleType], None]
 
 
+# Hooks that raised in this process, by module name: a fact about this process's verl install, which the
+# start-up check of a bnpo run reports (bnpo.verl.startup) instead of training on without the extension.
+FAILED: dict[str, BaseException] = {}
+
+
 def _run(name: str, callback: Callback, module: ModuleType) -> None:
     try:
         callback(module)
-    except Exception:  # a failing hook must not break verl's own import; say so loudly instead
-        logger.warning("bnpo: post-import hook for %s failed; bnpo's verl integration is incomplete.", name, exc_info=True)
+    except Exception as err:  # a failing hook must not break verl's own import (other estimators still work)
+        FAILED[name] = err
+        logger.warning("bnpo: extending %s failed (%s); a bnpo / ad_bnpo run will stop at start-up.", name, err,
+                       exc_info=True)
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):

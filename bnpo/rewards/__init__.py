@@ -1,0 +1,12 @@
+"""The paper's math rewards for verl: answer accuracy (math-verify) and the R1 output format.
+
+    reward.custom_reward_function.path=pkg://bnpo.rewards
+    reward.custom_reward_function.name=compute_score
+
+``score`` holds ``compute_score``; ``verify`` the authors' math-verify settings and the server process that
+runs them; ``pool`` the worker processes that bound each call's time. Needs math-verify (``bnpo[rewards]``).
+"""
+
+from .score import DEFAULT_TIMEOUT_S, TAIL_CHARS, compute_score, r1_format_score, stats, verify_answer
+
+__all__ = ["DEFAULT_TIMEOUT_S", "TAIL_CHARS", "compute_score", "r1_format_score", "stats", "verify_answer"]

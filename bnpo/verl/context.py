@@ -1,0 +1,97 @@
+"""What one advantage step shares between a verl trainer and bnpo's estimators, beyond verl's arguments.
+
+verl calls estimators with tensors and uids only: ``compute_advantage`` passes ``non_tensor_batch`` to no
+estimator but gdpo, nothing says which outputs belong to one agent-loop session, and an estimator has no
+way to return statistics or to reach state that lives across steps. bnpo's trainer integration opens an
+``EstimatorScope`` around verl's advantage step; the estimators read the batch's fields, the sessions and the
+trainer's pooled fits from it, and leave their statistics in it for the trainer to log.
+
+A scope belongs to the trainer that opens it (a context variable: other threads and other trainers see
+their own), so two trainers in one process never share statistics or pools. Pure Python; never imports verl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..core.pooling import FitState
+from ..core.stats import BNPOStats
+
+
+@dataclass
+class EstimatorScope:
+    """fields: per-sample values by key ((bs,) arrays: the reward function's extra info).
+    final_row: (bs,) row of each sample's session's final output, or None when every session has one output.
+    fit_state: the run's pooled fits (``algorithm.bnpo.fit_halflife``), or None.
+    stats: set by the bnpo / ad_bnpo estimator called in the scope (the last call's), else None.
+    """
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    final_row: Optional[np.ndarray] = None
+    fit_state: Optional[FitState] = None
+    stats: Optional[BNPOStats] = None
+
+    def take_stats(self) -> Optional[BNPOStats]:
+        """The statistics left by the last estimator call, cleared so a later step cannot log them again."""
+        stats, self.stats = self.stats, None
+        return stats
+
+
+_SCOPE: ContextVar[Optional[EstimatorScope]] = ContextVar("bnpo_estimator_scope", default=None)
+
+
+@contextmanager
+def estimator_scope(
+    fit_state: Optional[FitState] = None,
+    fields: Optional[Mapping[str, Any]] = None,
+    final_row: Optional[np.ndarray] = None,
+) -> Iterator[EstimatorScope]:
+    """Open a scope for bnpo's estimators called inside the block (through verl or directly).
+
+    Use it to call verl's ``compute_advantage`` / the registered estimator yourself and read the statistics::
+
+        with bnpo.verl.estimator_scope(fit_state) as scope:
+            data = compute_advantage(data, adv_estimator="bnpo", ...)
+        scope.stats.to_metrics()
+    """
+    scope = EstimatorScope(dict(fields or {}), final_row, fit_state)
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
+def current_scope() -> Optional[EstimatorScope]:
+    """The innermost open scope, or None outside any."""
+    return _SCOPE.get()
+
+
+_FIT_STATE_ATTRIBUTE = "_bnpo_fit_state"
+
+
+def fit_state_of(trainer: Any) -> FitState:
+    """The pooled fits of ``trainer`` (created on first use), kept on the trainer object itself."""
+    state = getattr(trainer, _FIT_STATE_ATTRIBUTE, None)
+    if state is None:
+        state = FitState()
+        setattr(trainer, _FIT_STATE_ATTRIBUTE, state)
+    return state
+
+
+def required_stats(scope: EstimatorScope, estimator: str) -> BNPOStats:
+    """The statistics bnpo's estimator left in ``scope``; an advantage step of a bnpo run must leave some."""
+    stats = scope.take_stats()
+    if stats is None:
+        raise RuntimeError(
+            f"algorithm.adv_estimator={estimator}: verl's advantage step ran without calling bnpo's estimator in "
+            "bnpo's scope (verl changed how it calls estimators?). Report this with your verl version (bnpo is "
+            "tested with verl 0.9.1)."
+        )
+    return stats
