@@ -12,7 +12,7 @@
 # 2-layer Llama with a word-level tokenizer and a modular-addition dataset, all generated into
 # $BNPO_SMOKE_DIR first. The console logger prints every step's metrics; the log is kept in
 # $BNPO_SMOKE_DIR/train.log. The settings marked "CPU:" below work around verl/vLLM assumptions that
-# fail on a CPU (README, "Run verl's trainer end to end on a CPU"); the rest only make the run small.
+# fail on a CPU (docs/cpu-e2e.md); the rest only make the run small.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -126,8 +126,9 @@ def compute_ad_bnpo_advantage(
     """
     if not components:
         raise ValueError(f"ad_bnpo got no reward components; set {_key('components')}.")
-    check_tensors(response_mask=response_mask)
-    if token_level_rewards is not None:
+    if token_level_rewards is None:
+        check_tensors(response_mask=response_mask)
+    else:
         check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
     bs = response_mask.shape[0]
     keys = list(components)

