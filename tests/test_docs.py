@@ -1,0 +1,62 @@
+"""What the docs point a reader to exists: linked files, named tests, one version everywhere."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import bnpo
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "recipe" / "bnpo" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+TEST_REF = re.compile(r"(tests/test_\w+\.py)(?:::(test_\w+))?")
+
+
+def _ids(paths):
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_relative_links_point_to_files_that_exist(doc):
+    missing = []
+    for target in LINK.findall(doc.read_text()):
+        if re.match(r"^[a-z]+://|^#|^mailto:", target):
+            continue
+        path = (doc.parent / target.split("#", 1)[0]).resolve()
+        if not path.exists():
+            missing.append(target)
+    assert not missing, f"{doc.name} links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_named_tests_exist(doc):
+    missing = []
+    for path, name in TEST_REF.findall(doc.read_text()):
+        source = ROOT / path
+        if not source.exists() or (name and not re.search(rf"def {name}[\[(]", source.read_text())):
+            missing.append(f"{path}::{name}" if name else path)
+    assert not missing, f"{doc.name} names tests that do not exist: {missing}"
+
+
+def test_no_file_refers_to_material_users_do_not_have():
+    tracked = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".sh", ".yaml", ".toml"}
+               and ".venv" not in p.parts and ".git" not in p.parts and p.name != "test_docs.py"]
+    offenders = [str(p.relative_to(ROOT)) for p in tracked if re.search(r"BNPO_SPEC|spec §|spec section", p.read_text())]
+    assert not offenders
+
+
+def test_one_version_everywhere():
+    port = tomllib.loads((ROOT / "scripts" / "cpu_e2e" / "pyproject.toml").read_text())["project"]["version"]
+    changelog = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    assert bnpo.__version__ == port == changelog
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" in project["dynamic"] and project["license"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text() and (ROOT / "NOTICE").exists()
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
