@@ -121,11 +121,6 @@ bnpo_defaults() {
   local suffix="$estimator"
   [[ -n "${FIXED_ALPHA:-}${FIXED_BETA:-}" ]] && suffix="${suffix}-a${FIXED_ALPHA:-fit}-b${FIXED_BETA:-fit}"
   export EXPERIMENT_NAME="${EXPERIMENT_NAME:-${prefix}-${suffix}}"
-  # jobs submitted by submit_ray_job.sh on one node: checkpoints under the cluster user's home, not
-  # in Ray's per-job temporary working directory
-  if [[ -z "${CKPT_DIR:-}" && "${BNPO_CKPT_UNDER_HOME:-0}" == 1 ]]; then
-    export CKPT_DIR="$HOME/checkpoints/$(bnpo_setting trainer.project_name PROJECT_NAME bnpo "$@")/$(bnpo_setting trainer.experiment_name EXPERIMENT_NAME '' "$@")"
-  fi
 }
 
 bnpo_truthy() {

@@ -337,7 +337,8 @@ def _session_pids(sid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:  # field 6 of /proc/<pid>/stat: the session id
+            state, _, _, session = stat.rsplit(")", 1)[1].split()[:4]  # fields 3 to 6 of /proc/<pid>/stat
+            if int(session) == sid and state != "Z":  # a zombie is dead already, waiting for its parent
                 pids.append(int(entry.name))
     return pids
 

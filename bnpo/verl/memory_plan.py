@@ -253,3 +253,89 @@ def render(p: Plan, where: str) -> str:
     lines.append(f"  {verdict}")
     lines += [f"  warning: {w}" for w in p.warnings]
     return "\n".join(lines)
+
+
+def recipe_settings(path: str, model: str, n_gpus: int, n_gpus_per_node: int) -> RunSettings:
+    """The recipe YAML's settings without verl or Hydra (the plan's keys are all in the file; ``${a.b}`` references
+    to other keys of the file are followed), for ``model`` on ``n_gpus`` GPUs."""
+    import yaml
+
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+
+    def lookup(dotted: str) -> Any:
+        node = raw
+        for part in dotted.split("."):
+            node = node[part]
+        return resolve(node)
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+            return lookup(value[2:-1])
+        return value
+
+    cfg = resolve(raw)
+    cfg["actor_rollout_ref"]["model"]["path"] = model
+    cfg["trainer"].update(nnodes=n_gpus // n_gpus_per_node, n_gpus_per_node=n_gpus_per_node)
+    return RunSettings.from_config(cfg)
+
+
+def device_memory() -> list[tuple[str, float, float]]:
+    """(name, total GiB, free GiB) of each CUDA device torch sees."""
+    import torch
+
+    out = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        out.append((torch.cuda.get_device_name(index), total / GIB, free / GIB))
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m bnpo.verl.memory_plan``: the recipe's plan for a model on N GPUs of a named card or of this machine."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    from .model_facts import model_facts
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(prog="python -m bnpo.verl.memory_plan", description=main.__doc__)
+    parser.add_argument("--recipe", default=os.path.join(here, "..", "..", "recipe", "bnpo", "config", "bnpo_trainer.yaml"))
+    parser.add_argument("--model", default="Qwen/Qwen2.5-Math-7B")
+    parser.add_argument("--gpus", type=int, default=4, help="GPUs of one node (default: the paper's 4)")
+    parser.add_argument("--gpu", default=DEFAULT_CARD, help=f"a card ({', '.join(CARDS_MIB)}) or GiB")
+    parser.add_argument("--device", action="store_true", help="plan for this machine's CUDA devices (their real free memory)")
+    parser.add_argument("--json", default=None, help="write the plan here")
+    args = parser.parse_args(argv)
+    facts = model_facts(args.model)
+    if args.device:
+        devices = device_memory()
+        if not devices:
+            print("error: --device: torch sees no CUDA device", file=sys.stderr)
+            return 2
+        name, total, free = min(devices, key=lambda d: d[2])
+        how = f"this machine's {len(devices)} device(s), {free:.1f} GiB free on the fullest"
+    else:
+        name, total = args.gpu, float(args.gpu) if args.gpu.replace(".", "", 1).isdigit() else CARDS_MIB[args.gpu] / 1024
+        free, how = total, "named card"
+    settings = recipe_settings(args.recipe, args.model, args.gpus, args.gpus)
+    p = plan(facts, settings, total, name)
+    print(render(p, how))
+    fits_free = max(p.peaks.values()) <= free
+    if not fits_free:
+        print(f"error: the peak {max(p.peaks.values()):.1f} GiB is more than the {free:.1f} GiB free", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**p.to_dict(), "free_gib": free, "fits_free_memory": fits_free, "fixes": [] if p.fits else fixes(p)},
+                      f, indent=1)
+    return 0 if p.fits and fits_free else 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

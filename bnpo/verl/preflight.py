@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, out) -> int:
 
     t = cfg.trainer
     nnodes, per_node = int(t.nnodes), int(t.n_gpus_per_node)
-    have_gpus = bool(found.gpus) or bool(found.nodes)
+    have_gpus = bool(found.gpus) or any(found.nodes or [])
     count = gpus.count_problem(found, nnodes, per_node)
     if count:
         rep.problem(f"this run needs {nnodes} node(s) x {per_node} GPU(s) (trainer.nnodes, trainer.n_gpus_per_node), "
@@ -223,8 +223,11 @@ def run(args: argparse.Namespace, out) -> int:
         model = str(cfg.actor_rollout_ref.model.path)
         if model.startswith(("/", "~")):
             paths.append(os.path.expanduser(model))
-        for problem in storage.cluster_check(cluster, ckpt.folder, paths):
+        shared = storage.cluster_check(cluster, ckpt.folder, paths)
+        for problem in shared:
             rep.problem(problem, fatal=not dry)
+        if not shared:
+            rep.say(f"shared storage: every node of the cluster sees {ckpt.folder}, the data and the model")
     memory(cfg, found if local_gpus else gpus.Found([], None, found.how), args.gpu, rep, args.json)
     if rep.errors:
         return 2

@@ -94,3 +94,20 @@ def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool
     if "error" not in found.get("torch", {}) and not str(cuda or "").startswith(CUDA_MAJOR + "."):
         out.append(f"torch is built for CUDA {cuda}; verl's pins are CUDA {CUDA_MAJOR} builds")
     return out
+
+
+def main() -> int:
+    """``python -m bnpo.verl.stack``: the installed versions against verl's pins; exit 1 when they differ."""
+    pins, found = wanted(), installed()
+    for dist, version in pins.items():
+        got = found.get(dist, {})
+        print(f"{dist:<14} verl pins {version:<10} installed {got.get('version', got.get('error'))}"
+              + (f" (CUDA {got['cuda']})" if got.get("cuda") else ""))
+    trouble = problems(pins, found)
+    for problem in trouble:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if trouble else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
