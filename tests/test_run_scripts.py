@@ -23,6 +23,13 @@ RUN_SCRIPTS = {
 }
 
 
+def _leaves(tree, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested config."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 @pytest.fixture(scope="module", params=sorted(RUN_SCRIPTS))
 def paper_config(request):
     return request.param, composed(request.param)
@@ -33,13 +40,14 @@ def test_both_scripts_run_the_same_recipe_on_their_model(paper_config):
     1.5B script differs from it only in the model and the names derived from it."""
     script, cfg = paper_config
     assert cfg.actor_rollout_ref.model.path == RUN_SCRIPTS[script]
-    seven = OmegaConf.to_container(composed("scripts/run_qwen_math_7b.sh"), resolve=True)
-    mine = OmegaConf.to_container(cfg, resolve=True)
-    for config in (seven, mine):
-        config["actor_rollout_ref"]["model"].pop("path")
-        config["trainer"].pop("experiment_name")
-        config["trainer"].pop("default_local_dir")
-    assert mine == seven
+    seven, mine = (_leaves(OmegaConf.to_container(c, resolve=True)) for c in (composed("scripts/run_qwen_math_7b.sh"), cfg))
+    assert seven.keys() == mine.keys()
+    differ = {key: (seven[key], mine[key]) for key in seven if seven[key] != mine[key]}
+    # only the model path and the values derived from it and from the run's name (qwen2.5-math-<size>-bnpo)
+    assert bool(differ) == (script != "scripts/run_qwen_math_7b.sh")
+    assert all(isinstance(a, str) and (("Qwen2.5-Math-7B" in a and "Qwen2.5-Math-1.5B" in b)
+                                                  or ("math-7b" in a and "math-1.5b" in b))
+                          for a, b in differ.values()), differ
     # verl's own wiring the table does not list: interpolations resolved, verl's trainer mode, bnpo's dataclass
     assert cfg.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu == 32768
     assert cfg.trainer.v1.trainer_mode == "sync"
@@ -213,3 +221,20 @@ def test_dry_run_on_an_eight_gpu_node_gives_verl_all_eight_and_checks_their_stac
     assert "GPUs: 1 node(s) x 8 (nvidia-smi lists 8), every GPU of the node" in proc.stderr
     # this machine's CPU torch is not verl's CUDA 13 build: on a machine with GPUs that stops the dry run too
     assert proc.returncode == 2 and "verl 0.9.1 pins 2.11.0" in proc.stderr
+
+
+def test_the_dry_run_composes_exactly_what_main_ppo_composes():
+    """The pre-flight's config against Hydra's own print of main_ppo's (``--cfg job``), for the same overrides."""
+    import subprocess
+    import sys
+
+    overrides = ["trainer.total_epochs=1", "+algorithm.bnpo.fit_halflife=3", "actor_rollout_ref.rollout.n=8"]
+    recipe = ["--config-path", str(ROOT / "recipe/bnpo/config"), "--config-name", "bnpo_trainer"]
+    env = script_env()
+    ours = subprocess.run([sys.executable, "-m", "bnpo.verl.preflight", "--dry-run", *recipe, "--", *overrides],
+                          capture_output=True, text=True, timeout=600, env=env)
+    verls = subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", *recipe, "--cfg", "job", *overrides],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert ours.returncode == 0 and verls.returncode == 0, (ours.stderr[-2000:], verls.stderr[-2000:])
+    assert yaml.safe_load(ours.stdout) == yaml.safe_load(verls.stdout)
+    assert yaml.safe_load(ours.stdout)["algorithm"]["bnpo"]["fit_halflife"] == 3

@@ -221,7 +221,7 @@ def fixes(p: Plan) -> list[str]:
     if max(p.peaks["update"], p.peaks["log_prob"]) > p.total_gib:
         out.append(f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={s.update_tokens_per_gpu // 2} (MAX_TOKEN_LEN_PER_GPU; "
                    "also sets log_prob_max_token_len_per_gpu and vLLM's max_num_batched_tokens in the recipe)")
-    if (rollout_over or p.peaks["update"] > p.total_gib) and not s.param_offload:
+    if rollout_over and not s.param_offload:
         out.append("actor_rollout_ref.actor.fsdp_config.param_offload=true (parameters on the CPU during rollout)")
     out.append("more GPUs (N_GPUS_PER_NODE, NNODES): every actor state shrinks by 1/N")
     return out
