@@ -17,7 +17,8 @@ What lives on one GPU, read from verl 0.9.1's code:
 
 Weights, gradients, optimizer state, vLLM's budget and the KV cache follow from the shapes. Activations, logits
 working sets, CUDA contexts and what a sleeping vLLM keeps are estimates (the constants below, each with its
-reason); ``scripts/gpu_check.sh`` measures the CUDA context on a real device. Pure Python: no verl, no torch.
+reason); ``scripts/gpu_check.sh`` measures the CUDA context on a real device. Never imports verl (torch only for
+``--device``).
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def plan(facts: ModelFacts, s: RunSettings, total_gib: float, card: str) -> Plan
     overhead = 2 * CUDA_CONTEXT_GIB + NCCL_BUFFERS_GIB
     row("CUDA contexts (actor, vLLM) and NCCL buffers", overhead, overhead, overhead)
     p.peaks = {phase: sum(values[phase] for _, values in p.rows) for phase in PHASES}
-    p.checkpoint_gib = (FP32 + ADAM_MOMENTS * FP32) * P / GIB
+    p.checkpoint_gib = checkpoint_gib(facts)
 
     for phase, peak in p.peaks.items():
         if peak > total_gib:
@@ -204,6 +205,11 @@ def plan(facts: ModelFacts, s: RunSettings, total_gib: float, card: str) -> Plan
         p.warnings.append(f"only {p.spare_gib:.1f} GiB ({p.spare_gib / total_gib:.0%}) spare at the peak: the "
                           "estimated items (activations, contexts) may use it up")
     return p
+
+
+def checkpoint_gib(facts: ModelFacts) -> float:
+    """One verl checkpoint of the actor: its fp32 parameters and Adam moments (verl's default save_contents)."""
+    return (FP32 + ADAM_MOMENTS * FP32) * facts.params / GIB
 
 
 def fixes(p: Plan) -> list[str]:

@@ -5,7 +5,7 @@ plan needs neither the files nor a download. Any other model is read from the ``
 The parameter count is computed from the architecture (decoder-only, Qwen2 / Llama layout); for the two known
 models it equals the published count (``tests/test_memory_plan.py`` checks both).
 
-Pure Python: no verl, no torch.
+Pure Python: never imports verl or torch.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def disk_report(cfg: Any, ckpt: storage.Checkpoints, rep: Report) -> None:
     keep = cfg.trainer.get("max_actor_ckpt_to_keep", None)
     if int(cfg.trainer.get("save_freq", -1)) <= 0 or ckpt.free_gib is None:
         return
-    each = (memory_plan.FP32 + memory_plan.ADAM_MOMENTS * memory_plan.FP32) * facts.params / memory_plan.GIB
+    each = memory_plan.checkpoint_gib(facts)
     need = each * max(int(keep), 2 if int(keep) == 1 else 1) if keep else each
     if ckpt.free_gib < need:
         rep.say(f"warning: {ckpt.folder} has {ckpt.free_gib:.0f} GiB free; each checkpoint takes about {each:.0f} GiB and "
