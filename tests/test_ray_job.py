@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -68,6 +69,7 @@ IN_JOB = (
     "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>dry.err | python3 -c "
     "'import sys, yaml; print(\"BNPO_CKPT \" + yaml.safe_load(sys.stdin)[\"trainer\"][\"default_local_dir\"])'; "
     "grep -m1 'shared storage' dry.err | sed 's/^/BNPO_SHARED /'; "
+    "grep -m1 'train.parquet is missing' dry.err | sed 's/^/BNPO_NODE_DATA /'; "
     "bash scripts/run_qwen_math_7b.sh 2>&1 | grep -m1 '^error: this run needs' | sed 's/^/BNPO_PREFLIGHT /'"
 )
 SECRETS = {"WANDB_API_KEY": "secret-wandb-key", "HF_TOKEN": "secret-hf-token", "HF_HOME": "/only/on/my/laptop"}
@@ -183,7 +185,11 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
     ckpt = next(ln for ln in out.splitlines() if ln.startswith("BNPO_CKPT ")).split(" ", 1)[1]
     assert ckpt == ckpt_dir
     shared = next(ln for ln in out.splitlines() if ln.startswith("BNPO_SHARED ")).split(" ", 1)[1]
-    assert shared == f"bnpo preflight: shared storage: every node of the cluster sees {ckpt_dir}, the data and the model"
+    assert shared == f"bnpo preflight: shared storage: every node of the cluster (1) sees {ckpt_dir}"
+    # each node is asked for the data the run reads: here none was prepared (a real run would stop)
+    node_data = next(ln for ln in out.splitlines() if ln.startswith("BNPO_NODE_DATA ")).split(" ", 1)[1]
+    assert re.search(r"not on this machine \(a run here would stop\): node \S+: /\S+/math_lighteval/train.parquet is "
+                     r"missing", node_data), node_data
     # the run script's GPU check, inside the job, asks the cluster (RAY_ADDRESS is its GCS there)
     preflight = next(ln for ln in out.splitlines() if ln.startswith("BNPO_PREFLIGHT ")).split(" ", 1)[1]
     assert preflight.startswith("error: this run needs 1 node(s) x 4 GPU(s)"), preflight

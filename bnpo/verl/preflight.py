@@ -224,10 +224,10 @@ def run(args: argparse.Namespace, out) -> int:
         if model.startswith(("/", "~")):
             paths.append(os.path.expanduser(model))
         shared = storage.cluster_check(cluster, ckpt.folder, paths)
-        for problem in shared:
+        if not shared.unseen:
+            rep.say(f"shared storage: every node of the cluster ({shared.nodes}) sees {ckpt.folder}")
+        for problem in shared.problems(ckpt.folder):
             rep.problem(problem, fatal=not dry)
-        if not shared:
-            rep.say(f"shared storage: every node of the cluster sees {ckpt.folder}, the data and the model")
     memory(cfg, found if local_gpus else gpus.Found([], None, found.how), args.gpu, rep, args.json)
     if rep.errors:
         return 2

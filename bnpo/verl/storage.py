@@ -73,16 +73,29 @@ def _node_sees(paths: list[str], marker: str) -> dict:
     return {"missing": [p for p in paths if not os.path.exists(p)], "marker": os.path.exists(marker)}
 
 
-def cluster_check(address: str, ckpt_folder: str, paths: list[str]) -> list[str]:
+@dataclass
+class SharedCheck:
+    """What the nodes of a cluster see: how many answered, those that do not see the checkpoint folder, missing paths."""
+
+    nodes: int
+    unseen: list[str]
+    missing: list[str]
+
+    def problems(self, ckpt_folder: str) -> list[str]:
+        out = [f"{where} does not see {ckpt_folder} as this node does (CKPT_DIR must be storage every node shares: each "
+               "FSDP rank writes its checkpoint shard there)" for where in self.unseen]
+        return out + [f"{missing} is missing (data and a local model must be on every node)" for missing in self.missing]
+
+
+def cluster_check(address: str, ckpt_folder: str, paths: list[str]) -> SharedCheck:
     """On every alive node of the Ray cluster at ``address``: are ``paths`` there, and is a file written into
-    ``ckpt_folder`` here visible there (shared storage)? Returns the problems found."""
+    ``ckpt_folder`` here visible there (shared storage)?"""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     os.makedirs(ckpt_folder, exist_ok=True)
     marker = os.path.join(ckpt_folder, MARKER_PREFIX + uuid.uuid4().hex)
     open(marker, "w").close()
-    problems = []
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
     try:
         probe = ray.remote(num_cpus=0)(_node_sees)
@@ -91,14 +104,13 @@ def cluster_check(address: str, ckpt_folder: str, paths: list[str]) -> list[str]
             probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths, marker)
             for n in nodes
         ])
-        for node, seen in zip(nodes, results):
-            where = f"node {node.get('NodeManagerAddress')}"
-            if not seen["marker"]:
-                problems.append(f"{where} does not see {ckpt_folder} as this node does (CKPT_DIR must be storage every "
-                                "node shares: each FSDP rank writes its checkpoint shard there)")
-            problems += [f"{where}: {path} is missing (data and a local model must be on every node)"
-                         for path in seen["missing"]]
     finally:
         ray.shutdown()
         os.remove(marker)
-    return problems
+    check = SharedCheck(len(nodes), [], [])
+    for node, seen in zip(nodes, results):
+        where = f"node {node.get('NodeManagerAddress')}"
+        if not seen["marker"]:
+            check.unseen.append(where)
+        check.missing += [f"{where}: {path}" for path in seen["missing"]]
+    return check
