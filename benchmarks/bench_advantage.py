@@ -53,8 +53,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import verl  # noqa: F401  (loads the verl.plugins entry points, which register bnpo / ad_bnpo)
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+try:
+    import verl  # noqa: F401  (loads the verl.plugins entry points, which register bnpo / ad_bnpo)
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+except ImportError:  # a GPU machine with torch but no verl (scripts/gpu_check.sh): bnpo's core, no verl estimators
+    verl = get_adv_estimator_fn = None
 
 GROUP_SIZE = 16
 DEFAULT_SIZES = [(n, length) for n in (1024, 8192, 65536) for length in (1024, 4096)]
@@ -157,18 +160,29 @@ def _floor(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return out, out
 
 
-IMPLS = {
-    impl.name: impl
-    for impl in (
-        Impl("bnpo", _registry_call("bnpo", config=None)),
-        Impl("ad_bnpo", _ad_bnpo),
-        Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
-        Impl("grpo", _registry_call("grpo"), slow=True),
-        Impl("grpo_vectorized", _registry_call("grpo_vectorized")),
-        Impl("rloo_vectorized", _registry_call("rloo_vectorized")),
-        Impl("floor", _floor),
-    )
-}
+def _core_bnpo(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """bnpo without verl: ``bnpo.compute_bnpo_advantage``, which verl's registered estimator calls."""
+    from bnpo import BNPOConfig, compute_bnpo_advantage
+
+    advantages, returns, _ = compute_bnpo_advantage(b.token_level_rewards, b.response_mask, b.index, BNPOConfig())
+    return advantages, returns
+
+
+_VERL_IMPLS = (
+    Impl("bnpo", _registry_call("bnpo", config=None)),
+    Impl("ad_bnpo", _ad_bnpo),
+    Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
+    Impl("grpo", _registry_call("grpo"), slow=True),
+    Impl("grpo_vectorized", _registry_call("grpo_vectorized")),
+    Impl("rloo_vectorized", _registry_call("rloo_vectorized")),
+    Impl("floor", _floor),
+) if verl is not None else ()
+_CORE_IMPLS = (
+    Impl("bnpo", _core_bnpo),
+    Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
+    Impl("floor", _floor),
+)
+IMPLS = {impl.name: impl for impl in (_VERL_IMPLS or _CORE_IMPLS)}
 
 # Pairs that must agree on every benchmark batch: (impl, impl it is checked against, rtol).
 CHECKS = (("reference_loop", "bnpo", 1e-4), ("grpo", "grpo_vectorized", 1e-4))
@@ -273,7 +287,7 @@ def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int,
 # --------------------------------------------------------------------------------------------- report
 def machine(load_before: float) -> dict:
     """What the numbers depend on: versions, cores, threads, load, and torch's huge-page switch."""
-    info = dict(python=platform.python_version(), torch=torch.__version__, verl=verl.__version__,
+    info = dict(python=platform.python_version(), torch=torch.__version__, verl=verl and verl.__version__,
                 cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), load_avg_1m_before=load_before,
                 load_avg_1m_after=os.getloadavg()[0],

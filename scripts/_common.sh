@@ -121,11 +121,6 @@ bnpo_defaults() {
   local suffix="$estimator"
   [[ -n "${FIXED_ALPHA:-}${FIXED_BETA:-}" ]] && suffix="${suffix}-a${FIXED_ALPHA:-fit}-b${FIXED_BETA:-fit}"
   export EXPERIMENT_NAME="${EXPERIMENT_NAME:-${prefix}-${suffix}}"
-  # jobs submitted by submit_ray_job.sh on one node: checkpoints under the cluster user's home, not
-  # in Ray's per-job temporary working directory
-  if [[ -z "${CKPT_DIR:-}" && "${BNPO_CKPT_UNDER_HOME:-0}" == 1 ]]; then
-    export CKPT_DIR="$HOME/checkpoints/$(bnpo_setting trainer.project_name PROJECT_NAME bnpo "$@")/$(bnpo_setting trainer.experiment_name EXPERIMENT_NAME '' "$@")"
-  fi
 }
 
 bnpo_truthy() {
@@ -144,35 +139,32 @@ bnpo_overrides() {
   done
 }
 
-# The verl command line for this run: main_ppo, the recipe config, env overrides, then "$@".
-# DRY_RUN=1 prints the composed config as YAML (Hydra's --cfg job) instead of training.
-bnpo_main_cmd() {
-  bnpo_overrides
-  BNPO_CMD=("$PYTHON" -m verl.trainer.main_ppo --config-path="$BNPO_CONFIG_DIR" --config-name="$BNPO_CONFIG_NAME")
-  if bnpo_truthy "${DRY_RUN:-0}"; then
-    BNPO_CMD+=(--cfg job)
-  fi
-  BNPO_CMD+=("${BNPO_OVERRIDES[@]}" "$@")
+# The pre-flight of bnpo.verl.preflight (run from this checkout, whether or not bnpo is installed): the run's
+# config composed as main_ppo composes it, verl's and bnpo's checks, the GPUs, the GPU stack, the files, the
+# checkpoints and the per-GPU memory plan.
+bnpo_preflight() {
+  PYTHONPATH="$BNPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bnpo.verl.preflight \
+    --config-path "$BNPO_CONFIG_DIR" --config-name "$BNPO_CONFIG_NAME" --script "$0" "$@"
 }
 
-# bnpo_gpu_preflight ARGS...: stop now, with what to do instead, when the GPUs this run asks for are
-# not there (verl would otherwise wait in Ray's scheduler or fail deep inside). BNPO_SKIP_GPU_CHECK=1
-# skips it.
-bnpo_gpu_preflight() {
-  bnpo_truthy "${BNPO_SKIP_GPU_CHECK:-0}" && return 0
-  "$PYTHON" "$BNPO_ROOT/scripts/gpu_preflight.py" --config "$BNPO_CONFIG_DIR/$BNPO_CONFIG_NAME.yaml" \
-    --nnodes "$(bnpo_setting trainer.nnodes NNODES '' "$@")" \
-    --gpus-per-node "$(bnpo_setting trainer.n_gpus_per_node N_GPUS_PER_NODE '' "$@")" \
-    --script "$0" || exit 2
-}
-
-# Entry point of the run scripts.
+# Entry point of the run scripts. DRY_RUN=1: the pre-flight prints the composed config (YAML, stdout) and its
+# checks and memory plan (stderr), and exits 2 where a run would fail. Otherwise the pre-flight runs first
+# (BNPO_SKIP_PREFLIGHT=1 skips it) and may add launch overrides (every GPU of the node when
+# N_GPUS_PER_NODE / trainer.n_gpus_per_node are not given), then main_ppo replaces this shell.
 bnpo_run() {
-  bnpo_main_cmd "$@"
-  if ! bnpo_truthy "${DRY_RUN:-0}"; then
-    bnpo_gpu_preflight "$@"
-    printf 'bnpo: %q ' "${BNPO_CMD[@]}" >&2
-    echo >&2
+  bnpo_overrides
+  if bnpo_truthy "${DRY_RUN:-0}"; then
+    bnpo_preflight --dry-run -- "${BNPO_OVERRIDES[@]}" "$@"
+    exit
   fi
+  local launch=() decided
+  if ! bnpo_truthy "${BNPO_SKIP_PREFLIGHT:-${BNPO_SKIP_GPU_CHECK:-0}}"; then
+    decided="$(bnpo_preflight -- "${BNPO_OVERRIDES[@]}" "$@")" || exit 2
+    [[ -n "$decided" ]] && mapfile -t launch <<< "$decided"
+  fi
+  BNPO_CMD=("$PYTHON" -m verl.trainer.main_ppo --config-path="$BNPO_CONFIG_DIR" --config-name="$BNPO_CONFIG_NAME"
+            "${BNPO_OVERRIDES[@]}" "$@" "${launch[@]}")
+  printf 'bnpo: %q ' "${BNPO_CMD[@]}" >&2
+  echo >&2
   exec "${BNPO_CMD[@]}"
 }

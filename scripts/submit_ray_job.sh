@@ -10,13 +10,14 @@
 #
 # Env vars:
 #   RAY_ADDRESS         the cluster's dashboard address (required), e.g. http://10.0.0.1:8265
-#   CKPT_DIR            absolute checkpoint folder on the cluster (trainer.default_local_dir); required
-#                       with NNODES > 1 (storage every node sees); with one node it defaults to
-#                       $HOME/checkpoints/<project>/<experiment> of the job's user on the cluster
+#   CKPT_DIR            absolute checkpoint folder on storage every node of the cluster sees
+#                       (trainer.default_local_dir); required. The job's pre-flight checks that every
+#                       node sees it, the data and a local model (bnpo.verl.storage)
 #   RUN_SCRIPT          the run script the job executes (default scripts/run_qwen_math_7b.sh)
 #   the run scripts' variables (MODEL_PATH, DATA_DIR, NNODES, ADV_ESTIMATOR, ... see _common.sh):
 #                       those set here are forwarded to the job; the others take their defaults
-#                       on the cluster (DATA_DIR defaults to the cluster's $HOME/data/bnpo)
+#                       on the cluster (DATA_DIR defaults to the job user's $HOME/data/bnpo there,
+#                       which every node must see)
 #   FORWARD_ENV         names of more variables to forward (default: none). Forwarded values are
 #                       stored with the job and shown by the Ray dashboard and job API: give secrets
 #                       (WANDB_API_KEY, HF_TOKEN) to the nodes' environment instead (recipe README)
@@ -37,21 +38,19 @@ else
   ENTRYPOINT=(bash "$RUN_SCRIPT" "$@")
 fi
 
-# Checkpoints: a relative trainer.default_local_dir would land in Ray's per-job temporary folder on
-# whichever node runs each worker, and be lost with it.
-NNODES_RUN="$(bnpo_setting trainer.nnodes NNODES 1 "$@")"
+# Checkpoints: every FSDP rank writes its shard on its own node and the trainer (on any node) reads verl's tracker
+# on its node, so the folder must be storage every node of the cluster sees; a relative one would land in Ray's
+# per-job temporary folder. Nothing machine-local is computed here: the path is the user's, checked in the job.
 CKPT_RUN="$(bnpo_setting trainer.default_local_dir CKPT_DIR '' "$@")"
 if [[ -z "$CKPT_RUN" ]]; then
-  if [[ "$NNODES_RUN" != 1 ]]; then
-    bnpo_die "NNODES=$NNODES_RUN: set CKPT_DIR to an absolute folder on storage that every node of the cluster sees (e.g. CKPT_DIR=/shared/checkpoints/bnpo-7b); each node writes its checkpoint shards there"
-  fi
-  export BNPO_CKPT_UNDER_HOME=1  # _common.sh, in the job: $HOME/checkpoints/<project>/<experiment>
+  bnpo_die "set CKPT_DIR to an absolute folder on storage that every node of the cluster sees (e.g. CKPT_DIR=/shared/checkpoints/bnpo-7b): each node writes its checkpoint shards there, and a rerun resumes from it"
 elif [[ "$CKPT_RUN" != /* ]]; then
   bnpo_die "CKPT_DIR=$CKPT_RUN must be an absolute path on the cluster's nodes (a relative one lands in Ray's per-job temporary folder)"
 fi
 
 # The job's runtime env: the project as working_dir, the set variables as env_vars.
-FORWARD_NAMES="DATA_DIR PYTHON CONFIG_NAME BNPO_CKPT_UNDER_HOME ${FORWARD_ENV:-}"
+# PYTHON is not forwarded: it names an interpreter of this machine (the job uses the cluster's python3)
+FORWARD_NAMES="DATA_DIR CONFIG_NAME ${FORWARD_ENV:-}"
 for pair in "${BNPO_ENV_KEYS[@]}"; do FORWARD_NAMES+=" ${pair%%=*}"; done
 RUNTIME_ENV_FILE="$(mktemp "${TMPDIR:-/tmp}/bnpo_runtime_env.XXXXXX.json")"  # mode 600: it may hold secrets
 trap 'rm -f "$RUNTIME_ENV_FILE"' EXIT

@@ -1,5 +1,5 @@
 """Running the recipe's shell scripts from tests: a clean environment, DRY_RUN composition (cached
-per session: each composition starts verl's real main_ppo, about 20 s on 2 cores)."""
+per session: each DRY_RUN composes the config as main_ppo does and runs verl's checks, about 40 s on 2 cores)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ SCRIPT_VARS = [
     for line in (ROOT / "scripts/_common.sh").read_text().split("BNPO_ENV_KEYS=(", 1)[1].split(")", 1)[0].splitlines()
     if "=" in line
 ] + ["DATA_DIR", "DRY_RUN", "CONFIG_NAME", "RUN_SCRIPT", "BNPO_JOB_ENTRYPOINT", "RAY_ADDRESS", "FORWARD_ENV",
-     "BNPO_CKPT_UNDER_HOME", "BNPO_SKIP_GPU_CHECK", "CUDA_VISIBLE_DEVICES", "WANDB_API_KEY", "HF_TOKEN", "HF_HOME"]
+     "BNPO_SKIP_PREFLIGHT", "BNPO_SKIP_GPU_CHECK", "BNPO_PLAN_GPU", "CUDA_VISIBLE_DEVICES", "WANDB_API_KEY", "HF_TOKEN", "HF_HOME"]
 
 
 def script_env(dry_run: bool = True, **extra: str) -> dict:
@@ -40,12 +40,17 @@ def run_script(script: str, *overrides: str, dry_run: bool = True, timeout: int 
 
 
 @functools.lru_cache(maxsize=None)
-def _composed(script: str, overrides: tuple, env: tuple):
-    proc = run_script(script, *overrides, **dict(env))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return OmegaConf.create(yaml.safe_load(proc.stdout))
+def _dry_run(script: str, overrides: tuple, env: tuple) -> subprocess.CompletedProcess:
+    return run_script(script, *overrides, **dict(env))
+
+
+def dry_run(script: str, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    """The script's DRY_RUN=1 (cached): the composed config on stdout, the checks and memory plan on stderr."""
+    return _dry_run(script, tuple(overrides), tuple(sorted(env.items())))
 
 
 def composed(script: str, *overrides: str, **env: str):
-    """The Hydra config the script composes (DRY_RUN=1), as verl's main_ppo would run it."""
-    return _composed(script, tuple(overrides), tuple(sorted(env.items())))
+    """The Hydra config the script composes (DRY_RUN=1), as verl's main_ppo would run it; verl accepted it."""
+    proc = dry_run(script, *overrides, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return OmegaConf.create(yaml.safe_load(proc.stdout))

@@ -9,6 +9,7 @@ control run without the sync fails that check), the losses and the BNPO statisti
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import json
 import importlib.util
 import math
 import os
@@ -16,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,12 +252,12 @@ def _run_smoke(out_dir: Path, mode: str, *overrides: str, **env_changes: str) ->
     return proc.returncode, log
 
 
-def _assert_trained_two_steps_on_vllm(rc: int, log: str) -> dict[int, dict[str, float]]:
+def _assert_trained_steps_on_vllm(rc: int, log: str, expected: list[int]) -> dict[int, dict[str, float]]:
     tail = "\n".join(log.splitlines()[-40:])
     assert rc == 0, f"smoke run failed (rc={rc}):\n{tail}"
     assert _VLLM_ENGINE_START.search(log), "no vLLM engine start-up inside verl's vLLMHttpServer in the log"
     steps = parse_step_metrics(log)
-    assert sorted(steps) == [1, 2], f"expected steps 1 and 2 in the console log, got {sorted(steps)}:\n{tail}"
+    assert sorted(steps) == expected, f"expected steps {expected} in the console log, got {sorted(steps)}:\n{tail}"
     for step, metrics in steps.items():
         for key in ("actor/pg_loss", "actor/loss", "critic/advantages/max", "critic/score/mean"):
             assert key in metrics and math.isfinite(metrics[key]), f"step {step}: {key} missing or not finite"
@@ -291,7 +293,7 @@ def _assert_ad_bnpo_statistics(steps: dict[int, dict[str, float]]) -> None:
 @pytest.mark.slow
 @needs_cpu_port
 def test_cpu_smoke_bnpo(tmp_path):
-    steps = _assert_trained_two_steps_on_vllm(*_run_smoke(tmp_path, "bnpo"))
+    steps = _assert_trained_steps_on_vllm(*_run_smoke(tmp_path, "bnpo"), [1, 2])
     _assert_in_sync(steps)
     assert any(m["critic/advantages/max"] > 0 for m in steps.values())  # BNPO produced a learning signal
     _assert_bnpo_statistics(steps)
@@ -300,7 +302,7 @@ def test_cpu_smoke_bnpo(tmp_path):
 @pytest.mark.slow
 @needs_cpu_port
 def test_cpu_smoke_ad_bnpo(tmp_path):
-    steps = _assert_trained_two_steps_on_vllm(*_run_smoke(tmp_path, "ad_bnpo"))
+    steps = _assert_trained_steps_on_vllm(*_run_smoke(tmp_path, "ad_bnpo"), [1, 2])
     _assert_in_sync(steps)
     _assert_ad_bnpo_statistics(steps)
 
@@ -309,7 +311,7 @@ def test_cpu_smoke_ad_bnpo(tmp_path):
 @needs_cpu_port
 def test_cpu_smoke_ad_bnpo_legacy_trainer(tmp_path):
     rc, log = _run_smoke(tmp_path, "ad_bnpo", "trainer.use_v1=False")
-    steps = _assert_trained_two_steps_on_vllm(rc, log)
+    steps = _assert_trained_steps_on_vllm(rc, log, [1, 2])
     assert re.search(r"\(TaskRunner pid=\d+\)\S* step:2 - ", log), "steps not logged by verl's legacy TaskRunner"
     _assert_in_sync(steps)
     _assert_ad_bnpo_statistics(steps)
@@ -325,6 +327,88 @@ def test_cpu_smoke_without_weight_sync_fails_the_sync_check(tmp_path):
         "actor_rollout_ref.model.external_lib=no_weight_sync",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
     )
-    steps = _assert_trained_two_steps_on_vllm(rc, log)
+    steps = _assert_trained_steps_on_vllm(rc, log, [1, 2])
     assert not weights_out_of_sync(steps[1])  # the initial sync still ran
     assert weights_out_of_sync(steps[2]), "the sync check passed although vLLM kept the pre-update weights"
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def _session_pids(sid: int) -> list[int]:
+    """Every process of the session ``sid`` (a run started with start_new_session: the trainer, Ray's head, its
+    workers and vLLM's engine processes, which Ray moves to process groups of their own but not out of the session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, _, _, session = stat.rsplit(")", 1)[1].split()[:4]  # fields 3 to 6 of /proc/<pid>/stat
+            if int(session) == sid and state != "Z":  # a zombie is dead already, waiting for its parent
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    for _ in range(3):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+    assert not _session_pids(sid), "processes of the killed run survived"
+
+
+def _run_until_checkpoint(out_dir: Path, ckpt: Path, *overrides: str) -> str:
+    """Start the smoke run and SIGKILL it, with every process it started, once verl's tracker names step 1."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VERL_USE_EXTERNAL_MODULES")}
+    env.update(BNPO_SMOKE_DIR=str(out_dir), PYTHON=sys.executable)
+    log_path = out_dir / "killed.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(SMOKE_SCRIPT), "bnpo", *overrides], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        tracker = ckpt / "latest_checkpointed_iteration.txt"
+        deadline = time.monotonic() + SMOKE_TIMEOUT_S
+        try:
+            while not (tracker.exists() and tracker.read_text().strip() == "1"):
+                assert proc.poll() is None, f"the run ended (rc={proc.returncode}) before its first checkpoint"
+                assert time.monotonic() < deadline, f"no checkpoint after {SMOKE_TIMEOUT_S} s"
+                time.sleep(0.2)
+        finally:
+            _kill_session(proc.pid)
+            proc.wait()
+    return log_path.read_text()
+
+
+@pytest.mark.slow
+@needs_cpu_port
+def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
+    """verl's main_ppo, killed (SIGKILL, every process) after its step-1 checkpoint, is started again with the same
+    command: verl resumes at step 2 with the dataloader's position, and bnpo's pooled fit continues."""
+    ckpt = tmp_path / "checkpoints"
+    halflife = 2.0
+    overrides = ("trainer.save_freq=1", f"trainer.default_local_dir={ckpt}", f"+algorithm.bnpo.fit_halflife={halflife}")
+    killed_log = _run_until_checkpoint(tmp_path, ckpt, *overrides)
+    assert not (ckpt / "global_step_2").exists(), "the run got past step 2 before it was killed"
+    first = json.loads((ckpt / "global_step_1" / "bnpo_state.json").read_text())["bnpo"]
+    data_1 = torch.load(ckpt / "global_step_1" / "data.pt", weights_only=False)
+    assert (first["batches"], data_1["_num_yielded"]) == (1, 1)
+    assert "Training from scratch" in killed_log
+
+    rc, log = _run_smoke(tmp_path, "bnpo", *overrides)
+    steps = _assert_trained_steps_on_vllm(rc, log, [2])  # step 1 is not trained again
+    assert re.search(r"Resuming from \S*global_step_1, setting global step to 1", log), "verl did not resume"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    # the data position: the resumed dataloader goes on with the second batch (a restart would be at its first)
+    data_2 = torch.load(ckpt / "global_step_2" / "data.pt", weights_only=False)
+    assert data_2["_num_yielded"] == 2 and data_2["_sampler_iter_state"]["samples_yielded"] == 2 * 4
+    # bnpo's pooled fit: step 2 adds its questions to step 1's decayed pool (a restart would hold step 2's alone)
+    second = json.loads((ckpt / "global_step_2" / "bnpo_state.json").read_text())["bnpo"]
+    added = second["weight"] - 0.5 ** (1 / halflife) * first["weight"]
+    assert second["batches"] == 2 and added == pytest.approx(round(added)) and 1 <= round(added) <= 4, second
+    assert steps[2]["bnpo/fit_weight"] == pytest.approx(second["weight"])

@@ -7,13 +7,15 @@ exactly the processes it started. The job checks, in the driver and in a Ray wor
 `import verl` registers bnpo / ad_bnpo from the uploaded copy of the project with entry-point
 discovery switched off (the way it works on cluster nodes where bnpo is not pip-installed); that
 only the variables meant for it arrived (no secrets, no HF_HOME); where the run's checkpoints go;
-and that the run script's GPU check counts the cluster's GPUs.
+that the run script's pre-flight counts the cluster's GPUs and checks on every node that the checkpoint folder
+is shared.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -58,15 +60,17 @@ print("BNPO_JOB_RESULT " + json.dumps({
     "has_recipe": os.path.exists("recipe/bnpo/config/bnpo_trainer.yaml"),
     "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS"),
     "env": {name: os.environ.get(name) for name in
-            ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "CKPT_DIR", "BNPO_CKPT_UNDER_HOME", "HOME")},
+            ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "CKPT_DIR", "PYTHON", "HOME")},
 }))
 """
-# after CHECK: the run script composes its config in the job (checkpoint folder), then runs for real
-# (its GPU check must count the cluster's GPUs, of which this one has none)
+# after CHECK: the run script's dry run in the job (checkpoint folder; the pre-flight's shared-storage check on every
+# node), then a real run (its pre-flight must count the cluster's GPUs, of which this one has none)
 IN_JOB = (
-    "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>/dev/null | python3 -c "
+    "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>dry.err | python3 -c "
     "'import sys, yaml; print(\"BNPO_CKPT \" + yaml.safe_load(sys.stdin)[\"trainer\"][\"default_local_dir\"])'; "
-    "bash scripts/run_qwen_math_7b.sh 2>&1 | head -1 | sed 's/^/BNPO_PREFLIGHT /'"
+    "grep -m1 'shared storage' dry.err | sed 's/^/BNPO_SHARED /'; "
+    "grep -m1 'train.parquet is missing' dry.err | sed 's/^/BNPO_NODE_DATA /'; "
+    "bash scripts/run_qwen_math_7b.sh 2>&1 | grep -m1 '^error: this run needs' | sed 's/^/BNPO_PREFLIGHT /'"
 )
 SECRETS = {"WANDB_API_KEY": "secret-wandb-key", "HF_TOKEN": "secret-hf-token", "HF_HOME": "/only/on/my/laptop"}
 
@@ -136,13 +140,13 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_submit_ray_job_registers_plugin_on_workers(ray_head):
+def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
     address, env, temp_dir = ray_head
+    ckpt_dir = str(tmp_path / "shared_ckpt")
     env = {**env, "RAY_ADDRESS": address, "BNPO_JOB_ENTRYPOINT": f"python3 -c {shlex.quote(CHECK)} && {IN_JOB}",
            # entry points off in the job: registration must come from the runtime env alone
            "FORWARD_ENV": "VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_PLUGINS": "none",
-           "MODEL_PATH": "/models/forwarded", **SECRETS}
-    env.pop("CKPT_DIR", None)
+           "MODEL_PATH": "/models/forwarded", "CKPT_DIR": ckpt_dir, "PYTHON": sys.executable, **SECRETS}
     deadline = time.monotonic() + 180
     while True:
         proc = subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh")], env=env, cwd=ROOT,
@@ -176,10 +180,16 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head):
     assert job_env["MODEL_PATH"] == "/models/forwarded"
     assert (job_env["WANDB_API_KEY"], job_env["HF_TOKEN"], job_env["HF_HOME"]) == (None, None, None)
     assert not any(secret in out for secret in SECRETS.values() if secret != SECRETS["HF_HOME"])
-    # one node, no CKPT_DIR: checkpoints under the job user's home, not Ray's per-job folder
-    assert job_env["CKPT_DIR"] is None and job_env["BNPO_CKPT_UNDER_HOME"] == "1"
+    # nothing machine-local: not the submitting machine's interpreter; checkpoints where CKPT_DIR says
+    assert job_env["PYTHON"] is None and job_env["CKPT_DIR"] == ckpt_dir
     ckpt = next(ln for ln in out.splitlines() if ln.startswith("BNPO_CKPT ")).split(" ", 1)[1]
-    assert ckpt == f"{job_env['HOME']}/checkpoints/bnpo/qwen2.5-math-7b-bnpo"
+    assert ckpt == ckpt_dir
+    shared = next(ln for ln in out.splitlines() if ln.startswith("BNPO_SHARED ")).split(" ", 1)[1]
+    assert shared == f"bnpo preflight: shared storage: every node of the cluster (1) sees {ckpt_dir}"
+    # each node is asked for the data the run reads: here none was prepared (a real run would stop)
+    node_data = next(ln for ln in out.splitlines() if ln.startswith("BNPO_NODE_DATA ")).split(" ", 1)[1]
+    assert re.search(r"not on this machine \(a run here would stop\): node \S+: /\S+/math_lighteval/train.parquet is "
+                     r"missing", node_data), node_data
     # the run script's GPU check, inside the job, asks the cluster (RAY_ADDRESS is its GCS there)
     preflight = next(ln for ln in out.splitlines() if ln.startswith("BNPO_PREFLIGHT ")).split(" ", 1)[1]
     assert preflight.startswith("error: this run needs 1 node(s) x 4 GPU(s)"), preflight
@@ -189,23 +199,27 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head):
 def _submit(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("RAY_ADDRESS", "CKPT_DIR", "NNODES", "FORWARD_ENV", "DRY_RUN", "BNPO_JOB_ENTRYPOINT",
-                          "WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "BNPO_CKPT_UNDER_HOME", "MODEL_PATH")}
+                          "WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "PYTHON")}
     clean["PATH"] = VENV_BIN + os.pathsep + clean.get("PATH", "")
     return subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh"), *args], env={**clean, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_submit_requires_ray_address():
-    proc = _submit()
+    proc = _submit(CKPT_DIR="/shared/ckpt")
     assert proc.returncode == 2
     assert "RAY_ADDRESS" in proc.stderr
 
 
-def test_several_nodes_need_an_absolute_ckpt_dir():
-    proc = _submit(NNODES="2", RAY_ADDRESS="http://10.0.0.1:8265")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: NNODES=2: set CKPT_DIR to an absolute folder")
-    assert "every node" in proc.stderr
-    assert _submit("trainer.nnodes=2", RAY_ADDRESS="http://10.0.0.1:8265").returncode == 2  # as an override too
+def test_every_job_needs_an_absolute_shared_ckpt_dir():
+    """No default computed on the submitting machine: a job's workers may run on other nodes than its driver."""
+    for nodes in ("1", "2"):
+        proc = _submit(NNODES=nodes, RAY_ADDRESS="http://10.0.0.1:8265")
+        assert proc.returncode == 2 and proc.stderr.startswith("error: set CKPT_DIR to an absolute folder")
+        assert "every node" in proc.stderr
+    ok = _submit("trainer.default_local_dir=/shared/ckpt", DRY_RUN="1", BNPO_JOB_ENTRYPOINT="true",
+                 RAY_ADDRESS="http://10.0.0.1:8265")
+    assert ok.returncode == 0, ok.stderr  # as an override too
     relative = _submit(CKPT_DIR="ckpt/run1", RAY_ADDRESS="http://10.0.0.1:8265")
     assert relative.returncode == 2 and "CKPT_DIR=ckpt/run1 must be an absolute path" in relative.stderr
 
@@ -217,12 +231,13 @@ def _runtime_env(proc: subprocess.CompletedProcess) -> dict:
 
 def test_only_named_variables_are_forwarded_and_secrets_are_masked():
     entry = {"DRY_RUN": "1", "BNPO_JOB_ENTRYPOINT": "true", "RAY_ADDRESS": "http://10.0.0.1:8265"}
-    plain = _submit(**entry, **SECRETS, NNODES="2", CKPT_DIR="/shared/ckpt", MODEL_PATH="/models/q")
+    plain = _submit(**entry, **SECRETS, NNODES="2", CKPT_DIR="/shared/ckpt", MODEL_PATH="/models/q",
+                    PYTHON=sys.executable)
     assert plain.returncode == 0, plain.stderr
     env_vars = _runtime_env(plain)["env_vars"]
     assert env_vars == {"NNODES": "2", "CKPT_DIR": "/shared/ckpt", "MODEL_PATH": "/models/q",
                         "VERL_USE_EXTERNAL_MODULES": "bnpo.verl.plugin"}
-    named = _submit(**entry, **SECRETS, FORWARD_ENV="WANDB_API_KEY HF_HOME")
+    named = _submit(**entry, **SECRETS, FORWARD_ENV="WANDB_API_KEY HF_HOME", CKPT_DIR="/shared/ckpt")
     env_vars = _runtime_env(named)["env_vars"]
     assert env_vars["WANDB_API_KEY"] == env_vars["HF_HOME"] == "***" and "HF_TOKEN" not in env_vars
     assert "forwarding WANDB_API_KEY, HF_HOME (FORWARD_ENV)" in named.stderr

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The one command to run the day a GPU is available: the CUDA estimator test, the benchmark's CUDA path and the
+# recipe's memory plans against this device's real memory, written to gpu_check_out/gpu_check.json (docs/gpu.md).
+# Needs torch with CUDA (and numpy, PyYAML, tqdm, pytest); not verl, Ray or vLLM.
+#   bash scripts/gpu_check.sh [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+exec "$PYTHON" scripts/gpu_check.py "$@"

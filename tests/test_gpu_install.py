@@ -1,0 +1,83 @@
+"""The GPU install (bnpo[gpu], scripts/install_gpu.sh, docs/gpu.md) against verl's own package metadata, on a CPU:
+what can be checked without downloading CUDA wheels."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+
+from bnpo.verl import compat, gpus, stack
+from recipe_helpers import ROOT
+
+DOC = (ROOT / "docs/gpu.md").read_text()
+SCRIPT = (ROOT / "scripts/install_gpu.sh").read_text()
+
+
+def _extra(name: str) -> dict[str, Requirement]:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {Requirement(r).name: Requirement(r) for r in extras[name]}
+
+
+def test_the_gpu_extra_is_verls_recipe_extras_at_the_tested_version():
+    gpu = _extra("gpu")
+    assert gpu["verl"].extras == set(stack.RECIPE_EXTRAS) and str(gpu["verl"].specifier) == f"=={compat.TESTED_VERL}"
+    assert gpu["math-verify"] == _extra("rewards")["math-verify"]  # the paper's reward
+
+
+def test_verls_recipe_extras_pin_the_whole_stack_and_the_docs_name_those_pins():
+    pins = stack.wanted()  # from the installed verl's metadata
+    assert set(pins) == set(stack.CHECKED), pins  # torch, vllm, transformers and, through fsdp, flash-attn
+    for dist, version in pins.items():
+        assert f"{dist} {version}" in DOC, f"docs/gpu.md does not name {dist} {version}"
+    assert f"torch=={pins['torch']}" in SCRIPT and f"flash-attn=={pins['flash-attn']}" in SCRIPT
+    assert f"MIN_DRIVER={gpus.MIN_DRIVER[0]}" in SCRIPT and f"driver {gpus.MIN_DRIVER[0]}" in DOC
+
+
+def test_the_pins_are_read_through_verls_own_extra_references():
+    """verl's fsdp extra names flash-attn through another of its extras; a new pin there is followed."""
+    requires = [
+        'verl[verl-core]; extra == "vllm"', 'torch==9.1.0; extra == "vllm"', 'vllm==9.2.0; extra == "vllm"',
+        'transformers==9.3.0; extra == "vllm"', 'verl[flash-attn-cu999]; extra == "fsdp"',
+        'flash-attn==9.4.0; extra == "flash-attn-cu999"', 'flash-attn==1.0; extra == "megatron"',
+    ]
+    assert stack.wanted(requires) == {"torch": "9.1.0", "vllm": "9.2.0", "transformers": "9.3.0", "flash-attn": "9.4.0"}
+
+
+def test_pip_resolves_the_gpu_extra_of_this_project(tmp_path):
+    """pip reads bnpo[gpu] as the two requirements above (metadata only: --dry-run, --no-deps, no download)."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",
+                           "--ignore-installed", "--quiet", "--report", str(report), f"{ROOT}[gpu]"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (install,) = json.loads(report.read_text())["install"]
+    assert install["requested_extras"] == ["gpu"]
+    gpu = sorted(r for r in install["metadata"]["requires_dist"] if r.endswith('extra == "gpu"'))
+    assert [Requirement(r).name for r in gpu] == ["math-verify", "verl"]
+
+
+def test_stack_check_names_each_difference():
+    pins = {"torch": "2.11.0", "vllm": "0.24.0", "flash-attn": "2.8.3", "transformers": "5.9.0"}
+    good = {"torch": {"version": "2.11.0+cu130", "cuda": "13.0"}, "vllm": {"version": "0.24.0"},
+            "flash-attn": {"version": "2.8.3"}, "transformers": {"version": "5.9.0"}}
+    assert stack.problems(pins, good) == []
+    bad = {**good, "vllm": {"version": "0.23.1"}, "flash-attn": {"error": "ImportError: undefined symbol"}}
+    assert stack.problems(pins, bad) == ["vllm 0.23.1 is installed; verl 0.9.1 pins 0.24.0",
+                                         "flash-attn 2.8.3 (verl's pin) does not import: ImportError: undefined symbol"]
+    assert stack.problems(pins, {**bad, "vllm": good["vllm"]}, need_flash_attn=False) == []
+
+
+def test_install_script_refuses_an_old_driver_before_installing_anything(tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '550.54.15'\n")
+    smi.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "scripts/install_gpu.sh")], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", "VIRTUAL_ENV": str(tmp_path / "venv")})
+    assert proc.returncode == 2 and "NVIDIA driver 550.54.15" in proc.stderr and "need driver 580 or newer" in proc.stderr
+    assert "[2/5]" not in proc.stderr  # stopped before pip ran
+    assert re.search(r"docs/gpu\.md 'Older drivers'", proc.stderr)
