@@ -11,7 +11,7 @@ Steps, each recorded in ``<out>/gpu_check.json`` with its outcome:
 2. the CUDA estimator test (``tests/test_estimator.py -m cuda``: CUDA against CPU, the device kept);
 3. the benchmark's CUDA path (``benchmarks/bench_advantage.py --device cuda --quick``);
 4. the memory plan of the recipe's runs (both models, 4 and 8 GPUs of this card) against this device's total and
-   free memory (``python -m bnpo.verl.memory_plan --device``).
+   free memory (``python -m bnpo.verl.preflight.memory_plan --device``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in MODELS:
             for gpus in NODE_SIZES:
                 name = f"{model.split('/')[-1]}_{gpus}gpus"
-                plans[name] = run([sys.executable, "-m", "bnpo.verl.memory_plan", "--device", "--model", model,
+                plans[name] = run([sys.executable, "-m", "bnpo.verl.preflight.memory_plan", "--device", "--model", model,
                                    "--gpus", str(gpus), "--json", os.path.join(args.out, f"plan_{name}.json")],
                                   os.path.join(args.out, f"plan_{name}.log"))
                 with open(os.path.join(args.out, f"plan_{name}.json")) as f:

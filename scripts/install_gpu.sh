@@ -11,7 +11,7 @@
 #    prebuilt wheel for CUDA 13 / torch 2.11 / this Python; otherwise pip builds it (flash-attn's setup first looks
 #    for a prebuilt wheel of its own, then compiles with nvcc: an hour or more, MAX_JOBS parallel jobs, ~4 GB each).
 # 4. This project with its gpu extra: verl[vllm,fsdp]==0.9.1 (vllm 0.24.0, transformers 5.9.0) and math-verify.
-# 5. The check: the installed versions against verl's pins (python -m bnpo.verl.stack).
+# 5. The check: the installed versions against verl's pins (python -m bnpo.verl.preflight.stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN_DRIVER=580
@@ -54,4 +54,4 @@ echo "[4/5] bnpo[gpu]: verl[vllm,fsdp]==0.9.1, math-verify" >&2
 python -m pip install -e ".[gpu]"
 
 echo "[5/5] versions against verl's pins" >&2
-python -m bnpo.verl.stack
+python -m bnpo.verl.preflight.stack

@@ -12,7 +12,7 @@
 #   RAY_ADDRESS         the cluster's dashboard address (required), e.g. http://10.0.0.1:8265
 #   CKPT_DIR            absolute checkpoint folder on storage every node of the cluster sees
 #                       (trainer.default_local_dir); required. The job's pre-flight checks that every
-#                       node sees it, the data and a local model (bnpo.verl.storage)
+#                       node sees it, the data and a local model (bnpo.verl.preflight.storage)
 #   RUN_SCRIPT          the run script the job executes (default scripts/run_qwen_math_7b.sh)
 #   the run scripts' variables (MODEL_PATH, DATA_DIR, NNODES, ADV_ESTIMATOR, ... see _common.sh):
 #                       those set here are forwarded to the job; the others take their defaults

@@ -11,7 +11,8 @@ import tomllib
 
 from packaging.requirements import Requirement
 
-from bnpo.verl import compat, gpus, stack
+from bnpo.verl import compat
+from bnpo.verl.preflight import gpus, stack
 from recipe_helpers import ROOT
 
 DOC = (ROOT / "docs/gpu.md").read_text()

@@ -1,4 +1,4 @@
-"""The per-GPU memory plan (bnpo.verl.memory_plan) for the recipe's two models on 4 x / 8 x 80 GB and 8 x 40 GB, with
+"""The per-GPU memory plan (bnpo.verl.preflight.memory_plan) for the recipe's two models on 4 x / 8 x 80 GB and 8 x 40 GB, with
 the recipe's settings as verl composes them (DRY_RUN of the run script) and as the plan reads them without verl."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from bnpo.verl import memory_plan
-from bnpo.verl.model_facts import KNOWN_MODELS, UnknownModel, from_hf_config, model_facts
+from bnpo.verl.preflight import memory_plan
+from bnpo.verl.preflight.model_facts import KNOWN_MODELS, UnknownModel, from_hf_config, model_facts
 from recipe_helpers import ROOT, composed
 
 RECIPE = ROOT / "recipe/bnpo/config/bnpo_trainer.yaml"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bnpo.verl import gpus, preflight, stack
+from bnpo.verl.preflight import gpus, stack
+from bnpo.verl.preflight import run as preflight
 from recipe_helpers import ROOT
 
 CONFIG = str(ROOT / "recipe/bnpo/config")

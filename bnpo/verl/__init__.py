@@ -5,9 +5,8 @@ extends verl's trainers when a process imports them (``hooks``): ``trainer_v1``,
 ``trainer_separation``, ``trainer_fully_async``, with ``checkpoint`` for the pooled fits; ``startup`` checks a
 bnpo run before Ray starts and ``compat`` names every verl place relied on; ``context`` is what a trainer's
 advantage step shares with the estimators; ``algo_config`` is verl's algorithm dataclass with a ``bnpo`` block.
-``preflight`` (``python -m bnpo.verl.preflight``, the run scripts' DRY_RUN) checks a run before it touches a GPU,
-with ``gpus``, ``stack``, ``storage`` and the per-GPU ``memory_plan`` (``model_facts``: the models' shapes); the
-last two never import verl.
+The subpackage ``preflight`` (``python -m bnpo.verl.preflight``, the run scripts' DRY_RUN) checks a run of the
+paper's recipe before it touches a GPU and plans its GPU memory.
 
 Importing ``bnpo.verl`` imports ``context`` only (no verl): ``from bnpo.verl import estimator_scope``.
 """

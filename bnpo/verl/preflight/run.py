@@ -10,7 +10,7 @@
 3. Checks the attention setting, the GPU stack verl pins (torch, vllm, flash-attn, transformers; CUDA 13 and its
    driver), the data and model files, the checkpoint folder (resume, disk room) and, on a cluster, that every node
    sees them.
-4. Prints the per-GPU memory plan (``bnpo.verl.memory_plan``) for the GPUs found or, without any, for a named card
+4. Prints the per-GPU memory plan (``memory_plan``) for the GPUs found or, without any, for a named card
    (``--gpu`` / BNPO_PLAN_GPU, default the paper's 80 GB), and refuses a plan that does not fit.
 
 ``--dry-run`` (the scripts' DRY_RUN=1) prints the composed config as YAML on stdout, like Hydra's ``--cfg job``,
@@ -31,8 +31,7 @@ from typing import Any, Optional
 from . import gpus, memory_plan, stack, storage
 from .model_facts import UnknownModel, model_facts
 
-RECIPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipe",
-                          "bnpo", "config")
+RECIPE_DIR = memory_plan.RECIPE_DIR
 PACKED_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 

@@ -24,10 +24,14 @@ reason); ``scripts/gpu_check.sh`` measures the CUDA context on a real device. Ne
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .model_facts import ModelFacts
+
+# the checkout's recipe config folder (bnpo/verl/preflight/ -> the checkout's root)
+RECIPE_DIR = os.path.join(os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3)), "recipe", "bnpo", "config")
 
 GIB = 2**30
 MIB = 2**20
@@ -300,17 +304,15 @@ def device_memory() -> list[tuple[str, float, float]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m bnpo.verl.memory_plan``: the recipe's plan for a model on N GPUs of a named card or of this machine."""
+    """``python -m bnpo.verl.preflight.memory_plan``: the recipe's plan for a model on N GPUs of a named card or of this machine."""
     import argparse
     import json
-    import os
     import sys
 
     from .model_facts import model_facts
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    parser = argparse.ArgumentParser(prog="python -m bnpo.verl.memory_plan", description=main.__doc__)
-    parser.add_argument("--recipe", default=os.path.join(here, "..", "..", "recipe", "bnpo", "config", "bnpo_trainer.yaml"))
+    parser = argparse.ArgumentParser(prog="python -m bnpo.verl.preflight.memory_plan", description=main.__doc__)
+    parser.add_argument("--recipe", default=os.path.join(RECIPE_DIR, "bnpo_trainer.yaml"))
     parser.add_argument("--model", default="Qwen/Qwen2.5-Math-7B")
     parser.add_argument("--gpus", type=int, default=4, help="GPUs of one node (default: the paper's 4)")
     parser.add_argument("--gpu", default=DEFAULT_CARD, help=f"a card ({', '.join(CARDS_MIB)}) or GiB")

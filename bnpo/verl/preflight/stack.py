@@ -97,7 +97,7 @@ def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool
 
 
 def main() -> int:
-    """``python -m bnpo.verl.stack``: the installed versions against verl's pins; exit 1 when they differ."""
+    """``python -m bnpo.verl.preflight.stack``: the installed versions against verl's pins; exit 1 when they differ."""
     pins, found = wanted(), installed()
     for dist, version in pins.items():
         got = found.get(dist, {})
