@@ -107,7 +107,16 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "bnpo", bnpo={"fit_halflife": 10.0}, description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"
     ),
     "bnpo_posterior": EstimatorSpec(
-        "bnpo", bnpo={"baseline": "posterior_mean"}, description="BNPO, baseline: posterior mean of p(q) under Beta(a, b)"
+        "bnpo", bnpo={"baseline": "posterior_mean"},
+        description="BNPO, baseline: posterior mean of p(q) under the deconvolved Beta prior",
+    ),
+    # issue 18: the empirical-Bayes leave-one-out baseline, alone (weight 1) and with BNPO's weight
+    "eb_loo": EstimatorSpec(
+        "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "baseline": "eb_loo"},
+        description="REINFORCE with the eb_loo baseline: BNPO at (1, 1), baseline: eb_loo",
+    ),
+    "bnpo_eb_loo": EstimatorSpec(
+        "bnpo", bnpo={"baseline": "eb_loo"}, description="BNPO, adaptive (alpha, beta), baseline: eb_loo"
     ),
 }
 
