@@ -71,7 +71,7 @@ from .theory import (
     theorem_normaliser,
     theorem_variance,
 )
-from .task import build_policy, response_log_probs
+from .task import response_log_probs
 
 # Two regimes of per-question success rates, as overrides of the training demo's Settings (measured a, b: README).
 REGIMES: dict[str, dict[str, Any]] = {
@@ -268,7 +268,7 @@ def probe_snapshot(
     p: ProbeSettings, s: Settings, regime: str, seed: int, step: int, state: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
     """Every measurement at one snapshot (a fixed policy): a JSON-ready dict."""
-    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model = s.policy(seed)
     model.load_state_dict(state)
     stream = (regime, seed, step)  # this snapshot's own random streams (with the purpose of each draw)
     tick = {"regime": regime, "seed": seed, "step": step}

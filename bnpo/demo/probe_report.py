@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .portable import machine
 from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
 
 MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
@@ -121,7 +122,7 @@ def summarize(points: list[dict], p: ProbeSettings) -> dict[str, Any]:
                 for step in sorted(p.snapshots)
             },
         }
-    return {"settings": asdict(p), "regimes": regimes, "points": points}
+    return {"settings": asdict(p), "machine": machine(), "regimes": regimes, "points": points}
 
 
 def _pm(mean: float, sd: float, digits: int = 2) -> str:
