@@ -51,12 +51,12 @@ class GradientSums:
             return math.nan
         return (self.total.pow(2).sum().item() - self.squared_norms) / (k * (k - 1))
 
-    def trace(self) -> float:
-        """Unbiased tr Cov(g); nan with fewer than 2 gradients."""
-        k = self.count
-        if k < 2:
-            return math.nan
-        return max(self.squared_norms - self.total.pow(2).sum().item() / k, 0.0) / (k - 1)
+
+
+def trace_covariance(grads: torch.Tensor) -> float:
+    """Unbiased tr Cov(g) of K gradients (K, P), from the deviations themselves (exactly 0 when they agree)."""
+    g = grads.to(torch.float64)
+    return (g - g.mean(dim=0)).pow(2).sum().item() / (g.shape[0] - 1)
 
 
 def relative_noise(grads: torch.Tensor) -> float:
@@ -80,11 +80,10 @@ def per_batch_noise(grads: torch.Tensor) -> float:
     inf when the mean is not resolved (the estimate of ||E g||^2 is not positive): K is too small for this
     estimator's noise; 0 when the gradients agree.
     """
-    sums = GradientSums.of(grads)
-    trace = sums.trace()
+    trace = trace_covariance(grads)
     if trace == 0:
         return 0.0
-    signal = sums.signal()
+    signal = GradientSums.of(grads).signal()
     return trace / signal if signal > 0 else math.inf
 
 
@@ -122,7 +121,7 @@ def measure(grads: torch.Tensor, reference: GradientSums) -> dict[str, float]:
         "unbiased_cosine": unbiased_cosine(sums, reference),
         "cosine": cos.mean().item(),  # shrunk by the noise: kept for comparison
         "grad_norm": grads.to(torch.float64).norm(dim=1).mean().item(),
-        "variance": sums.trace(),  # Theorem 1's quantity: tr Cov of one batch's gradient
+        "variance": trace_covariance(grads),  # Theorem 1's quantity: tr Cov of one batch's gradient
         "signal": sums.signal(),  # unbiased ||E g||^2: per_batch_noise = variance / signal
     }
 

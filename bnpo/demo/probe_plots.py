@@ -21,6 +21,13 @@ def _ratio(value: Any, reference: Any) -> float:
     return value / reference
 
 
+def _save(fig: Any, plt: Any, path: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _log_scale_if_positive(ax: Any, values: list[float]) -> None:
     """A log y-axis when something positive and finite was drawn (a run without any signal draws nothing)."""
     x = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
@@ -69,11 +76,7 @@ def _noise_figure(summary: dict, plt: Any, out: Path) -> Path:
             ax.set_xticks(range(len(estimators)), estimators, rotation=25, fontsize=8)
             ax.legend(fontsize=7)
     fig.suptitle("Gradient noise at fixed policies: a marker per seed, a bar per mean, left to right by snapshot")
-    fig.tight_layout()
-    path = out / "noise.png"
-    fig.savefig(path, dpi=95)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, out / "noise.png", 95)
 
 
 def _fits_figure(summary: dict, plt: Any, out: Path) -> Path:
@@ -99,11 +102,7 @@ def _fits_figure(summary: dict, plt: Any, out: Path) -> Path:
         if fitted:
             axes[row][0].legend(fontsize=7)
     fig.suptitle("BNPO's fitted Beta(a, b) and normaliser (α, β) at each seed@step: median ± IQR/2 over the K batches")
-    fig.tight_layout()
-    path = out / "fits.png"
-    fig.savefig(path, dpi=95)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, out / "fits.png", 95)
 
 
 def _theorem_figure(summary: dict, plt: Any, out: Path) -> Path:
@@ -148,11 +147,7 @@ def _theorem_figure(summary: dict, plt: Any, out: Path) -> Path:
         ax.set(xlabel="p_hat of the question", ylabel="mean κ at the level / mean κ",
                title=f"{regime}: Theorem 1 assumes a flat κ(p_hat)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "theorem.png"
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, out / "theorem.png", 85)
 
 
 def plot(summary: dict, out: Path) -> list[Path]:
