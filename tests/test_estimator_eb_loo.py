@@ -151,3 +151,32 @@ def test_through_the_config_ad_bnpo_and_a_pooled_fit():
     with pytest.raises(ValueError, match=r"algorithm\.bnpo\.baseline='eb' must be one of \['group_mean', "
                                          r"'posterior_mean', 'eb_loo'\]"):
         config_from_algorithm({"bnpo": {"baseline": "eb"}})
+
+
+def test_through_verl_with_its_metrics_and_a_saved_pool():
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from bnpo.verl import estimator_scope
+
+    trl, mask, index = outcome_batch(HAND_REWARDS, HAND_UIDS)
+    data = DataProto.from_dict(tensors={"token_level_rewards": trl, "response_mask": mask},
+                               non_tensors={"uid": index})
+    config = {"adv_estimator": "bnpo", "bnpo": {"baseline": "eb_loo", "fit_halflife": 2.0}}
+
+    def step(state: FitState):
+        with estimator_scope(state) as scope:
+            out = compute_advantage(data.select(deepcopy=True), "bnpo", config=config)
+        return out.batch["advantages"], scope.stats
+
+    state = FitState()
+    step(state)
+    saved = state.state_dict()  # what bnpo writes beside verl's checkpoint
+    advantages, stats = step(state)
+    resumed = FitState()
+    resumed.load_state_dict(saved)
+    again, _ = step(resumed)
+    torch.testing.assert_close(again, advantages)
+    metrics = stats.to_metrics()
+    assert metrics["bnpo/eb_lambda"] == pytest.approx(float((F(16, 157) + F(16, 63) + F(8, 55)) / 3))
+    assert metrics["bnpo/eb_tau2"] == pytest.approx(47 / 192) and metrics["bnpo/fit_weight"] > 3
