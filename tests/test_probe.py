@@ -1,10 +1,10 @@
-"""The gradient-noise probe (``python -m bnpo.demo probe``): its measures against known answers, its gradients
-against the training loss, the pooled-fit protocol, the two regimes, and a real ``--smoke`` run."""
+"""The gradient-noise probe (``python -m bnpo.demo probe``): its gradients against the training loss, the
+per-question gradients, independent draws per snapshot, the pooled-fit protocol, the two regimes, and a real
+``--smoke`` run (the measures themselves: test_probe_measures.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import fields, replace
 from pathlib import Path
 
