@@ -225,3 +225,31 @@ def test_reweighting_bound_by_hand():
     # the middle level twice as informative per unit of E||h||^2: its weight is twice the others'
     skewed = theory.reweighting_bound(level, squared, np.where(level == 2, 1.0, 0.5) * squared, n, m)
     assert skewed["weight"] == pytest.approx([0.5, 1.0, 0.5]) and skewed["ratio"] < 1
+
+
+def test_the_sweep_predicts_from_the_measured_levels_and_the_deconvolved_beta():
+    from bnpo.demo.probe import ProbeSettings, theorem_sweep
+
+    m, questions = 4, 100
+    entry = {"variance": 2.0, "signal": 1.0, "per_batch_noise": 2.0}
+    results = {"reinforce": dict(entry), "t=1": {**entry, "variance": 1.0, "per_batch_noise": 1.0}}
+    kappa = {"mean": [4.0, 1.0, float("nan")], "count": [10, 30, 0], "overall": 1.75}
+    fit = theory.deconvolved_fit(np.array([0.25, 0.5, 0.75, 0.5]), np.array([0.25, 1 / 3, 0.25, 1 / 3]),
+                                 np.full(4, 4.0))
+    sweep = theorem_sweep(ProbeSettings(theorem_scales=(1.0,)), m, results, {"t=1": (2.0, 1.0)}, 2.0, 2.0, fit,
+                          kappa, questions)
+    row = sweep["t=1"]
+    assert row["variance_ratio"] == 0.5 and row["noise_ratio"] == 0.5 and sweep["t=0"]["levels_ratio"] == 1.0
+    # measured levels: 10 questions at 1/4 (kappa 4), 30 at 2/4 (kappa 1); w = 1 / f_N(j/4; 2, 1) = 2 / j
+    weight = {1: 2.0, 2: 1.0}
+    expected = (10 * weight[1] ** 2 * 3 * 4.0 + 30 * weight[2] ** 2 * 4 * 1.0) / (10 * 3 * 4.0 + 30 * 4 * 1.0)
+    assert row["levels_ratio"] == pytest.approx(expected)
+    # the deconvolved Beta's levels, with the empty level's kappa the overall mean
+    pmf = theory.level_pmf(m, fit)
+    kappas = [4.0, 1.0, 1.75]
+    w = [1 / (2 * j / m) for j in (1, 2, 3)]
+    expected = sum(pmf[j] * w[j - 1] ** 2 * j * (m - j) * kappas[j - 1] for j in (1, 2, 3)) / sum(
+        pmf[j] * j * (m - j) * kappas[j - 1] for j in (1, 2, 3))
+    assert row["predicted_ratio"] == pytest.approx(expected)
+    assert row["paper_ratio"] == pytest.approx(theory.theorem_variance(2.0, 1.0, 2.0, 2.0)
+                                               / theory.theorem_variance(1.0, 1.0, 2.0, 2.0))

@@ -38,7 +38,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -229,20 +229,29 @@ def warmup_fits(s: Settings, warmup: list[DataProto]) -> tuple[torch.Tensor, Any
 
 
 def theorem_sweep(
-    p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict, kappa: dict
+    p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict, kappa: dict,
+    questions: int,
 ) -> dict[str, dict]:
-    """The fixed-normaliser sweep: measured variance, signal and noise against t = 0 (REINFORCE), beside the
-    paper's prediction (``paper_ratio``), the prediction for the estimator as it is (``predicted_ratio``: finite m,
-    deconvolved p, kappa by level) and the same with a flat kappa (``flat_ratio``)."""
+    """The fixed-normaliser sweep: measured variance, signal and noise against t = 0 (REINFORCE), beside four
+    predictions of the variance ratio, from the most to the least of Theorem 1's model:
+
+        paper_ratio      the paper's formula: continuous p ~ Beta(a, b) fitted to p_hat, flat kappa
+        flat_ratio       the estimator's m + 1 levels of p_hat, Beta-binomial with the deconvolved Beta, flat kappa
+        predicted_ratio  the same with the mean kappa measured at each level (the estimator as it is)
+        levels_ratio     the levels' frequencies as measured (``questions`` drawn) instead of the Beta's, kappa
+                         measured: no model of p at all, a check that the levels and kappa explain the variance
+    """
     pmf = level_pmf(m, fit) if fit["n0"] > 0 else None  # n0 <= 0: a spread no Beta has
+    # a level without any question has no kappa: it takes the mean of all (it then weighs P(level), tiny there)
     measured = np.nan_to_num(np.asarray(kappa["mean"], dtype=np.float64), nan=kappa["overall"])
     flat = np.ones(m - 1)
+    frequency = np.concatenate([[0.0], np.asarray(kappa["count"], dtype=np.float64) / questions, [0.0]])
 
-    def finite(alpha: float, beta: float, by_level: np.ndarray) -> float:
-        return finite_m_variance(alpha, beta, pmf, by_level) if pmf is not None else math.nan
+    def finite(alpha: float, beta: float, by_level: np.ndarray, levels: Optional[np.ndarray]) -> float:
+        return finite_m_variance(alpha, beta, levels, by_level) if levels is not None else math.nan
 
-    base = {"measured": finite(1.0, 1.0, measured), "flat": finite(1.0, 1.0, flat),
-            "paper": theorem_variance(1.0, 1.0, a, b)}
+    predictions = {"predicted_ratio": (measured, pmf), "flat_ratio": (flat, pmf), "levels_ratio": (measured, frequency)}
+    base = {key: finite(1.0, 1.0, *args) for key, args in predictions.items()}
     reference = results[REFERENCE]
     sweep = {"t=0": {"t": 0.0, "alpha": 1.0, "beta": 1.0, **reference}}
     for t, key in zip(p.theorem_scales, theorem):
@@ -253,9 +262,9 @@ def theorem_sweep(
         entry["variance_ratio"] = _ratio(entry["variance"], reference["variance"])
         entry["signal_ratio"] = _ratio(entry["signal"], reference["signal"])
         entry["noise_ratio"] = _ratio(entry["per_batch_noise"], reference["per_batch_noise"])
-        entry["predicted_ratio"] = _ratio(finite(alpha, beta, measured), base["measured"])
-        entry["flat_ratio"] = _ratio(finite(alpha, beta, flat), base["flat"])
-        entry["paper_ratio"] = theorem_variance(alpha, beta, a, b) / base["paper"]  # nan without a fit
+        for key, args in predictions.items():
+            entry[key] = _ratio(finite(alpha, beta, *args), base[key])
+        entry["paper_ratio"] = _ratio(theorem_variance(alpha, beta, a, b), theorem_variance(1.0, 1.0, a, b))
     return sweep
 
 
@@ -317,8 +326,8 @@ def probe_snapshot(
     level = np.asarray(levels, dtype=np.int64)
     kappa_values = np.asarray(squared) / (m * (level / m) * (1 - level / m)) if levels else np.zeros(0)
     kappa = kappa_by_level(level / m, kappa_values, m, p.kappa_min_count)
-    sweep = theorem_sweep(p, m, results, theorem, a, b, deconvolved, kappa)
     questions = p.batches * s.prompts_per_step
+    sweep = theorem_sweep(p, m, results, theorem, a, b, deconvolved, kappa, questions)
     return {
         "regime": regime,
         "seed": seed,

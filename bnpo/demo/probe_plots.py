@@ -110,7 +110,8 @@ def _theorem_figure(summary: dict, plt: Any, out: Path) -> Path:
     steps = sorted(summary["settings"]["snapshots"])
     markers = dict(zip(steps, "o^sDv*"))
     curves = (("variance_ratio", "measured variance", "o-"),
-              ("predicted_ratio", "predicted: the estimator (finite m, κ by level)", "s--"),
+              ("levels_ratio", "predicted: measured levels and κ", "d--"),
+              ("predicted_ratio", "predicted: Beta of p, κ by level", "s--"),
               ("paper_ratio", "the paper's formula", "x:"),
               ("noise_ratio", "measured per-batch noise", "^-"))
     fig, axes = plt.subplots(len(regimes), len(steps) + 1, figsize=(5 * (len(steps) + 1), 4 * len(regimes)),

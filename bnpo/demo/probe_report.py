@@ -14,8 +14,8 @@ from .portable import machine
 from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
 
 MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
-SWEEP = ("alpha", "beta", "variance_ratio", "predicted_ratio", "flat_ratio", "paper_ratio", "signal_ratio",
-         "noise_ratio")
+SWEEP = ("alpha", "beta", "variance_ratio", "levels_ratio", "predicted_ratio", "flat_ratio", "paper_ratio",
+         "signal_ratio", "noise_ratio")
 OUTPUTS = ("probe_summary.json", "table.md", "noise.png", "fits.png", "theorem.png")
 
 
@@ -185,8 +185,9 @@ def _fit_table(snapshots: dict) -> list[str]:
 
 
 def _sweep_table(snapshots: dict) -> list[str]:
-    lines = ["", "| step | t | α, β | variance / t = 0 | predicted: the estimator as it is | predicted: flat κ "
-             "| the paper's formula | ‖E g‖² / t = 0 | per-batch noise / t = 0 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| step | t | α, β | variance / t = 0 | predicted from the measured levels and κ "
+             "| predicted: Beta of p (deconvolved), κ by level | predicted: Beta of p, flat κ | the paper's formula "
+             "| ‖E g‖² / t = 0 | per-batch noise / t = 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for step, snapshot in snapshots.items():
         for e in snapshot["theorem"].values():
             cells = [f"{e['alpha']:.2f}, {e['beta']:.2f}"]
@@ -217,12 +218,13 @@ def _regime_tables(regime: str, r: dict) -> list[str]:
     seeds = len(next(iter(snapshots.values()))["seeds"])
     fits = "; ".join(
         f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])} (a + b = "
-        f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 = {_pm(e['n0'], e['n0_sd'], 1)}, "
-        f"reward {e['reward']:.2f}"
+        f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 per seed "
+        + ", ".join("inf" if math.isinf(n0) else f"{n0:.0f}" for n0 in e["n0_per_seed"])
+        + f", reward {e['reward']:.2f}"
         for step, e in snapshots.items()
     )
-    lines = [f"**{regime}** ({r['description']}). Beta fit of the snapshot's p_hat and the deconvolved n0 of p "
-             f"(mean ± sd over {seeds} seeds): {fits}.", ""]
+    lines = [f"**{regime}** ({r['description']}). Beta fit of the snapshot's p_hat (mean ± sd over {seeds} seeds) "
+             f"and the deconvolved n0 of p: {fits}.", ""]
     lines += _estimator_table(snapshots)
     lines += _fit_table(snapshots)
     lines += _sweep_table(snapshots)

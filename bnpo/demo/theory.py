@@ -132,7 +132,9 @@ def reweighting_bound(level: np.ndarray, squared: np.ndarray, along: np.ndarray,
     signal = max(along_all**2 - spread_all / total, 0.0)
     used = c > 0
     gain = float((s2[used] / c[used]).sum())
-    ratio = signal / (c.sum() * gain) if gain > 0 and signal > 0 else math.nan  # nan: the signal is not resolved
+    # nan: the signal is not resolved. At most 1: equal weights (REINFORCE) are one of the weights it chooses from, so
+    # a ratio above 1 is the debiasing's sampling noise, not a possible loss.
+    ratio = min(signal / (c.sum() * gain), 1.0) if gain > 0 and signal > 0 else math.nan
     weight = np.where(used, s / np.where(used, c, 1.0), math.nan)
     middle = weight[m // 2 - 1]
     relative = weight / middle if np.isfinite(middle) and middle != 0 else np.full(m - 1, math.nan)
