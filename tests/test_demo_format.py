@@ -85,3 +85,14 @@ def test_a_short_format_run_writes_rates_per_seed(tmp_path):
     assert (out / "format.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "table.md").read_text().splitlines()[0] in stdout
     assert summary["machine"]["portable"] is False and summary["machine"]["cpu"]
+
+
+def test_late_accuracy_and_paired_differences():
+    from bnpo.demo.format_report import late_accuracy, paired_differences
+
+    evals = [{"step": 0, "acc": 0.1}, {"step": 50, "acc": 0.5}, {"step": 100, "acc": 0.7}, {"step": 200, "acc": 0.9}]
+    assert late_accuracy(evals) == pytest.approx(0.8)  # the evaluations at steps 100 and 200
+    summary = {"estimators": {name: {"per_seed": {"0": {"final_acc": acc}, "1": {"final_acc": acc + 0.1}}}
+                              for name, acc in (("a", 0.5), ("b", 0.7))}}
+    differences = paired_differences(summary, lambda e, seed: e["per_seed"][seed]["final_acc"], "b")
+    assert differences == {"a": [pytest.approx(-0.2), pytest.approx(-0.2)]}

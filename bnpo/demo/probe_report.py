@@ -212,6 +212,10 @@ def _level_lines(snapshots: dict) -> list[str]:
     return lines
 
 
+def _n0(n0: float) -> str:
+    return "–" if math.isnan(n0) else "inf" if math.isinf(n0) else f"{n0:.1f}" if n0 < 10 else f"{n0:.0f}"
+
+
 def _regime_tables(regime: str, r: dict) -> list[str]:
     """One regime: the estimators and the limits per snapshot, the fits' spread, the sweep, kappa by level."""
     snapshots = r["snapshots"]
@@ -219,7 +223,7 @@ def _regime_tables(regime: str, r: dict) -> list[str]:
     fits = "; ".join(
         f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])} (a + b = "
         f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 per seed "
-        + ", ".join("inf" if math.isinf(n0) else f"{n0:.0f}" for n0 in e["n0_per_seed"])
+        + ", ".join(_n0(n0) for n0 in e["n0_per_seed"])
         + f", reward {e['reward']:.2f}"
         for step, e in snapshots.items()
     )
