@@ -27,7 +27,7 @@ from .report import format_table, write_outputs
 QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
 # the format variant: reward acc + format, AD-BNPO (components acc, format) against BNPO on the sum and GRPO
 FORMAT = Settings(task_variant="format", estimators=("ad_bnpo", "bnpo_sum", "grpo"), eval_every=25)
-PORTABLE_HELP = "the same numbers on any x86-64 CPU (about 2-2.5x slower; see bnpo/demo/portable.py)"
+PORTABLE_HELP = "the same numbers on any x86-64 CPU (about 2-2.6x slower; see bnpo/demo/portable.py)"
 
 
 def parse_args(

@@ -5,7 +5,7 @@ the default build) and MKL's matrix products (Intel's and AMD's CPUs get differe
 orders. Over hundreds of sampled RL steps the last-bit differences change which tokens are sampled, so two
 machines give different runs. ``--portable`` re-executes the command with the one code path every x86-64 CPU has:
 ATen's default kernels, MKL's conditional numerical reproducibility in its COMPATIBLE branch (documented by Intel
-as the same results on all Intel and compatible processors) and oneDNN limited to SSE4.1. It costs about 2-2.5x
+as the same results on all Intel and compatible processors) and oneDNN limited to SSE4.1. It costs about 2-2.6x
 the time. The variables must be set before torch loads, hence the re-execution.
 """
 
