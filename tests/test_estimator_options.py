@@ -113,23 +113,41 @@ def test_zero_variance_in_the_pool_falls_back(state):
 
 
 def test_posterior_mean_baseline_by_hand():
+    """The prior: the fit's mean and the deconvolved variance Var p = S^2 - E, not the variance of p_hat."""
     cfg = BNPOConfig(baseline="posterior_mean")
     rates = [1.0, 0.0, 0.25, 0.5, 0.75]  # an all-solved and an all-failed question
     rewards, uids, adv, stats = run(rates, cfg, group_size=4)
     p = np.array(rates)
-    mu, var = p.mean(), p.var(ddof=1)
+    mu, var = p.mean(), p.var(ddof=1)  # 0.5, 0.15625
     nu = mu * (1 - mu) / var - 1
     a, b = mu * nu, (1 - mu) * nu
-    alpha, beta = max(1, 1 + a / 3), max(1, 1 + b / 3)
+    alpha, beta = max(1, 1 + a / 3), max(1, 1 + b / 3)  # the normaliser still comes from the fit of p_hat
+    noise = np.mean([4 * r * (1 - r) / 3 / 4 for r in rates])  # E = mean of v_q / m, v_q = m p(1 - p) / (m - 1)
+    n0 = mu * (1 - mu) / (var - noise) - 1  # 1.1818..., where the fit of p_hat says a + b = nu = 0.6
+    assert n0 == pytest.approx(13 / 11) and stats.eb_tau2 == pytest.approx(var - noise)
     expected = []
     for r, u in zip(rewards, uids):
-        m_p = 4 * rates[int(u[1:])]
-        post = (a + m_p) / (a + b + 4)
+        post = (mu * n0 + 4 * rates[int(u[1:])]) / (n0 + 4)
         expected.append((r - post) / beta_pdf(post, alpha, beta))
     torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-9)
     solved = torch.tensor([u == "q0" for u in uids])
     assert (adv[solved] > 0).all() and (adv[~solved].abs() > 0).all()  # every question carries a signal
     assert stats.weight_max < 1e3  # evaluated inside (0, 1): no clamp
+    assert stats.eb_lambda == pytest.approx(n0 / (n0 + 4))
+    assert "bnpo/eb_lambda" in stats.to_metrics()
+
+
+def test_posterior_mean_without_a_deconvolved_spread_is_the_batch_mean():
+    # two samples per question: S^2 = 1/16, while E = mean of v_q / 2 = (3 * 0.25 + 0) / 4 = 3/16, so the
+    # binomial noise explains the whole spread: n0 = inf, every baseline is the batch mean 3/8
+    rates = [0.5, 0.5, 0.5, 0.0]
+    rewards, uids, adv, stats = run(rates, BNPOConfig(baseline="posterior_mean", fixed_alpha=1, fixed_beta=1),
+                                    group_size=2)
+    p = np.array(rates)
+    noise = np.mean([2 * r * (1 - r) / 2 for r in rates])
+    assert p.var(ddof=1) <= noise and stats.eb_tau2 == 0.0 and stats.eb_lambda == 1.0
+    expected = torch.tensor([r - p.mean() for r in rewards], dtype=torch.float64)
+    torch.testing.assert_close(adv, expected)
 
 
 def test_posterior_mean_with_a_fallback_prior_is_the_group_mean():

@@ -1,10 +1,10 @@
-"""The gradient-noise probe (``python -m bnpo.demo probe``): its measures against known answers, its gradients
-against the training loss, the pooled-fit protocol, the two regimes, and a real ``--smoke`` run."""
+"""The gradient-noise probe (``python -m bnpo.demo probe``): its gradients against the training loss, the
+per-question gradients, independent draws per snapshot, the pooled-fit protocol, the two regimes, and a real
+``--smoke`` run (the measures themselves: test_probe_measures.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -15,71 +15,12 @@ from demo_cli import run_demo
 from bnpo.core.pooling import MomentPool
 from bnpo.core.beta import fit_beta_moments
 from bnpo.demo.experiment import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
-from bnpo.demo.measures import (
-    cosines,
-    measure,
-    per_batch_noise,
-    relative_noise,
-    theorem_normaliser,
-    theorem_variance,
-)
-from bnpo.demo.probe import REGIMES, ProbeSettings, assumption_check, batch_gradients, draw_batches, warm_pools
+from bnpo.demo import probe
+from bnpo.demo.measures import GradientSums, measure
+from bnpo.demo.probe import REGIMES, ProbeSettings, batch_gradients, draw_batches, question_gradients, warm_pools
 from bnpo.demo.probe_cli import SMOKE, parse_args
 from bnpo.demo.probe_report import OUTPUTS
 from bnpo.demo.task import build_policy, response_log_probs
-
-# ------------------------------------------------------------------------------------------ the measures
-
-
-def test_identical_gradients_have_no_noise_and_cosine_one():
-    g = torch.randn(1, 50).repeat(6, 1)
-    assert relative_noise(g) == 0.0 and per_batch_noise(g) == 0.0
-    assert torch.allclose(cosines(g, g[0]), torch.ones(6, dtype=torch.float64))
-
-
-def test_hand_made_gradients():
-    # g = (±1, 1): mean (0, 1), every ||g_k - mean||^2 = 1
-    g = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
-    assert relative_noise(g) == pytest.approx(1.0)
-    assert cosines(g, torch.tensor([0.0, 1.0])).tolist() == pytest.approx([2**-0.5, 2**-0.5])
-    # unbiased: tr Cov = 2 / (K - 1) = 2, ||E g||^2 = 1 - 2 / K = 0: the mean is not resolved
-    assert per_batch_noise(g) == math.inf
-    # four gradients around (0, 2): deviations (±1, 0), (0, ±1); spread 1, signal 4
-    g = torch.tensor([[1.0, 2.0], [-1.0, 2.0], [0.0, 3.0], [0.0, 1.0]])
-    assert relative_noise(g) == pytest.approx(1 / 4)
-    assert per_batch_noise(g) == pytest.approx((4 / 3) / (4 - (4 / 3) / 4))
-    assert cosines(g, torch.tensor([0.0, -5.0]))[2].item() == pytest.approx(-1.0)
-    # a zero mean with spread: infinitely noisy; a zero vector has cosine 0
-    assert relative_noise(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == math.inf
-    assert cosines(torch.zeros(1, 2), torch.tensor([1.0, 0.0])).item() == 0.0
-
-
-def test_noise_is_scale_free_and_estimates_the_true_ratio():
-    generator = torch.Generator().manual_seed(0)
-    mean = torch.full((50,), 5 / math.sqrt(50))  # ||E g||^2 = 25; tr Cov = 50: true noise ratio 2
-    g = mean + torch.randn(4000, 50, generator=generator, dtype=torch.float64)
-    for scale in (1e-3, 7.0):
-        assert relative_noise(scale * g) == pytest.approx(relative_noise(g), rel=1e-9)
-        assert per_batch_noise(scale * g) == pytest.approx(per_batch_noise(g), rel=1e-9)
-        assert torch.allclose(cosines(scale * g, mean), cosines(g, mean))
-    assert per_batch_noise(g) == pytest.approx(2.0, rel=0.05)
-    # with K = 8 the K-batch measure is pulled towards K - 1, the unbiased one is not
-    small = [g[i : i + 8] for i in range(0, 4000, 8)]
-    assert sum(relative_noise(x) for x in small) / len(small) == pytest.approx(7 / 8 * 2 / (1 + 2 / 8), rel=0.05)
-
-
-def test_theorem_variance_is_minimised_at_one_plus_a_third():
-    for a, b in ((0.3, 0.2), (3.0, 2.5), (1.0, 6.0)):
-        alpha, beta = theorem_normaliser(1.0, a, b)
-        best = theorem_variance(alpha, beta, a, b)
-        for da, db in ((0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05), (0.1, -0.1)):
-            if alpha + da >= 1 and beta + db >= 1:
-                assert theorem_variance(alpha + da, beta + db, a, b) > best
-        # (1, 1): E[p (1 - p)] under Beta(a, b) = ab / ((a + b)(a + b + 1))
-        assert theorem_variance(1.0, 1.0, a, b) == pytest.approx(a * b / ((a + b) * (a + b + 1)))
-        assert theorem_variance((a + 3) / 2, beta, a, b) == math.inf  # the finiteness bound
-    assert math.isnan(theorem_variance(1.0, 1.0, 0.0, 0.0))  # no fit, no prediction
-
 
 # ---------------------------------------------------------------------------------- gradients at a snapshot
 
@@ -138,12 +79,13 @@ def test_an_estimator_times_a_constant_has_the_same_noise(snapshot):
             grads[name].append(grad)
     stacked = {name: torch.stack(g) for name, g in grads.items()}
     torch.testing.assert_close(stacked["half"], stacked["reinforce"] / 2)
-    reference = stacked["reinforce"].mean(0)
+    reference = GradientSums.of(stacked["reinforce"])
     full, half = measure(stacked["reinforce"], reference), measure(stacked["half"], reference)
-    for key in ("noise", "per_batch_noise", "cosine", "mean_cosine"):
+    for key in ("noise", "per_batch_noise", "cosine", "unbiased_cosine"):
         assert half[key] == pytest.approx(full[key], rel=1e-5), key
     assert half["variance"] == pytest.approx(full["variance"] / 4, rel=1e-5)  # the raw variance is not scale-free
-    assert measure(stacked["bnpo"], reference)["noise"] != pytest.approx(full["noise"], rel=1e-6)
+    assert half["signal"] == pytest.approx(full["signal"] / 4, rel=1e-5)
+    assert measure(stacked["bnpo"], reference)["per_batch_noise"] != pytest.approx(full["per_batch_noise"], rel=1e-6)
 
 
 def test_pooled_fit_uses_a_fresh_copy_of_the_warmed_pool(snapshot):
@@ -167,25 +109,57 @@ def test_pooled_fit_uses_a_fresh_copy_of_the_warmed_pool(snapshot):
     assert stats.a != pytest.approx(float(fit_beta_moments(p_hats[-1]).a))  # not the batch's own fit
 
 
-def test_assumption_check_matches_a_direct_computation(snapshot):
+def test_question_gradients_match_a_direct_computation(snapshot):
     s, model, batches = snapshot
     batch = batches[0]
-    pairs = assumption_check(s, model, batch)
+    direction = torch.nn.functional.normalize(torch.randn(sum(p.numel() for p in model.parameters()),
+                                                          generator=torch.Generator().manual_seed(0),
+                                                          dtype=torch.float64), dim=0)
+    levels, squared, along = question_gradients(s, model, batch, direction)
     reward = batch.batch["token_level_rewards"].sum(1).view(-1, 8)
     mixed = [q for q, p in enumerate(reward.mean(1).tolist()) if 0 < p < 1]
-    assert [p for p, _ in pairs] == [reward[q].mean().item() for q in mixed]
+    assert levels == [int(reward[q].sum().item()) for q in mixed] and len(squared) == len(along) == len(mixed)
     q = mixed[0]
     rows = slice(8 * q, 8 * q + 8)
     centred = reward[q] - reward[q].mean()
     log_prob = response_log_probs(model, batch.batch["prompts"][rows], batch.batch["responses"][rows])
     total = (centred.unsqueeze(1) * log_prob * batch.batch["response_mask"][rows]).sum()
-    squared = sum(g.double().pow(2).sum() for g in torch.autograd.grad(total, list(model.parameters()))).item()
-    assert pairs[0][1] == pytest.approx(squared / (centred.pow(2).sum().item()), rel=1e-4)
+    h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(total, list(model.parameters()))]).double()
+    assert squared[0] == pytest.approx(h.pow(2).sum().item(), rel=1e-4)
+    assert along[0] == pytest.approx((h @ direction).item(), rel=1e-4, abs=1e-6 * h.norm().item())
+
+
+def test_every_snapshot_draws_its_own_batches(snapshot, monkeypatch):
+    """Every (regime, seed, snapshot) and every purpose has its own random streams: no two share a batch."""
+    s, model, _ = snapshot
+    drawn = []
+
+    def recording(settings, policy, key, purpose, count):
+        for batch in draw_batches(settings, policy, key, purpose, count):
+            drawn.append((key, purpose, batch.batch["responses"].clone()))
+            yield batch
+
+    monkeypatch.setattr(probe, "draw_batches", recording)
+    tiny = replace(ProbeSettings(), **{**SMOKE, "estimators": ("reinforce", "bnpo")})
+    state = model.state_dict()
+    for seed, step in ((0, 0), (1, 0), (0, 5)):
+        probe.probe_snapshot(tiny, s, "u_shaped", seed, step, state)  # the same policy every time
+    keys = [(key, purpose) for key, purpose, _ in drawn]
+    assert {key for key, _ in keys} == {("u_shaped", 0, 0), ("u_shaped", 1, 0), ("u_shaped", 0, 5)}
+    assert {purpose for _, purpose in keys} == {"warmup", "reference", "probe"}
+    firsts = {}
+    for key, purpose, responses in drawn:
+        firsts.setdefault((key, purpose), responses)
+    seen = list(firsts.values())
+    for i in range(len(seen)):
+        for j in range(i):
+            assert not torch.equal(seen[i], seen[j])  # the same policy, different random draws
 
 
 # ---------------------------------------------------------------------------- regimes, runs and the CLI
 
 
+@pytest.mark.slow  # about a minute: the unimodal regime's 600-step warm start
 def test_regimes_give_the_advertised_beta_fits():
     """The README's claim: U-shaped success rates fit a, b < 1; the unimodal regime a, b > 1 (seed 0, warm start)."""
     probe = ProbeSettings()
@@ -277,14 +251,18 @@ def test_smoke_summary_has_every_point_and_measure(smoke_run):
     for pt in u_shaped:  # the smoke's u-shaped policy has mixed outcomes: every number is a real one
         for name, entry in pt["estimators"].items():
             assert entry["noise"] > 0 and -1 <= entry["cosine"] <= 1 and entry["grad_norm"] > 0, name
-        for name in ("bnpo", "bnpo_pooled", "bnpo_posterior"):
+        for name in ("bnpo", "bnpo_pooled", "bnpo_posterior", "bnpo_eb_loo"):
             assert set(pt["estimators"][name]["fits"]) == {"a", "b", "alpha", "beta"}
-        assert "fits" not in pt["estimators"]["reinforce"] and "fits" not in pt["estimators"]["grpo"]
-        assert pt["theorem"]["t=0"]["variance_ratio"] == 1.0
+        for name in ("reinforce", "grpo", "eb_loo"):
+            assert "fits" not in pt["estimators"][name]
+        assert pt["theorem"]["t=0"]["variance_ratio"] == 1.0 and pt["theorem"]["t=0"]["predicted_ratio"] == 1.0
+        assert pt["deconvolved"]["n0"] > 0 and 0 < pt["limits"]["baseline"] < 1
+        assert sum(pt["kappa"]["count"]) > 0
     regime = summary["regimes"]["u_shaped"]
-    ratios = [pt["estimators"]["bnpo"]["noise"] / pt["estimators"]["reinforce"]["noise"] for pt in u_shaped]
-    assert regime["all"]["estimators"]["bnpo"]["noise_ratio"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-3)
-    for pt in u_shaped:  # one seed: a snapshot's summary is its point
+    for pt in u_shaped:  # one seed: a snapshot's summary is its point; the ratio is the unbiased noise's
         at = regime["snapshots"][str(pt["step"])]
+        ratio = pt["estimators"]["bnpo"]["per_batch_noise"] / pt["estimators"]["reinforce"]["per_batch_noise"]
+        assert at["estimators"]["bnpo"]["noise_ratio"] == pytest.approx(ratio, rel=1e-3)
+        assert at["estimators"]["bnpo"]["noise_ratio_per_seed"] == [at["estimators"]["bnpo"]["noise_ratio"]]
         assert at["a"] == pytest.approx(pt["a"], rel=1e-3)
-        assert at["estimators"]["grpo"]["noise"] == pytest.approx(pt["estimators"]["grpo"]["noise"], rel=1e-3)
+        assert at["baseline_limit"] == pytest.approx(pt["limits"]["baseline"], rel=1e-3)

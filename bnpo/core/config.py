@@ -20,7 +20,7 @@ REWARD_LIMIT = 1e30
 BETA_PARAM_LIMIT = 1e6
 WEIGHT_LIMIT = 1e30
 HALFLIFE_LIMIT = 1e6
-BASELINES = ("group_mean", "posterior_mean")
+BASELINES = ("group_mean", "posterior_mean", "eb_loo")
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ class BNPOConfig:
     component_weights: optional non-negative weights of the components (default: equal).
     fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in steps (estimator calls)
         over which the fit's moments are pooled across batches (``bnpo.core.pooling``).
-    baseline: "group_mean" (the paper: p_hat) or "posterior_mean", the mean of p(q) under the fitted
-        Beta(a, b) prior, (a + sum of s) / (a + b + m), at which the weight is also evaluated.
+    baseline: "group_mean" (the paper: p_hat); "posterior_mean", the mean of p(q) under a Beta prior with the
+        fit's mean and deconvolved variance, at which the weight is also evaluated; or "eb_loo", the credibility
+        (empirical-Bayes) estimate of p(q) from the question's other samples (``bnpo.core.baselines``).
     """
 
     reward_min: float = 0.0

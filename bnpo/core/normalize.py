@@ -4,6 +4,8 @@ For question q with samples o and rewards mapped to s in [0, 1]:
 
     p_hat(q) = mean_o s(q, o),   A(q, o) = (s(q, o) - p_hat(q)) / f_N(p_hat(q); alpha, beta)
 
+(the paper's group-mean baseline p_hat(q); ``baseline`` picks another, ``bnpo.core.baselines``)
+
 with (alpha, beta) = (1 + a/3, 1 + b/3) (clamped at 1) from a method-of-moments Beta(a, b) fit over
 the batch's p_hat, or fixed by configuration. The degenerate cases are documented in
 ``normalized_outcome``.
@@ -15,8 +17,9 @@ from typing import Optional
 
 import torch
 
-from .beta import fit_beta_moments, inverse_density_weight, optimal_alpha_beta
+from .beta import beta_log_density, fit_beta_moments, inverse_density_weight, optimal_alpha_beta
 from .config import BNPOConfig
+from .baselines import baseline_of
 from .groups import group_stats
 from .pooling import MomentPool
 from .stats import BNPOStats
@@ -36,10 +39,11 @@ def normalized_outcome(
     the samples that enter the statistics (the others get 0); ``pool``, optional, pools the fit's moments
     with earlier batches (``cfg.fit_halflife``).
 
-    Degenerate cases: a singleton question (one sample) has no baseline: advantage 0, and it is
-    kept out of the Beta fit. With the group-mean baseline a question whose rewards are all equal has
-    advantage exactly 0. If the fit has fewer than two questions or zero variance, (alpha, beta) = (1, 1)
-    (REINFORCE with baseline) and the prior of the posterior-mean baseline is (0, 0), i.e. the group mean.
+    Degenerate cases: a singleton question (one sample) is kept out of the Beta fit; with the group-mean and
+    posterior-mean baselines it has no baseline and gets advantage 0 (eb_loo gives it the batch mean). With the
+    group-mean baseline a question whose rewards are all equal has advantage exactly 0. If the fit has fewer than
+    two questions or zero variance, (alpha, beta) = (1, 1) (REINFORCE with baseline) and the posterior-mean
+    baseline has no prior, i.e. it is the group mean. The baselines: ``bnpo.core.baselines``.
     """
     groups = group_stats(s, inverse, num_groups, keep)
     present = groups.count > 0
@@ -52,15 +56,17 @@ def normalized_outcome(
         alpha = s.new_tensor(cfg.fixed_alpha)
         beta = s.new_tensor(cfg.fixed_beta)
 
-    if cfg.baseline == "posterior_mean":
-        centre = posterior_mean(groups.count, groups.p_hat, fit.a, fit.b)
-        silent = groups.count < 2  # all-solved and all-failed questions now carry a signal
-    else:
-        centre = groups.p_hat
-        silent = (groups.count < 2) | groups.constant  # (G,): questions that carry no learning signal
-    weight, clamped = inverse_density_weight(centre, alpha, beta, cfg.max_weight)
+    base = baseline_of(cfg.baseline, s, inverse, groups, fit, keep)
+    # the weight at p_hat (posterior_mean: at its centre); where f_N is 0 there (an all-failed question with
+    # alpha > 1, an all-solved one with beta > 1, a binary singleton) eb_loo's advantage is not 0, and the clamp
+    # would put max_weight (1e6) on it: eb_loo evaluates the weight at the question's credibility estimate instead
+    at = base.weight_at
+    if base.fallback_at is not None:
+        at = torch.where(torch.isneginf(beta_log_density(at, alpha, beta)), base.fallback_at, at)
+    weight, clamped = inverse_density_weight(at, alpha, beta, cfg.max_weight)
+    silent = base.silent
     silent_sample = silent[inverse] if keep is None else silent[inverse] | ~keep
-    advantage = torch.where(silent_sample, 0.0, weight[inverse] * (s - centre[inverse]))
+    advantage = torch.where(silent_sample, 0.0, weight[inverse] * (s - base.per_sample))
 
     informative = ~silent
     samples = groups.count[informative].sum()
@@ -80,17 +86,8 @@ def normalized_outcome(
         clamped_frac=float((groups.count * clamped)[informative].sum() / samples) if any_informative else 0.0,
         fallback=fit.fallback if cfg.adaptive else None,
         fit_weight=pool.weight if pool is not None else float(fit.num_questions),
+        eb_lambda=base.mean_lambda,
+        eb_tau2=base.tau2,
     )
     return advantage, stats
 
-
-def posterior_mean(count: torch.Tensor, p_hat: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """E[p(q) | the question's m scores] under a Beta(a, b) prior: (a + m p_hat) / (a + b + m), (G,).
-
-    The prior is clamped at (0, 0) from below (nu < 0 gives a, b < 0, which are no prior); with a > 0 and
-    b > 0 the mean lies strictly inside (0, 1), where f_N is positive and finite, so an all-failed or
-    all-solved question gets a finite weight. With (0, 0) it is p_hat. Questions with no samples get p_hat.
-    """
-    a, b = a.clamp(min=0.0), b.clamp(min=0.0)
-    shrunk = (a + count * p_hat) / (a + b + count).clamp(min=torch.finfo(torch.float64).tiny)
-    return torch.where(count > 0, shrunk, p_hat)

@@ -7,7 +7,7 @@ from typing import Optional
 
 # The fit's numbers: one Beta fit's. AD-BNPO's top level has one fit per component, so it reports none of these
 # (each component's are under bnpo/<component>/).
-FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight")
+FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight", "eb_lambda", "eb_tau2")
 METRIC_NAMES = (
     "mu",
     "var",
@@ -23,6 +23,8 @@ METRIC_NAMES = (
     "fit_weight",
     "weight_max",
     "clamped_frac",
+    "eb_lambda",
+    "eb_tau2",
 )
 
 
@@ -43,6 +45,9 @@ class BNPOStats:
     weight_max, clamped_frac: largest 1/f_N and fraction of samples whose weight hit max_weight,
         over the samples that carry signal (non-singleton, non-constant questions).
     fallback: None, or why (alpha, beta) fell back to (1, 1).
+    eb_lambda, eb_tau2: ``baseline: eb_loo`` and ``posterior_mean`` only (None otherwise, and not logged): the
+        mean weight lambda of the batch / prior mean in the baseline, over the questions with >= 2 samples, and
+        the deconvolved variance tau^2 of the success rates it was computed from (``bnpo.core.credibility``).
     components: AD-BNPO only: the statistics of each component, by reward key. The top level then holds
         the counts, the maxima of weight_max / clamped_frac and the first fallback, and None for the fit's
         numbers (FIT_NAMES): an average of different components' fits describes no distribution.
@@ -64,6 +69,8 @@ class BNPOStats:
     num_excluded: int = 0
     num_broadcast: int = 0
     fit_weight: Optional[float] = 0.0
+    eb_lambda: Optional[float] = None
+    eb_tau2: Optional[float] = None
     components: dict[str, "BNPOStats"] = field(default_factory=dict)
 
     def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:

@@ -1,7 +1,9 @@
 """Command line of the demo.
 
 ``python -m bnpo.demo [--quick] [--out DIR] [--seeds N] [--steps N] ...``: the training comparison.
+``python -m bnpo.demo format [--quick] ...``: the same with a reward acc + format: AD-BNPO against BNPO and GRPO.
 ``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe.
+Each takes ``--portable``: the same numbers on any x86-64 CPU (bnpo/demo/portable.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .experiment import ESTIMATORS, Settings, run
+from .format_report import write_format_outputs
+from .portable import ensure_portable
 from .probe import run_probe
 from .probe_cli import parse_args as parse_probe_args
 from .probe_report import OUTPUTS as PROBE_OUTPUTS
@@ -21,14 +25,17 @@ from .probe_report import write_outputs as write_probe_outputs
 from .report import format_table, write_outputs
 
 QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
+# the format variant: reward acc + format, AD-BNPO (components acc, format) against BNPO on the sum and GRPO
+FORMAT = Settings(task_variant="format", estimators=("ad_bnpo", "bnpo_sum", "grpo"), eval_every=25)
+PORTABLE_HELP = "the same numbers on any x86-64 CPU (about 2-2.6x slower; see bnpo/demo/portable.py)"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, bool]:
-    defaults = Settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m bnpo.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=Path("bnpo_demo_out"), help="output folder (default: %(default)s)")
+def parse_args(
+    argv: list[str] | None = None, defaults: Settings = Settings(), prog: str = "python -m bnpo.demo",
+    out: str = "bnpo_demo_out",
+) -> tuple[Settings, Path, bool]:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(out), help="output folder (default: %(default)s)")
     parser.add_argument(
         "--quick", action="store_true", help=f"a short run: {QUICK['seeds']} seeds x {QUICK['steps']} steps"
     )
@@ -39,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, bool]:
     )
     parser.add_argument("--workers", type=int, help=f"runs in parallel processes (default: {defaults.workers})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--portable", action="store_true", help=PORTABLE_HELP)
     args = parser.parse_args(argv)
     changes: dict = dict(QUICK) if args.quick else {}
     if args.steps is not None:
@@ -61,8 +69,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, bool]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    ensure_portable(argv)
     if argv[:1] == ["probe"]:
         probe_main(argv[1:])
+        return
+    if argv[:1] == ["format"]:
+        format_main(argv[1:])
         return
     settings, out, show_progress = parse_args(argv)
     start = time.perf_counter()
@@ -70,6 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     summary = write_outputs(results, settings, out)
     what = f"{len(settings.seeds)} seeds x {settings.steps} steps"
     _print_done(format_table(summary), what, start, out, ("summary.json", "metrics.csv", "gradnorm.png", "reward.png"))
+
+
+def format_main(argv: list[str]) -> None:
+    """``python -m bnpo.demo format ...``: the format variant (the demo's options, other defaults)."""
+    settings, out, show_progress = parse_args(argv, FORMAT, "python -m bnpo.demo format", "bnpo_format_out")
+    start = time.perf_counter()
+    results = run(settings, show_progress=show_progress)
+    summary = write_outputs(results, settings, out)
+    table = write_format_outputs(results, summary, settings, out)
+    what = f"format variant, {len(settings.seeds)} seeds x {settings.steps} steps"
+    names = ("summary.json", "metrics.csv", "table.md", "format.png", "gradnorm.png", "reward.png")
+    _print_done(table, what, start, out, names)
 
 
 def probe_main(argv: list[str]) -> None:

@@ -35,7 +35,7 @@ from bnpo.core.pooling import FitState
 from bnpo.core.stats import BNPOStats
 from bnpo.verl.context import estimator_scope
 
-from .task import ReverseTask, build_policy, response_log_probs, sample_responses
+from .task import FormatTask, ReverseTask, build_policy, response_log_probs, sample_responses
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class Settings:
     # task: reverse 1..max_digits digits; longer strings are harder
     min_digits: int = 1
     max_digits: int = 6
+    task_variant: str = "reverse"  # or "format": reward acc + format (``FormatTask``), for AD-BNPO
+    format_rate: float = 0.3  # format variant: the share of warm-start answers that carry the format's marker
     # policy: Qwen2 decoder from a local config, random init (~75K parameters)
     hidden_size: int = 64
     num_layers: int = 2
@@ -76,10 +78,19 @@ class Settings:
     # evaluation: mean reward of eval_samples samples on a fixed held-out question set
     eval_questions: int = 256
     eval_samples: int = 4
+    eval_every: int = 0  # also evaluate every this many RL steps (0: at the start and the end only)
 
     @property
     def task(self) -> ReverseTask:
+        if self.task_variant == "format":
+            return FormatTask(self.min_digits, self.max_digits, self.format_rate)
+        if self.task_variant != "reverse":
+            raise ValueError(f"task_variant={self.task_variant!r}: choose 'reverse' or 'format'.")
         return ReverseTask(self.min_digits, self.max_digits)
+
+    def policy(self, seed: int) -> torch.nn.Module:
+        """A randomly initialised policy of this size and task (vocabulary), seeded."""
+        return build_policy(self.hidden_size, self.num_layers, self.num_heads, seed, self.task.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,23 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "bnpo", bnpo={"fit_halflife": 10.0}, description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"
     ),
     "bnpo_posterior": EstimatorSpec(
-        "bnpo", bnpo={"baseline": "posterior_mean"}, description="BNPO, baseline: posterior mean of p(q) under Beta(a, b)"
+        "bnpo", bnpo={"baseline": "posterior_mean"},
+        description="BNPO, baseline: posterior mean of p(q) under the deconvolved Beta prior",
+    ),
+    # issue 18: the empirical-Bayes leave-one-out baseline, alone (weight 1) and with BNPO's weight
+    "eb_loo": EstimatorSpec(
+        "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "baseline": "eb_loo"},
+        description="REINFORCE with the eb_loo baseline: BNPO at (1, 1), baseline: eb_loo",
+    ),
+    "bnpo_eb_loo": EstimatorSpec(
+        "bnpo", bnpo={"baseline": "eb_loo"}, description="BNPO, adaptive (alpha, beta), baseline: eb_loo"
+    ),
+    # the format variant (reward acc + format in [0, 2]): AD-BNPO against BNPO on the summed score
+    "ad_bnpo": EstimatorSpec(
+        "ad_bnpo", bnpo={"components": ["acc", "format"]}, description="AD-BNPO: acc and format normalised apart"
+    ),
+    "bnpo_sum": EstimatorSpec(
+        "bnpo", bnpo={"reward_max": 2.0}, description="BNPO on the summed score acc + format (reward_max 2)"
     ),
 }
 
@@ -121,6 +148,7 @@ class RunResult:
     initial_reward: float
     final_reward: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)  # held-out {step, reward, <component>...}
     states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # weights after the kept steps
 
 
@@ -152,12 +180,12 @@ def actor_config(s: Settings) -> ActorConfig:
 def warm_start(s: Settings, seed: int) -> dict[str, torch.Tensor]:
     """Supervised next-token training on reference answers; returns the initial weights of every run."""
     task = s.task
-    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model = s.policy(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.warm_start_lr)
     generator = torch.Generator().manual_seed(10_000 + seed)
     for _ in range(s.warm_start_steps):
         prompts = task.sample_prompts(s.warm_start_batch_size, generator)
-        target, counted = task.targets(prompts)
+        target, counted = task.supervised_targets(prompts, generator)
         loss = -masked_mean(response_log_probs(model, prompts, target), counted)
         optimizer.zero_grad()
         loss.backward()
@@ -166,15 +194,17 @@ def warm_start(s: Settings, seed: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(s: Settings, model: torch.nn.Module, seed: int) -> float:
-    """Mean reward on a fixed held-out set; same questions and sampler state for every estimator."""
+def evaluate(s: Settings, model: torch.nn.Module, seed: int) -> dict[str, float]:
+    """Mean reward (and of each reward component) on a fixed held-out set; the same questions and sampler
+    state for every estimator and every evaluation of a seed."""
     task = s.task
     prompts = task.sample_prompts(s.eval_questions, torch.Generator().manual_seed(20_000 + seed))
     prompts = prompts.repeat_interleave(s.eval_samples, dim=0)
     responses, _ = sample_responses(
         model, prompts, task.response_length, s.temperature, torch.Generator().manual_seed(30_000 + seed)
     )
-    return task.reward(prompts, responses).mean().item()
+    scores = {"reward": task.reward(prompts, responses), **task.reward_components(prompts, responses)}
+    return {key: value.mean().item() for key, value in scores.items()}
 
 
 @torch.no_grad()
@@ -190,6 +220,8 @@ def rollout(s: Settings, model: torch.nn.Module, questions: torch.Tensor, sample
     last_token = response_mask.sum(dim=1) - 1
     token_level_rewards = torch.zeros(response_mask.shape, dtype=torch.float32)
     token_level_rewards[torch.arange(len(prompts)), last_token] = task.reward(prompts, responses)
+    for key, value in task.reward_components(prompts, responses).items():  # what a reward function's dict holds
+        batch.non_tensor_batch[key] = value.numpy()
     batch.batch["responses"] = responses
     batch.batch["response_mask"] = response_mask
     batch.batch["token_level_rewards"] = token_level_rewards
@@ -202,7 +234,8 @@ def estimate_advantages(
 ) -> tuple[DataProto, Optional[BNPOStats]]:
     """verl's ``compute_advantage`` with this estimator on a shallow copy of ``batch``, and BNPO's statistics
     (None for other estimators). ``fit_state``: the run's pooled fits (``fit_halflife``)."""
-    with estimator_scope(fit_state) as scope:
+    components = {key: batch.non_tensor_batch[key] for key in (spec.bnpo or {}).get("components", ())}
+    with estimator_scope(fit_state, fields=components) as scope:  # ad_bnpo reads its components from the scope
         # select with the keys named makes a new TensorDict (sharing the tensors): the advantages land on the copy
         scored = compute_advantage(
             batch.select(batch_keys=list(batch.batch.keys())),
@@ -253,8 +286,10 @@ def batch_metrics(s: Settings, batch: DataProto) -> dict[str, float]:
     reward = batch.batch["token_level_rewards"].sum(dim=1)
     p_hat = reward.view(-1, s.rollout_n).mean(dim=1)
     advantage = batch.batch["advantages"][:, 0]  # outcome estimators broadcast one value over the response
+    parts = {key: float(np.mean(batch.non_tensor_batch[key])) for key in s.task.components}
     return {
         "reward": reward.mean().item(),
+        **parts,
         "mixed_frac": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
         "adv_mean": advantage.mean().item(),
         "adv_std": advantage.std().item(),
@@ -298,13 +333,15 @@ def train(
     spec = ESTIMATORS[name]
     fit_state = FitState()  # fit_halflife: this run's pooled fit
     actor_cfg = actor_config(s)
-    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model = s.policy(seed)
     model.load_state_dict(initial_state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=s.lr_warmup_steps)
     questions = torch.Generator().manual_seed(40_000 + seed)  # same data order for every estimator
     sampler = torch.Generator().manual_seed(50_000 + seed)
-    result = RunResult(name, seed, initial_reward=evaluate(s, model, seed), final_reward=math.nan)
+    initial = evaluate(s, model, seed)
+    result = RunResult(name, seed, initial_reward=initial["reward"], final_reward=math.nan)
+    result.evals.append({"step": 0, **initial})
     if 0 in keep_states:
         result.states[0] = copy.deepcopy(model.state_dict())
     for step in range(1, s.steps + 1):
@@ -314,13 +351,18 @@ def train(
         row.update(batch_metrics(s, batch))
         row.update(ppo_update(s, model, optimizer, batch, actor_cfg))
         scheduler.step()
-        for key in ("mu", "var", "a", "b", "alpha", "beta"):
-            row[f"bnpo_{key}"] = getattr(stats, key) if stats is not None else math.nan
+        for key in ("mu", "var", "a", "b", "alpha", "beta"):  # ad_bnpo has one fit per component: none here
+            value = getattr(stats, key) if stats is not None else None
+            row[f"bnpo_{key}"] = math.nan if value is None else value
         result.rows.append(row)
         if step in keep_states:
             result.states[step] = copy.deepcopy(model.state_dict())
+        if s.eval_every and step % s.eval_every == 0 and step < s.steps:
+            result.evals.append({"step": step, **evaluate(s, model, seed)})
         on_step(row)
-    result.final_reward = evaluate(s, model, seed)
+    final = evaluate(s, model, seed)
+    result.evals.append({"step": s.steps, **final})
+    result.final_reward = final["reward"]
     return result
 
 
@@ -329,6 +371,10 @@ def run(s: Settings, show_progress: bool = True) -> list[RunResult]:
     unknown = [name for name in s.estimators if name not in ESTIMATORS]
     if unknown:
         raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)} (--estimators).")
+    decomposed = [name for name in s.estimators if ESTIMATORS[name].adv_estimator == "ad_bnpo"]
+    if decomposed and not s.task.components:
+        raise ValueError(f"{decomposed} decompose the reward into components, which only the format variant has "
+                         "(python -m bnpo.demo format).")
     jobs = [(name, seed) for seed in s.seeds for name in s.estimators]
     tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
     with tqdm(total=len(jobs) * s.steps, desc="RL steps", unit="step", disable=not show_progress) as bar:

@@ -1,18 +1,69 @@
-"""The probe's measures (pure torch / numpy): gradient noise, cosines, spreads, and Theorem 1's variance."""
+"""The probe's measures of K gradients (pure torch / numpy): noise, bias, spreads and kappa by level.
+
+For K independent batch gradients g_k (K, P) of one estimator:
+
+    tr Cov   = sum_k ||g_k - g_bar||^2 / (K - 1)                   unbiased
+    ||E g||^2 = (||sum_k g_k||^2 - sum_k ||g_k||^2) / (K (K - 1))   unbiased (the cross terms only)
+    per-batch noise = tr Cov / ||E g||^2      the noise of one batch's gradient, scale-free, without finite-K bias
+    unbiased cosine = g_bar . r_bar / sqrt(||E g||^2 ||E r||^2)     the angle between the estimator's mean and the
+                      reference's (both debiased): it does not shrink with the estimators' noise, so it isolates
+                      the bias of the direction that reweighting questions brings
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 
+@dataclass
+class GradientSums:
+    """What the unbiased measures need of many gradients, without keeping them: count, sum (P,), sum of ||g||^2."""
+
+    count: int = 0
+    total: torch.Tensor | None = None
+    squared_norms: float = 0.0
+
+    def add(self, grad: torch.Tensor) -> None:
+        """Add one gradient (P,) (accumulated in float64)."""
+        g = grad.to(torch.float64)
+        self.total = g.clone() if self.total is None else self.total + g
+        self.squared_norms += g.pow(2).sum().item()
+        self.count += 1
+
+    @classmethod
+    def of(cls, grads: torch.Tensor) -> "GradientSums":
+        """The sums of K gradients (K, P)."""
+        g = grads.to(torch.float64)
+        return cls(int(g.shape[0]), g.sum(dim=0), g.pow(2).sum().item())
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    def signal(self) -> float:
+        """Unbiased ||E g||^2; nan with fewer than 2 gradients. May be <= 0 when the mean is not resolved."""
+        k = self.count
+        if k < 2:
+            return math.nan
+        return (self.total.pow(2).sum().item() - self.squared_norms) / (k * (k - 1))
+
+
+
+def trace_covariance(grads: torch.Tensor) -> float:
+    """Unbiased tr Cov(g) of K gradients (K, P), from the deviations themselves (exactly 0 when they agree)."""
+    g = grads.to(torch.float64)
+    return (g - g.mean(dim=0)).pow(2).sum().item() / (g.shape[0] - 1)
+
+
 def relative_noise(grads: torch.Tensor) -> float:
     """mean_k ||g_k - g_bar||^2 / ||g_bar||^2 of K gradients (K, P); 0 if they agree, inf if g_bar = 0 and they don't.
 
-    Unchanged when every g_k is multiplied by the same constant. With K finite it is biased low for very noisy
-    estimators (it cannot exceed K - 1); ``per_batch_noise`` removes that bias.
+    Scale-free, but biased toward 1 for noisy estimators (it estimates (K - 1) R / (K + R) for a per-batch noise
+    R and cannot exceed K - 1): kept for comparison only; ``per_batch_noise`` is the probe's measure.
     """
     g = grads.to(torch.float64)
     mean = g.mean(dim=0)
@@ -24,23 +75,30 @@ def relative_noise(grads: torch.Tensor) -> float:
 
 
 def per_batch_noise(grads: torch.Tensor) -> float:
-    """tr Cov(g) / ||E g||^2 of one batch's gradient, estimated without the finite-K bias of ``relative_noise``.
+    """tr Cov(g) / ||E g||^2 of one batch's gradient from K gradients (K, P), both unbiased.
 
-    tr Cov from the unbiased sample variance; ||E g||^2 = ||g_bar||^2 - tr Cov / K. inf when the mean is not
-    resolved (the estimate of ||E g||^2 is not positive): K is too small for this estimator's noise.
+    inf when the mean is not resolved (the estimate of ||E g||^2 is not positive): K is too small for this
+    estimator's noise; 0 when the gradients agree.
     """
-    g = grads.to(torch.float64)
-    k = g.shape[0]
-    mean = g.mean(dim=0)
-    trace = (g - mean).pow(2).sum(dim=1).sum().item() / (k - 1)
-    signal = mean.pow(2).sum().item() - trace / k
+    trace = trace_covariance(grads)
     if trace == 0:
         return 0.0
+    signal = GradientSums.of(grads).signal()
     return trace / signal if signal > 0 else math.inf
 
 
+def unbiased_cosine(grads: GradientSums, reference: GradientSums) -> float:
+    """cos(E g, E r) from two independent sets of gradients, with both squared norms debiased; nan when either
+    mean is not resolved. Not bounded by 1: it is a ratio of estimates (the reference against itself scatters
+    around 1)."""
+    signal, reference_signal = grads.signal(), reference.signal()
+    if not (signal > 0 and reference_signal > 0):
+        return math.nan
+    return (grads.mean @ reference.mean).item() / math.sqrt(signal * reference_signal)
+
+
 def cosines(grads: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """cos(g_k, reference) of K gradients (K, P), (K,) float64; 0 for a zero vector."""
+    """cos(g_k, reference) of K gradients (K, P), (K,) float64; 0 for a zero vector (shrunk by each g_k's noise)."""
     g, r = grads.to(torch.float64), reference.to(torch.float64)
     norms = g.norm(dim=1) * r.norm()
     return torch.where(norms > 0, (g @ r) / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
@@ -53,53 +111,34 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": float(median), "iqr": float(q3 - q1), "sd": float(x.std(ddof=1)) if len(x) > 1 else 0.0}
 
 
-def theorem_variance(alpha: float, beta: float, a: float, b: float) -> float:
-    """Theorem 1's gradient variance at normaliser Beta(alpha, beta) when p ~ Beta(a, b), up to a constant.
-
-    E_p[p (1 - p) / f_N(p)^2] = B(alpha, beta)^2 B(a + 3 - 2 alpha, b + 3 - 2 beta) / B(a, b); inf where the
-    integral diverges (alpha >= (a + 3) / 2 or beta >= (b + 3) / 2); nan when Beta(a, b) is no distribution
-    (a fit that fell back to (0, 0), or a negative nu).
-    """
-    if not (a > 0 and b > 0):
-        return math.nan
-    x, y = a + 3 - 2 * alpha, b + 3 - 2 * beta
-    if x <= 0 or y <= 0:
-        return math.inf
-    return math.exp(2 * _log_beta(alpha, beta) + _log_beta(x, y) - _log_beta(a, b))
-
-
-def _log_beta(x: float, y: float) -> float:
-    return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
-
-
-def theorem_normaliser(t: float, a: float, b: float) -> tuple[float, float]:
-    """(1 + t a/3, 1 + t b/3), at least 1 as BNPO's own choice (t = 1)."""
-    return max(1.0, 1 + t * a / 3), max(1.0, 1 + t * b / 3)
-
-
-def measure(grads: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """The probe's numbers for one estimator at one snapshot, from its K gradients (K, P)."""
-    cos = cosines(grads, reference)
-    mean = grads.to(torch.float64).mean(dim=0)
+def measure(grads: torch.Tensor, reference: GradientSums) -> dict[str, float]:
+    """The probe's numbers for one estimator at one snapshot, from its K gradients (K, P) and the reference's sums."""
+    sums = GradientSums.of(grads)
+    cos = cosines(grads, reference.mean)
     return {
-        "noise": relative_noise(grads),
         "per_batch_noise": per_batch_noise(grads),
-        "cosine": cos.mean().item(),
-        "cosine_sd": cos.std().item(),
-        "mean_cosine": cosines(mean.unsqueeze(0), reference).item(),  # the mean's direction against grad J
+        "noise": relative_noise(grads),  # the biased K-batch ratio the probe used to report
+        "unbiased_cosine": unbiased_cosine(sums, reference),
+        "cosine": cos.mean().item(),  # shrunk by the noise: kept for comparison
         "grad_norm": grads.to(torch.float64).norm(dim=1).mean().item(),
-        "variance": grads.to(torch.float64).sub(mean).pow(2).sum(dim=1).mean().item(),  # Theorem 1's quantity
-        "signal": mean.pow(2).sum().item(),  # ||g_bar||^2: noise = variance / signal
+        "variance": trace_covariance(grads),  # Theorem 1's quantity: tr Cov of one batch's gradient
+        "signal": sums.signal(),  # unbiased ||E g||^2: per_batch_noise = variance / signal
     }
 
 
-def kappa_by_level(pairs: list[tuple[float, float]], m: int) -> dict[str, list[float]]:
-    """kappa of the mixed questions grouped by p_hat = j/m: count, median and median / the median of all."""
-    levels = [j / m for j in range(1, m)]
-    overall = float(np.median([k for _, k in pairs])) if pairs else math.nan
-    count, median = [], []
-    for level in levels:
-        values = [k for p_hat, k in pairs if abs(p_hat - level) < 0.5 / m]
-        count.append(len(values))
-        median.append(float(np.median(values)) if values else math.nan)
-    return {"m": m, "p_hat": levels, "count": count, "median": median, "relative": [v / overall for v in median]}
+def kappa_by_level(p_hat: np.ndarray, kappa: np.ndarray, m: int, min_count: int) -> dict[str, list]:
+    """Mean kappa of the mixed questions at each level p_hat = j/m (j = 1..m-1), (m-1,) lists.
+
+    ``p_hat``, ``kappa``: (n,) per question. ``mean``: the level's mean kappa (nan without questions); ``relative``:
+    that mean over the mean of all questions, shown only for levels with at least ``min_count`` questions (nan
+    otherwise: one question's kappa is no estimate of a level's).
+    """
+    levels = np.arange(1, m)
+    j = np.rint(np.asarray(p_hat, dtype=np.float64) * m).astype(np.int64)
+    kappa = np.asarray(kappa, dtype=np.float64)
+    count = np.array([(j == level).sum() for level in levels])
+    mean = np.array([kappa[j == level].mean() if c else math.nan for level, c in zip(levels, count)])
+    overall = kappa.mean() if kappa.size else math.nan
+    relative = np.where(count >= min_count, mean / overall, math.nan)
+    return {"m": m, "p_hat": (levels / m).tolist(), "count": count.tolist(), "mean": mean.tolist(),
+            "relative": relative.tolist(), "overall": float(overall), "min_count": min_count}

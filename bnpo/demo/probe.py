@@ -1,4 +1,4 @@
-"""``python -m bnpo.demo probe``: the gradient noise of each estimator at a fixed policy.
+"""``python -m bnpo.demo probe``: the gradient noise of each estimator at a fixed policy, and what is possible.
 
 Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; the training
 demo's gradient-norm CV mixes that noise with the policy's drift over the run. The probe holds the policy fixed.
@@ -6,28 +6,30 @@ At snapshots of a training run (``snapshots``: 0 is the warm-started policy) it 
 batches exactly as training does (``prompts_per_step`` questions x ``rollout_n`` samples), and on each batch
 computes every estimator's gradient of the training loss: verl's ``compute_advantage``, then verl's ``vanilla``
 policy loss with the demo's aggregation, before clipping, at old_log_probs = the current log-probs (ratio 1).
-Every estimator sees the same K batches, so the comparison is paired. Per estimator and snapshot:
+Every estimator sees the same K batches, so the comparison is paired. Every (regime, seed, snapshot) draws its
+own batches, and each purpose (warm-up, reference, probe) its own streams. The measures (``measures``):
 
-    noise  = mean_k ||g_k - g_bar||^2 / ||g_bar||^2      g_bar: the mean over the K batches. Scale-free (an
-             estimator times a constant has the same noise); lower is steadier.
-    cosine = cos(g_k, g_ref)  g_ref: the mean REINFORCE gradient over ``reference_batches`` further batches, an
-             unbiased estimate of the direction of the true policy gradient (REINFORCE with the group-mean
-             baseline has expectation (m-1)/m grad J). It combines noise and bias: BNPO and GRPO reweight
-             questions, so their mean is not grad J.
-    fits   = the spread of the fitted a, b, alpha, beta over the K batches (BNPO estimators).
+    per-batch noise  tr Cov(g) / ||E g||^2 of one batch's gradient, both unbiased. Scale-free (an estimator times
+                     a constant has the same noise); lower is steadier.
+    unbiased cosine  cos(E g, grad J) with both squared norms debiased: g_ref, the REINFORCE gradients of
+                     ``reference_batches`` further batches, estimates the direction of grad J (REINFORCE with the
+                     group-mean baseline has expectation (m-1)/m grad J). It does not move with the noise, so it
+                     shows the bias that reweighting questions brings.
+    fits             the spread of the fitted a, b, alpha, beta over the K batches (BNPO estimators).
 
 ``bnpo_pooled`` (``algorithm.bnpo.fit_halflife``) needs a history. Protocol: at each snapshot its pool is warmed
 with ``pool_warmup_batches`` = W batches drawn at the snapshot (W = 4 half-lives: 94% of a stationary pool's
 weight), and each of the K batches is scored with a fresh copy of that warmed pool plus the batch: what a run
 whose policy stood still would see, and the K batches stay independent of each other.
 
-Theorem 1 says (alpha, beta) = (1 + a/3, 1 + b/3) minimises the gradient variance when p ~ Beta(a, b). The probe
-tests it at each snapshot: (a, b) is fitted to the p_hat of the W warm-up batches, and BNPO with the fixed
-normaliser (1 + t a/3, 1 + t b/3) is measured for t in ``theorem_scales`` (t = 0 is REINFORCE, t = 1 the
-theorem's choice). The theorem's own variance is B(alpha, beta)^2 B(a + 3 - 2 alpha, b + 3 - 2 beta) / B(a, b)
-times E||grad log pi||^2, which needs grad log pi uncorrelated with the normalised advantage; the probe checks
-that assumption on ``assumption_batches`` batches: for each question with mixed outcomes,
-kappa = ||sum_o (s_o - p_hat) grad log pi(o)||^2 / (m p_hat (1 - p_hat)) should not depend on p_hat.
+Theory at each snapshot (``theory``). The W warm-up batches give the Beta fit of p_hat (a, b) and the
+deconvolved fit of p. BNPO with the fixed normaliser (1 + t a/3, 1 + t b/3) is measured for t in
+``theorem_scales`` (t = 0 is REINFORCE, t = 1 the theorem's choice) beside two predictions of its variance: the
+paper's formula (continuous p ~ Beta(a, b)) and the one for the estimator as it is (m samples, p deconvolved,
+kappa measured by level). For each question with mixed outcomes of the K batches, kappa = ||h_q||^2 /
+(m p_hat (1 - p_hat)) with h_q = sum_o (s_o - p_hat) grad log pi(o); the theorem assumes it does not depend on
+p_hat. The same h_q, projected on grad J, give the least noise a per-question weight could reach; the deconvolved
+spread gives the least a reward-only baseline could reach.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from verl import DataProto
@@ -58,8 +61,17 @@ from .experiment import (
     train,
     warm_start,
 )
-from .measures import kappa_by_level, measure, spread, theorem_normaliser, theorem_variance
-from .task import build_policy, response_log_probs
+from .measures import GradientSums, kappa_by_level, measure, spread
+from .theory import (
+    deconvolved_fit,
+    eb_limit,
+    finite_m_variance,
+    level_pmf,
+    reweighting_bound,
+    theorem_normaliser,
+    theorem_variance,
+)
+from .task import response_log_probs
 
 # Two regimes of per-question success rates, as overrides of the training demo's Settings (measured a, b: README).
 REGIMES: dict[str, dict[str, Any]] = {
@@ -81,7 +93,9 @@ REFERENCE = "reinforce"  # its mean gradient estimates the direction of the true
 class ProbeSettings:
     """Every setting of the probe. Defaults: about 5 minutes on 2 idle CPU cores."""
 
-    estimators: tuple[str, ...] = ("reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior")
+    estimators: tuple[str, ...] = (
+        "reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior", "eb_loo", "bnpo_eb_loo",
+    )
     regimes: tuple[str, ...] = ("u_shaped", "unimodal")
     seeds: tuple[int, ...] = (0, 1, 2)
     snapshots: tuple[int, ...] = (0, 100)  # RL steps of the training run at which the policy is probed
@@ -90,7 +104,7 @@ class ProbeSettings:
     reference_batches: int = 128  # batches of the reference gradient
     pool_warmup_batches: int = 40  # W: 4 half-lives of bnpo_pooled; also the snapshot's Beta fit for the theorem
     theorem_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # t of (1 + t a/3, 1 + t b/3); t = 0 is reinforce
-    assumption_batches: int = 8  # batches of the per-question check of Theorem 1's assumption
+    kappa_min_count: int = 10  # a level of p_hat with fewer questions shows no kappa estimate
     workers: int = 2  # (regime, seed) jobs in parallel processes
     num_threads: int = 1  # torch intra-op threads per process
     demo_overrides: tuple[tuple[str, Any], ...] = ()  # applied to every regime's Settings (the smoke test's sizes)
@@ -116,7 +130,7 @@ class ProbeSettings:
 
     def units_per_job(self) -> int:
         """Progress units of one (regime, seed) job: its training steps and every batch it draws."""
-        per_snapshot = self.pool_warmup_batches + self.reference_batches + self.batches + self.assumption_batches
+        per_snapshot = self.pool_warmup_batches + self.reference_batches + self.batches
         return max(self.snapshots) + len(self.snapshots) * per_snapshot
 
 
@@ -180,33 +194,92 @@ def warm_pools(specs: dict[str, EstimatorSpec], warmup: list[DataProto]) -> dict
     return pools
 
 
-def assumption_check(s: Settings, model: torch.nn.Module, batch: DataProto) -> list[tuple[float, float]]:
-    """(p_hat, kappa) of each question with mixed outcomes: kappa = ||sum_o (s_o - p_hat) grad log pi(o)||^2 /
-    (m p_hat (1 - p_hat)), from verl's loss on the question's samples with REINFORCE's advantages."""
+def question_gradients(
+    s: Settings, model: torch.nn.Module, batch: DataProto, direction: torch.Tensor
+) -> tuple[list[int], list[float], list[float]]:
+    """Per question with mixed outcomes: its level j (p_hat = j/m), ||h_q||^2 and h_q . direction, where
+    h_q = sum_o (s_o - p_hat) grad log pi(o), from verl's loss on the question's samples with REINFORCE's
+    advantages; ``direction`` (P,) a unit vector. Three lists of equal length (one backward pass per question)."""
     params = [p for p in model.parameters() if p.requires_grad]
     actor_cfg, m = actor_config(s), s.rollout_n
     scored, _ = estimate_advantages(ESTIMATORS[REFERENCE], batch)
     reward = batch.batch["token_level_rewards"].sum(dim=1).view(-1, m)
-    out = []
-    for q, p_hat in enumerate(reward.mean(dim=1).tolist()):
-        if not 0 < p_hat < 1:
+    levels, squared, along = [], [], []
+    for q, successes in enumerate(reward.sum(dim=1).round().long().tolist()):  # questions, not samples
+        if not 0 < successes < m:
             continue
         rows = scored[q * m : (q + 1) * m]  # rollout repeats each question m times, interleaved
         log_prob = response_log_probs(model, rows.batch["prompts"], rows.batch["responses"], s.temperature)
         loss, _ = policy_loss(s, log_prob, rows, actor_cfg)  # seq-mean: -(1/m) sum_o A_o log pi(o)
-        grads = torch.autograd.grad(loss, params)
-        squared = sum(g.double().pow(2).sum() for g in grads).item() * m * m
-        out.append((p_hat, squared / (m * p_hat * (1 - p_hat))))
-    return out
+        h = -m * torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double()
+        levels.append(successes)
+        squared.append(h.pow(2).sum().item())
+        along.append((h @ direction).item())
+    return levels, squared, along
+
+
+def warmup_fits(s: Settings, warmup: list[DataProto]) -> tuple[torch.Tensor, Any, dict[str, float]]:
+    """The warm-up batches' p_hat (n,), its Beta fit, and the deconvolved fit of p (``theory.deconvolved_fit``)."""
+    m = s.rollout_n
+    reward = torch.cat([b.batch["token_level_rewards"].sum(dim=1).view(-1, m) for b in warmup]).double()
+    p_hat = reward.mean(dim=1)
+    within = reward.var(dim=1)  # unbiased: sum (s - p_hat)^2 / (m - 1)
+    count = torch.full_like(p_hat, m)
+    return p_hat, fit_beta_moments(p_hat), deconvolved_fit(p_hat.numpy(), within.numpy(), count.numpy())
+
+
+def theorem_sweep(
+    p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict, kappa: dict,
+    questions: int,
+) -> dict[str, dict]:
+    """The fixed-normaliser sweep: measured variance, signal and noise against t = 0 (REINFORCE), beside four
+    predictions of the variance ratio, from the most to the least of Theorem 1's model:
+
+        paper_ratio      the paper's formula: continuous p ~ Beta(a, b) fitted to p_hat, flat kappa
+        flat_ratio       the estimator's m + 1 levels of p_hat, Beta-binomial with the deconvolved Beta, flat kappa
+        predicted_ratio  the same with the mean kappa measured at each level (the estimator as it is)
+        levels_ratio     the levels' frequencies as measured (``questions`` drawn) instead of the Beta's, kappa
+                         measured: no model of p at all, a check that the levels and kappa explain the variance
+    """
+    pmf = level_pmf(m, fit) if fit["n0"] > 0 else None  # n0 <= 0: a spread no Beta has
+    # a level without any question has no kappa: it takes the mean of all (it then weighs P(level), tiny there)
+    measured = np.nan_to_num(np.asarray(kappa["mean"], dtype=np.float64), nan=kappa["overall"])
+    flat = np.ones(m - 1)
+    frequency = np.concatenate([[0.0], np.asarray(kappa["count"], dtype=np.float64) / questions, [0.0]])
+
+    def finite(alpha: float, beta: float, by_level: np.ndarray, levels: Optional[np.ndarray]) -> float:
+        return finite_m_variance(alpha, beta, levels, by_level) if levels is not None else math.nan
+
+    predictions = {"predicted_ratio": (measured, pmf), "flat_ratio": (flat, pmf), "levels_ratio": (measured, frequency)}
+    base = {key: finite(1.0, 1.0, *args) for key, args in predictions.items()}
+    reference = results[REFERENCE]
+    sweep = {"t=0": {"t": 0.0, "alpha": 1.0, "beta": 1.0, **reference}}
+    for t, key in zip(p.theorem_scales, theorem):
+        alpha, beta = theorem[key]
+        sweep[key] = {"t": t, "alpha": alpha, "beta": beta, **results.pop(key)}
+    for entry in sweep.values():
+        alpha, beta = entry["alpha"], entry["beta"]
+        entry["variance_ratio"] = _ratio(entry["variance"], reference["variance"])
+        entry["signal_ratio"] = _ratio(entry["signal"], reference["signal"])
+        entry["noise_ratio"] = _ratio(entry["per_batch_noise"], reference["per_batch_noise"])
+        for key, args in predictions.items():
+            entry[key] = _ratio(finite(alpha, beta, *args), base[key])
+        entry["paper_ratio"] = _ratio(theorem_variance(alpha, beta, a, b), theorem_variance(1.0, 1.0, a, b))
+    return sweep
+
+
+def _ratio(value: float, reference: float) -> float:
+    """value / reference; nan unless the reference is positive and finite (inf / finite stays inf)."""
+    return value / reference if 0 < reference < math.inf else math.nan
 
 
 def probe_snapshot(
     p: ProbeSettings, s: Settings, regime: str, seed: int, step: int, state: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
     """Every measurement at one snapshot (a fixed policy): a JSON-ready dict."""
-    model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed)
+    model = s.policy(seed)
     model.load_state_dict(state)
-    key = (regime, seed, step)
+    stream = (regime, seed, step)  # this snapshot's own random streams (with the purpose of each draw)
     tick = {"regime": regime, "seed": seed, "step": step}
 
     def progress(phase: str) -> None:
@@ -214,68 +287,63 @@ def probe_snapshot(
 
     specs = {name: ESTIMATORS[name] for name in p.estimators}
     warmup = []
-    for batch in draw_batches(s, model, key, "warmup", p.pool_warmup_batches):
+    for batch in draw_batches(s, model, stream, "warmup", p.pool_warmup_batches):
         warmup.append(batch)
         progress("warm-up")
     pools = warm_pools(specs, warmup)
-    p_hat = torch.cat([b.batch["token_level_rewards"].sum(dim=1).view(-1, s.rollout_n).mean(dim=1) for b in warmup])
-    fit = fit_beta_moments(p_hat)
+    p_hat, fit, deconvolved = warmup_fits(s, warmup)
     a, b = float(fit.a), float(fit.b)
     theorem = {f"t={t:g}": theorem_normaliser(t, a, b) for t in p.theorem_scales}
-    for key, (alpha, beta) in theorem.items():
-        specs[key] = EstimatorSpec("bnpo", bnpo={"fixed_alpha": alpha, "fixed_beta": beta})
+    for name, (alpha, beta) in theorem.items():
+        specs[name] = EstimatorSpec("bnpo", bnpo={"fixed_alpha": alpha, "fixed_beta": beta})
 
-    reference = None
-    for batch in draw_batches(s, model, key, "reference", p.reference_batches):
-        grad = batch_gradients(s, model, batch, {REFERENCE: specs[REFERENCE]}, {})[REFERENCE][0].double()
-        reference = grad if reference is None else reference + grad
+    reference = GradientSums()
+    for batch in draw_batches(s, model, stream, "reference", p.reference_batches):
+        reference.add(batch_gradients(s, model, batch, {REFERENCE: specs[REFERENCE]}, {})[REFERENCE][0])
         progress("reference")
-    reference /= p.reference_batches
+    direction = reference.mean / reference.mean.norm().clamp(min=torch.finfo(torch.float64).tiny)
 
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
     fits: dict[str, dict[str, list[float]]] = {name: {key: [] for key in FIT_KEYS} for name in specs}
-    for batch in draw_batches(s, model, key, "probe", p.batches):
+    levels, squared, along = [], [], []
+    for batch in draw_batches(s, model, stream, "probe", p.batches):
         for name, (grad, stats) in batch_gradients(s, model, batch, specs, pools).items():
             grads[name].append(grad)
             if stats is not None and is_adaptive(specs[name]):
                 for key in FIT_KEYS:
                     fits[name][key].append(getattr(stats, key))
+        for into, values in zip((levels, squared, along), question_gradients(s, model, batch, direction)):
+            into.extend(values)
         progress("probe")
 
-    kappa = []
-    for batch in draw_batches(s, model, key, "assumption", p.assumption_batches):
-        kappa.extend(assumption_check(s, model, batch))
-        progress("assumption")
-
+    m = s.rollout_n
     results = {}
     for name in specs:
         entry = measure(torch.stack(grads[name]), reference)
         if fits[name]["a"]:
             entry["fits"] = {key: spread(values) for key, values in fits[name].items()}
         results[name] = entry
-    reference_variance = results[REFERENCE]["variance"]
-    predicted_reference = theorem_variance(1.0, 1.0, a, b)
-    sweep = {"t=0": {"t": 0.0, "alpha": 1.0, "beta": 1.0, **results[REFERENCE]}}
-    for t, key in zip(p.theorem_scales, theorem):
-        alpha, beta = theorem[key]
-        sweep[key] = {"t": t, "alpha": alpha, "beta": beta, **results.pop(key)}
-    reference_signal = results[REFERENCE]["signal"]
-    for entry in sweep.values():
-        entry["variance_ratio"] = entry["variance"] / reference_variance if reference_variance > 0 else math.nan
-        entry["signal_ratio"] = entry["signal"] / reference_signal if reference_signal > 0 else math.nan
-        entry["predicted_ratio"] = theorem_variance(entry["alpha"], entry["beta"], a, b) / predicted_reference
-        # (nan without a Beta fit; inf where the theorem's variance diverges)
+    level = np.asarray(levels, dtype=np.int64)
+    kappa_values = np.asarray(squared) / (m * (level / m) * (1 - level / m)) if levels else np.zeros(0)
+    kappa = kappa_by_level(level / m, kappa_values, m, p.kappa_min_count)
+    questions = p.batches * s.prompts_per_step
+    sweep = theorem_sweep(p, m, results, theorem, a, b, deconvolved, kappa, questions)
     return {
         "regime": regime,
         "seed": seed,
         "step": step,
         "reward": float(p_hat.mean()),
         "mixed_frac": float(((p_hat > 0) & (p_hat < 1)).double().mean()),
-        "a": a,  # the snapshot's Beta fit over the warm-up batches' p_hat
+        "a": a,  # the Beta fit of the warm-up batches' p_hat (what BNPO fits)
         "b": b,
+        "deconvolved": deconvolved,  # the moments of p behind p_hat (what a baseline should shrink with)
         "estimators": results,
         "theorem": sweep,
-        "kappa": kappa_by_level(kappa, s.rollout_n),
+        "kappa": kappa,
+        "limits": {
+            "baseline": eb_limit(deconvolved["n0"], m),
+            "reweighting": reweighting_bound(level, np.asarray(squared), np.asarray(along), questions, m),
+        },
     }
 
 

@@ -10,7 +10,7 @@ from . import probe
 from .experiment import ESTIMATORS
 from .probe import REGIMES, ProbeSettings
 
-QUICK = {"seeds": (0,), "snapshots": (0,), "batches": 16, "reference_batches": 32, "assumption_batches": 4}
+QUICK = {"seeds": (0,), "snapshots": (0,), "batches": 16, "reference_batches": 32}
 # What the tests run: every code path, tiny sizes, a short warm start (its numbers mean nothing).
 SMOKE = {
     "seeds": (0,),
@@ -18,7 +18,7 @@ SMOKE = {
     "batches": 3,
     "reference_batches": 2,
     "pool_warmup_batches": 2,
-    "assumption_batches": 1,
+    "kappa_min_count": 1,
     "theorem_scales": (1.0,),
     "demo_overrides": (("warm_start_steps", 60), ("prompts_per_step", 8), ("eval_questions", 16)),
 }
@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool
     )
     parser.add_argument("--workers", type=int, help=f"jobs in parallel processes (default: {defaults.workers})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--portable", action="store_true", help="the same numbers on any x86-64 CPU (slower)")
     args = parser.parse_args(argv)
     if args.quick and args.smoke:
         parser.error("--quick and --smoke: choose one")

@@ -1,4 +1,4 @@
-"""What the probe writes: probe_summary.json, table.md (the README's tables) and three figures."""
+"""What the probe writes: probe_summary.json, table.md (docs/demo.md's tables) and three figures (probe_plots)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,52 @@ from typing import Any
 
 import numpy as np
 
+from .portable import machine
 from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
 
-MEASURES = ("noise", "per_batch_noise", "cosine", "mean_cosine", "grad_norm", "variance", "signal")
+MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
+SWEEP = ("alpha", "beta", "variance_ratio", "levels_ratio", "predicted_ratio", "flat_ratio", "paper_ratio",
+         "signal_ratio", "noise_ratio")
 OUTPUTS = ("probe_summary.json", "table.md", "noise.png", "fits.png", "theorem.png")
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); inf if any value is inf."""
+    """Mean and sample standard deviation (0 for one value) of the finite values; inf if any value is inf."""
     x = np.asarray(values, dtype=np.float64)
-    if len(x) == 0:
-        return math.nan, math.nan
     if np.isinf(x).any():
         return math.inf, math.nan
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
 def _ratio(value: float, reference: float) -> float:
-    return value / reference if reference > 0 else math.nan
+    return value / reference if 0 < reference < math.inf else math.nan
 
 
 def _with_sd(entry: dict, key: str, values: list[float]) -> None:
     entry[key], entry[f"{key}_sd"] = _mean_sd(values)
+    entry[f"{key}_per_seed"] = [float(v) for v in values]
+
+
+def noise_ratios(points: list[dict], name: str) -> list[float]:
+    """Per point: the estimator's per-batch noise over REINFORCE's on the same batches (paired)."""
+    return [_ratio(pt["estimators"][name]["per_batch_noise"], pt["estimators"][REFERENCE]["per_batch_noise"])
+            for pt in points]
 
 
 def summarize_estimator(points: list[dict], name: str) -> dict[str, Any]:
-    """One estimator's numbers over some points (seeds, snapshots): mean, spread, and the ratio paired with
+    """One estimator's numbers over some points (seeds): mean, spread, per seed, and the measures paired with
     REINFORCE on the same batches (which cancels most of what the points differ in)."""
     entry: dict[str, Any] = {"points": len(points)}
     for key in MEASURES:
         _with_sd(entry, key, [pt["estimators"][name][key] for pt in points])
-    ratios = [_ratio(pt["estimators"][name]["noise"], pt["estimators"][REFERENCE]["noise"]) for pt in points]
+    ratios = noise_ratios(points, name)
     _with_sd(entry, "noise_ratio", ratios)
     entry["lower_noise_points"] = int(sum(r < 1 for r in ratios))
+    _with_sd(entry, "cosine_gain", [pt["estimators"][name]["unbiased_cosine"]
+                                    - pt["estimators"][REFERENCE]["unbiased_cosine"] for pt in points])
     if all("fits" in pt["estimators"][name] for pt in points):
         entry["fits"] = {
             key: {stat: _mean_sd([pt["estimators"][name]["fits"][key][stat] for pt in points])[0]
@@ -53,128 +66,178 @@ def summarize_estimator(points: list[dict], name: str) -> dict[str, Any]:
 
 
 def summarize_theorem(points: list[dict]) -> dict[str, Any]:
-    """The fixed-normaliser sweep (1 + t a/3, 1 + t b/3) over the points: measured vs predicted variance."""
+    """The fixed-normaliser sweep over the points: measured against predicted variance, signal and noise."""
     out = {}
     for key in points[0]["theorem"]:
         rows = [pt["theorem"][key] for pt in points]
         entry: dict[str, Any] = {"t": rows[0]["t"]}
-        for name in ("alpha", "beta", "variance_ratio", "predicted_ratio", "signal_ratio", "cosine"):
+        for name in SWEEP:
             _with_sd(entry, name, [row[name] for row in rows])
-        noise = [_ratio(row["noise"], pt["theorem"]["t=0"]["noise"]) for row, pt in zip(rows, points)]
-        _with_sd(entry, "noise_ratio", noise)
         out[key] = entry
     return out
 
 
-def summarize_kappa(points: list[dict]) -> dict[str, Any]:
-    """kappa(p_hat) / the point's median, as the median over points; and how many questions each level had."""
-    levels = points[0]["kappa"]["p_hat"]
-    relative = np.array([pt["kappa"]["relative"] for pt in points], dtype=np.float64)
-    counts = np.array([pt["kappa"]["count"] for pt in points]).sum(axis=0)
-    medians = [float(np.nanmedian(column)) if np.isfinite(column).any() else math.nan for column in relative.T]
-    return {"m": points[0]["kappa"]["m"], "p_hat": levels, "count": counts.tolist(), "relative": medians}
+def summarize_levels(points: list[dict]) -> dict[str, Any]:
+    """kappa by level over the points: the questions of every seed together (counts summed, means weighted by
+    count), relative to the overall mean; the best per-question weight, mean over the seeds."""
+    k0 = points[0]["kappa"]
+    count = np.array([pt["kappa"]["count"] for pt in points], dtype=np.float64)
+    mean = np.nan_to_num(np.array([pt["kappa"]["mean"] for pt in points], dtype=np.float64))
+    total = count.sum(axis=0)
+    pooled = np.where(total > 0, (count * mean).sum(axis=0) / np.maximum(total, 1), math.nan)
+    overall = (count * mean).sum() / max(total.sum(), 1)
+    relative = np.where(total >= k0["min_count"], pooled / overall, math.nan)
+    weights = np.array([pt["limits"]["reweighting"]["weight"] for pt in points], dtype=np.float64)
+    best = [float(np.nanmean(column)) if np.isfinite(column).any() else math.nan for column in weights.T]
+    return {"m": k0["m"], "p_hat": k0["p_hat"], "count": total.astype(int).tolist(), "relative": relative.tolist(),
+            "min_count": k0["min_count"], "best_weight": best}
 
 
 def summarize_points(points: list[dict], estimators: tuple[str, ...]) -> dict[str, Any]:
-    """Everything measured at some points: the Beta fit of p_hat, every estimator, the theorem sweep, kappa."""
-    entry: dict[str, Any] = {}
+    """Everything measured at some points: the fits of p_hat and p, every estimator, the sweep, kappa, the limits."""
+    points = sorted(points, key=lambda pt: pt["seed"])
+    entry: dict[str, Any] = {"seeds": [pt["seed"] for pt in points]}
     for key in ("reward", "mixed_frac", "a", "b"):
         _with_sd(entry, key, [pt[key] for pt in points])
+    _with_sd(entry, "n0", [pt["deconvolved"]["n0"] for pt in points])
+    _with_sd(entry, "n0_p_hat", [pt["a"] + pt["b"] for pt in points])  # what a fit of p_hat says n0 is
     entry["estimators"] = {name: summarize_estimator(points, name) for name in estimators}
+    _with_sd(entry, "baseline_limit", [pt["limits"]["baseline"] for pt in points])
+    _with_sd(entry, "reweighting_limit", [pt["limits"]["reweighting"]["ratio"] for pt in points])
     entry["theorem"] = summarize_theorem(points)
-    entry["kappa"] = summarize_kappa(points)
+    entry["kappa"] = summarize_levels(points)
     return entry
 
 
 def summarize(points: list[dict], p: ProbeSettings) -> dict[str, Any]:
-    """probe_summary.json: per regime, over all its points and per snapshot (over seeds); and every point."""
+    """probe_summary.json: per regime and snapshot (over seeds), and every point."""
     regimes = {}
     for regime in p.regimes:
         at = [pt for pt in points if pt["regime"] == regime]
         regimes[regime] = {
             "description": REGIME_DESCRIPTIONS[regime],
             "overrides": REGIMES[regime],
-            "all": summarize_points(at, p.estimators),
             "snapshots": {
                 str(step): summarize_points([pt for pt in at if pt["step"] == step], p.estimators)
                 for step in sorted(p.snapshots)
             },
         }
-    return {"settings": asdict(p), "regimes": regimes, "points": points}
+    return {"settings": asdict(p), "machine": machine(), "regimes": regimes, "points": points}
 
 
 def _pm(mean: float, sd: float, digits: int = 2) -> str:
     if math.isnan(mean):
         return "–"  # nothing to measure: e.g. no gradient at all, or no Beta fit
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(mean) else "inf"
+    if not math.isfinite(mean):
+        return "inf"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{mean:.{digits}f}"
 
 
-def _regime_tables(regime: str, r: dict) -> list[str]:
-    """One regime: the estimators per snapshot, the fits' spread, the Theorem 1 sweep and kappa(p_hat)."""
-    snapshots = r["snapshots"]
-    seeds = next(iter(next(iter(snapshots.values()))["estimators"].values()))["points"]
-    fits = "; ".join(
-        f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])}, reward {e['reward']:.2f}"
-        for step, e in snapshots.items()
-    )
-    header = " | ".join(f"step {step}: noise | ÷ reinforce's (lower at) | cos(g_k, ∇J)" for step in snapshots)
-    lines = [
-        f"**{regime}** ({r['description']}). Beta fit of the snapshot's p_hat (mean ± sd over {seeds} seeds): {fits}.",
-        "",
-        f"| estimator | {header} |",
-        "|---|" + "---|---|---|" * len(snapshots),
-    ]
-    for name in r["all"]["estimators"]:
-        cells = []
-        for e in (snapshot["estimators"][name] for snapshot in snapshots.values()):
-            paired = "1" if name == REFERENCE else \
-                f"{_pm(e['noise_ratio'], e['noise_ratio_sd'], 3)} ({e['lower_noise_points']}/{e['points']})"
-            cells += [_pm(e["noise"], e["noise_sd"]), paired, _pm(e["cosine"], e["cosine_sd"], 3)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    fitted = [name for name, e in r["all"]["estimators"].items() if "fits" in e]
-    if fitted:
-        header = " | ".join(f"step {step}: a, b | α, β" for step in snapshots)
-        lines += ["", f"| fit: median (IQR over the K batches) | {header} |", "|---|" + "---|---|" * len(snapshots)]
-        for name in fitted:
-            cells = []
-            for snapshot in snapshots.values():
-                f = snapshot["estimators"][name]["fits"]
+def _per_seed(e: dict, key: str, digits: int = 3) -> str:
+    """'mean [seed values]' of a paired measure."""
+    values = ", ".join("–" if math.isnan(v) else "inf" if math.isinf(v) else f"{v:.{digits}f}"
+                       for v in e[f"{key}_per_seed"])
+    return f"{_pm(e[key], 0.0, digits).split(' ')[0]} [{values}]"
 
-                def cell(x: str, y: str, digits: int) -> str:
-                    return f"{f[x]['median']:.2f} ({f[x]['iqr']:.{digits}f}), {f[y]['median']:.2f} ({f[y]['iqr']:.{digits}f})"
 
-                cells += [cell("a", "b", 2), cell("alpha", "beta", 3)]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    header = " | ".join(
-        f"step {step}: α, β | variance / t = 0 | Theorem 1's prediction | ‖mean g‖² / t = 0 | noise / t = 0"
-        for step in snapshots
-    )
-    lines += ["", f"| t | {header} |", "|---|" + "---|---|---|---|---|" * len(snapshots)]
-    for key in r["all"]["theorem"]:
+def _estimator_table(snapshots: dict) -> list[str]:
+    steps = list(snapshots)
+    header = " | ".join(f"step {s}: per-batch noise | ÷ reinforce's [per seed] | Δ cos(E g, ∇J)" for s in steps)
+    lines = [f"| estimator | {header} |", "|---|" + "---|---|---|" * len(steps)]
+    for name in next(iter(snapshots.values()))["estimators"]:
         cells = []
         for snapshot in snapshots.values():
-            e = snapshot["theorem"][key]
-            cells += [
-                f"{e['alpha']:.2f}, {e['beta']:.2f}",
-                _pm(e["variance_ratio"], e["variance_ratio_sd"], 3),
-                _pm(e["predicted_ratio"], e["predicted_ratio_sd"], 3),
-                _pm(e["signal_ratio"], e["signal_ratio_sd"], 3),
-                _pm(e["noise_ratio"], e["noise_ratio_sd"], 3),
-            ]
-        lines.append(f"| {snapshots[next(iter(snapshots))]['theorem'][key]['t']:g} | " + " | ".join(cells) + " |")
-    lines.append("")
+            e = snapshot["estimators"][name]
+            if name == REFERENCE:
+                cells += [_pm(e["per_batch_noise"], e["per_batch_noise_sd"]), "1",
+                          f"0 (its own: {_pm(e['unbiased_cosine'], e['unbiased_cosine_sd'], 3)})"]
+            else:
+                cells += [_pm(e["per_batch_noise"], e["per_batch_noise_sd"]), _per_seed(e, "noise_ratio"),
+                          _pm(e["cosine_gain"], e["cosine_gain_sd"], 3)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, key in (("limit: best reward-only baseline", "baseline_limit"),
+                       ("limit: best per-question weight", "reweighting_limit")):
+        cells = []
+        for snapshot in snapshots.values():
+            cells += ["", _per_seed(snapshot, key), ""]
+        lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fit_table(snapshots: dict) -> list[str]:
+    first = next(iter(snapshots.values()))["estimators"]
+    fitted = [name for name, e in first.items() if "fits" in e]
+    if not fitted:
+        return []
+    header = " | ".join(f"step {step}: a, b | α, β" for step in snapshots)
+    lines = ["", f"| fit: median (IQR over the K batches) | {header} |", "|---|" + "---|---|" * len(snapshots)]
+    for name in fitted:
+        cells = []
+        for snapshot in snapshots.values():
+            f = snapshot["estimators"][name]["fits"]
+
+            def cell(x: str, y: str, digits: int) -> str:
+                return f"{f[x]['median']:.2f} ({f[x]['iqr']:.{digits}f}), {f[y]['median']:.2f} ({f[y]['iqr']:.{digits}f})"
+
+            cells += [cell("a", "b", 2), cell("alpha", "beta", 3)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sweep_table(snapshots: dict) -> list[str]:
+    lines = ["", "| step | t | α, β | variance / t = 0 | predicted from the measured levels and κ "
+             "| predicted: Beta of p (deconvolved), κ by level | predicted: Beta of p, flat κ | the paper's formula "
+             "| ‖E g‖² / t = 0 | per-batch noise / t = 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for step, snapshot in snapshots.items():
+        for e in snapshot["theorem"].values():
+            cells = [f"{e['alpha']:.2f}, {e['beta']:.2f}"]
+            cells += [_pm(e[key], e[f"{key}_sd"], 3) for key in SWEEP[2:]]
+            lines.append(f"| {step} | {e['t']:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _level_lines(snapshots: dict) -> list[str]:
+    lines = [""]
     for step, snapshot in snapshots.items():
         k = snapshot["kappa"]
         levels = ", ".join(
-            f"{round(p_hat * k['m'])}/{k['m']}: {_pm(rel, 0.0).split(' ')[0]} (n={count})"
-            for p_hat, rel, count in zip(k["p_hat"], k["relative"], k["count"])
+            f"{round(p * k['m'])}/{k['m']}: {'–' if math.isnan(rel) else f'{rel:.2f}'} (n={count})"
+            for p, rel, count in zip(k["p_hat"], k["relative"], k["count"])
         )
-        lines.append(f"κ(p_hat) / median κ at step {step}: {levels}.  ")
+        weights = ", ".join(f"{round(p * k['m'])}/{k['m']}: {'–' if math.isnan(w) else f'{w:.2f}'}"
+                            for p, w in zip(k["p_hat"], k["best_weight"]))
+        lines.append(f"mean κ(p_hat) / mean κ at step {step} (all seeds' questions; – below n = {k['min_count']}): "
+                     f"{levels}.  ")
+        lines.append(f"best per-question weight w*(p_hat) / w*(1/2) at step {step} (mean over seeds): {weights}.  ")
+    return lines
+
+
+def _n0(n0: float) -> str:
+    return "–" if math.isnan(n0) else "inf" if math.isinf(n0) else f"{n0:.1f}" if n0 < 10 else f"{n0:.0f}"
+
+
+def _regime_tables(regime: str, r: dict) -> list[str]:
+    """One regime: the estimators and the limits per snapshot, the fits' spread, the sweep, kappa by level."""
+    snapshots = r["snapshots"]
+    seeds = len(next(iter(snapshots.values()))["seeds"])
+    fits = "; ".join(
+        f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])} (a + b = "
+        f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 per seed "
+        + ", ".join(_n0(n0) for n0 in e["n0_per_seed"])
+        + f", reward {e['reward']:.2f}"
+        for step, e in snapshots.items()
+    )
+    lines = [f"**{regime}** ({r['description']}). Beta fit of the snapshot's p_hat (mean ± sd over {seeds} seeds) "
+             f"and the deconvolved n0 of p: {fits}.", ""]
+    lines += _estimator_table(snapshots)
+    lines += _fit_table(snapshots)
+    lines += _sweep_table(snapshots)
+    lines += _level_lines(snapshots)
     return lines + [""]
 
 
 def format_tables(summary: dict) -> str:
-    """The probe's results as markdown: per regime and snapshot, the estimators, the fits, Theorem 1's sweep, kappa."""
+    """The probe's results as markdown: per regime, the estimators and limits, the fits, the sweep, kappa."""
     settings = summary["settings"]
     lines = []
     for regime, r in summary["regimes"].items():
@@ -182,130 +245,17 @@ def format_tables(summary: dict) -> str:
     lines.append(
         f"{len(settings['seeds'])} seeds; snapshots at steps {list(settings['snapshots'])} of a `{settings['trainer']}` "
         f"training run; K = {settings['batches']} batches per snapshot; ∇J from {settings['reference_batches']} "
-        f"REINFORCE batches; the pooled fit warmed with {settings['pool_warmup_batches']} batches. Mean ± sd over seeds; "
-        "noise ratios are paired (same batches), with the number of seeds at which the estimator is less noisy."
+        f"REINFORCE batches; the Beta fits and the pooled fit's warm-up from {settings['pool_warmup_batches']} "
+        "batches. Noise: the unbiased per-batch noise tr Cov / ‖E g‖²; its ratio is paired (same batches), mean "
+        "[per seed]. Δ cos: the unbiased cosine of the estimator's mean to ∇J minus REINFORCE's, mean ± sd over seeds."
     )
     return "\n".join(lines)
 
 
-def _points_of(summary: dict, regime: str) -> list[dict]:
-    return [pt for pt in summary["points"] if pt["regime"] == regime]
-
-
-def plot(summary: dict, out: Path) -> list[Path]:
-    """noise.png (noise and cosine per estimator), fits.png (the fits across batches), theorem.png (the sweep)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    regimes = list(summary["regimes"])
-    estimators = summary["settings"]["estimators"]
-    steps = sorted(summary["settings"]["snapshots"])
-    colors = {name: f"C{i}" for i, name in enumerate(estimators)}
-    markers = dict(zip(steps, "o^sDv*"))
-
-    fig, axes = plt.subplots(2, len(regimes), figsize=(6.5 * len(regimes), 7.5), squeeze=False)
-    panels = (("noise", "noise / reinforce's noise (same batches)", "lower"),
-              ("cosine", "cos(g_k, ∇J) - reinforce's (same batches)", "higher"))
-    for col, regime in enumerate(regimes):
-        for row, (key, label, better) in enumerate(panels):
-            ax = axes[row][col]
-            for i, name in enumerate(estimators):
-                for j, step in enumerate(steps):
-                    at = [pt for pt in _points_of(summary, regime) if pt["step"] == step]
-                    values = [pt["estimators"][name][key] for pt in at]
-                    reference = [pt["estimators"][REFERENCE][key] for pt in at]
-                    if key == "noise":
-                        values = [_ratio(v, r) for v, r in zip(values, reference)]
-                    else:
-                        values = [v - r for v, r in zip(values, reference)]
-                    x = i + (j - (len(steps) - 1) / 2) * 0.35
-                    ax.plot([x] * len(values), values, markers[step], color=colors[name], ms=5, alpha=0.7,
-                            label=f"step {step}" if i == 0 else None, mfc="none" if j else colors[name])
-                    ax.plot([x - 0.15, x + 0.15], [np.nanmean(values)] * 2, color=colors[name], lw=2.5)
-            ax.axhline(1.0 if key == "noise" else 0.0, color="gray", lw=0.8, ls=":")
-            ax.set_xticks(range(len(estimators)), estimators, rotation=20)
-            ax.set(ylabel=label, title=f"{regime}: {key} ({better} is better)")
-            ax.legend(fontsize=8)
-    fig.suptitle("Gradient noise at fixed policies: a marker per seed, a bar per mean, left to right by snapshot step")
-    fig.tight_layout()
-    noise_path = out / "noise.png"
-    fig.savefig(noise_path, dpi=100)
-    plt.close(fig)
-
-    fitted = [name for name in estimators if "fits" in summary["regimes"][regimes[0]]["all"]["estimators"][name]]
-    fig, axes = plt.subplots(len(regimes), len(FIT_KEYS), figsize=(16, 3.6 * len(regimes)), squeeze=False)
-    for row, regime in enumerate(regimes):
-        points = _points_of(summary, regime)
-        for col, key in enumerate(FIT_KEYS):
-            ax = axes[row][col]
-            for j, name in enumerate(fitted):
-                x = np.arange(len(points)) + (j - (len(fitted) - 1) / 2) * 0.8 / len(fitted)
-                spread = [pt["estimators"][name]["fits"][key] for pt in points]
-                median = np.array([s["median"] for s in spread])
-                iqr = np.array([s["iqr"] for s in spread])
-                ax.errorbar(x, median, yerr=iqr / 2, fmt="o", color=colors[name], ms=4, capsize=2,
-                            label=name if col == 0 else None)
-            ax.set_xticks(range(len(points)), [f"s{pt['seed']}@{pt['step']}" for pt in points], fontsize=7)
-            ax.set(title=f"{regime}: {key}")
-        if fitted:
-            axes[row][0].legend(fontsize=8)
-    fig.suptitle("BNPO's fitted Beta(a, b) and normaliser (α, β) at each seed@step: median ± IQR/2 over the K batches")
-    fig.tight_layout()
-    fits_path = out / "fits.png"
-    fig.savefig(fits_path, dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(len(regimes), len(steps) + 1, figsize=(5 * (len(steps) + 1), 4 * len(regimes)), squeeze=False)
-    curves = (("variance_ratio", "measured variance", "o-"), ("predicted_ratio", "Theorem 1's variance", "s--"),
-              ("signal_ratio", "measured ||mean g||²", "d-"), ("noise_ratio", "measured noise", "^-"))
-    for row, regime in enumerate(regimes):
-        for col, step in enumerate(steps):
-            ax = axes[row][col]
-            snapshot = summary["regimes"][regime]["snapshots"][str(step)]
-            sweep = list(snapshot["theorem"].values())
-            t = np.array([e["t"] for e in sweep])
-            plotted = []
-            for key, label, style in curves:
-                mean = np.array([e[key] for e in sweep], dtype=np.float64)
-                sd = np.nan_to_num(np.array([e[f"{key}_sd"] for e in sweep], dtype=np.float64))
-                finite = np.isfinite(mean)
-                ax.errorbar(t[finite], mean[finite], yerr=sd[finite], fmt=style, capsize=2, label=label)
-                plotted.extend(mean[finite])
-            ax.axvline(1.0, color="gray", lw=0.8, ls=":")
-            _log_scale_if_positive(ax, plotted)
-            ax.set(xlabel="t: (α, β) = (1 + t a/3, 1 + t b/3); t = 1 is Theorem 1's",
-                   ylabel="relative to t = 0 (REINFORCE)",
-                   title=f"{regime}, step {step}: a = {snapshot['a']:.2f}, b = {snapshot['b']:.2f}")
-            ax.legend(fontsize=7)
-        ax = axes[row][-1]
-        plotted = []
-        for step in steps:
-            k = summary["regimes"][regime]["snapshots"][str(step)]["kappa"]
-            ax.plot(k["p_hat"], k["relative"], markers[step] + "-", label=f"step {step}")
-            plotted.extend(k["relative"])
-        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
-        _log_scale_if_positive(ax, plotted)
-        ax.set(xlabel="p_hat of the question", ylabel="κ / median κ (median over seeds)",
-               title=f"{regime}: Theorem 1 assumes a flat κ(p_hat)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    theorem_path = out / "theorem.png"
-    fig.savefig(theorem_path, dpi=85)
-    plt.close(fig)
-    return [noise_path, fits_path, theorem_path]
-
-
-def _log_scale_if_positive(ax: Any, values: list[float]) -> None:
-    """A log y-axis when something positive and finite was drawn (a run without any signal draws nothing)."""
-    x = np.asarray(values, dtype=np.float64)
-    if (np.isfinite(x) & (x > 0)).any():
-        ax.set_yscale("log")
-
-
 def write_outputs(points: list[dict], p: ProbeSettings, out: Path) -> dict:
     """Write probe_summary.json, table.md and the figures into ``out``; returns the summary."""
+    from .probe_plots import plot
+
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(points, p)
     (out / "probe_summary.json").write_text(json.dumps(_rounded(summary), indent=1, allow_nan=False) + "\n")

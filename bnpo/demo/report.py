@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .experiment import ESTIMATORS, RunResult, Settings
+from .portable import machine
 
 COLUMNS = (
     "estimator",
@@ -47,14 +48,16 @@ RUN_STATS = (
 )
 
 
-def write_metrics_csv(results: list[RunResult], path: Path) -> None:
-    """One row per (estimator, seed, step); statistics an estimator does not produce are left empty."""
+def write_metrics_csv(results: list[RunResult], path: Path, components: tuple[str, ...] = ()) -> None:
+    """One row per (estimator, seed, step); statistics an estimator does not produce are left empty.
+    ``components``: the task's reward components, whose training rates follow the reward column."""
+    columns = (*COLUMNS[:4], *components, *COLUMNS[4:])
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for result in results:
             for row in result.rows:
-                writer.writerow(["" if _is_nan(row[c]) else row[c] for c in COLUMNS])
+                writer.writerow(["" if _is_nan(row[c]) else row[c] for c in columns])
 
 
 def run_stats(result: RunResult) -> dict[str, float]:
@@ -66,7 +69,7 @@ def run_stats(result: RunResult) -> dict[str, float]:
     grad_norm = np.array([row["grad_norm"] for row in result.rows])
     reward = np.array([row["reward"] for row in result.rows])
     last = max(1, len(reward) // 10)
-    return {
+    stats = {
         "initial_reward": result.initial_reward,
         "final_reward": result.final_reward,
         "train_reward_last": float(reward[-last:].mean()),
@@ -75,6 +78,12 @@ def run_stats(result: RunResult) -> dict[str, float]:
         "grad_norm_cv": float(grad_norm.std() / grad_norm.mean()),
         "grad_norm_spike": float(grad_norm.max() / np.median(grad_norm)),
     }
+    if result.evals:  # the held-out rate of each reward component (the format variant's acc and format)
+        first, final = result.evals[0], result.evals[-1]
+        for key in first:
+            if key not in ("step", "reward"):
+                stats[f"initial_{key}"], stats[f"final_{key}"] = first[key], final[key]
+    return stats
 
 
 def summarize(results: list[RunResult], s: Settings) -> dict:
@@ -83,13 +92,14 @@ def summarize(results: list[RunResult], s: Settings) -> dict:
     for name in s.estimators:
         per_seed = {str(r.seed): run_stats(r) for r in results if r.estimator == name}
         entry: dict = {"description": ESTIMATORS[name].description, "seeds": len(per_seed)}
-        for key in RUN_STATS:
+        for key in next(iter(per_seed.values())):  # RUN_STATS, and the components' rates where there are some
             values = np.array([stats[key] for stats in per_seed.values()])
             entry[key] = float(values.mean())
             entry[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         entry["per_seed"] = per_seed
+        entry["evals"] = {str(r.seed): r.evals for r in results if r.estimator == name}
         estimators[name] = entry
-    return {"settings": asdict(s), "estimators": estimators}
+    return {"settings": asdict(s), "machine": machine(), "estimators": estimators}
 
 
 def format_table(summary: dict) -> str:
@@ -173,7 +183,7 @@ def plot(results: list[RunResult], summary: dict, s: Settings, out: Path) -> lis
 def write_outputs(results: list[RunResult], s: Settings, out: Path) -> dict:
     """Write metrics.csv, summary.json and the figures into ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics_csv(results, out / "metrics.csv")
+    write_metrics_csv(results, out / "metrics.csv", s.task.components)
     summary = summarize(results, s)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(results, summary, s, out)
