@@ -64,7 +64,8 @@ env_vars["VERL_USE_EXTERNAL_MODULES"] = "bnpo.verl.plugin"
 runtime_env = {
     "working_dir": os.environ["BNPO_ROOT"],
     "excludes": [
-        ".git", ".venv", "venv", "outputs", "checkpoints", "wandb", "runs", "bnpo_demo_out", "bnpo_probe_out", "data",
+        ".git", ".venv", "venv", "outputs", "checkpoints", "wandb", "runs", "bnpo_demo_out", "bnpo_probe_out",
+        "bnpo_format_out", "gpu_check_out", "data",
         "*.parquet", "*.safetensors", "*.pt", "__pycache__", ".pytest_cache", ".hypothesis",
         "*.egg-info", "build", "dist",
     ] + os.environ.get("EXTRA_EXCLUDES", "").split(),
