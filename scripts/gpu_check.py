@@ -106,13 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                 plans[name] = run([sys.executable, "-m", "bnpo.verl.preflight.memory_plan", "--device", "--model", model,
                                    "--gpus", str(gpus), "--json", os.path.join(args.out, f"plan_{name}.json")],
                                   os.path.join(args.out, f"plan_{name}.log"))
-                with open(os.path.join(args.out, f"plan_{name}.json")) as f:
-                    plans[name]["plan"] = json.load(f)
+                try:  # a plan command that failed early wrote none: its log says why, the other steps go on
+                    with open(os.path.join(args.out, f"plan_{name}.json")) as f:
+                        plans[name]["plan"] = json.load(f)
+                except (OSError, ValueError) as err:
+                    plans[name]["plan"] = None
+                    plans[name]["error"] = f"no plan written ({type(err).__name__}); see {plans[name]['log']}"
     path = os.path.join(args.out, "gpu_check.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     # a plan that does not fit is a finding, not a failure of the check; the test and the benchmark must pass
     failed = [k for k in ("estimator_test", "benchmark") if steps.get(k, {}).get("rc") != 0]
+    failed += [f"memory_plans/{k}" for k, v in steps.get("memory_plans", {}).items() if v["plan"] is None]
     print(f"gpu_check: wrote {path}" + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed or "error" in report else 0
 

@@ -47,6 +47,9 @@ elif [ -n "${FLASH_ATTN_WHEEL:-}" ]; then
   python -m pip install --no-deps "$FLASH_ATTN_WHEEL"
 else
   echo "      building from source (no FLASH_ATTN_WHEEL given): this can take an hour or more" >&2
+  # --no-build-isolation (to compile against the torch of step 2) means flash-attn's setup.py imports its build
+  # tools from this venv, which a fresh one lacks; ninja makes the build parallel
+  python -m pip install setuptools wheel packaging psutil ninja
   MAX_JOBS="${MAX_JOBS:-4}" python -m pip install --no-build-isolation flash-attn==2.8.3
 fi
 

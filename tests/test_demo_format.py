@@ -85,6 +85,9 @@ def test_a_short_format_run_writes_rates_per_seed(tmp_path):
     assert (out / "format.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "table.md").read_text().splitlines()[0] in stdout
     assert summary["machine"]["portable"] is False and summary["machine"]["cpu"]
+    assert (out / "table.md").read_text().splitlines()[-1] == (
+        f"Machine: {summary['machine']['cpu']}, {summary['machine']['cpus']} CPUs, torch {summary['machine']['torch']}, "
+        f"native ({summary['machine']['cpu_capability']} kernels).")
 
 
 def test_late_accuracy_and_paired_differences():

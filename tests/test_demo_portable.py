@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bnpo.demo import portable
 
@@ -51,6 +52,8 @@ def test_the_flag_re_executes_with_the_portable_environment(monkeypatch):
 def test_portable_numbers_do_not_depend_on_the_instruction_set():
     """On one machine: the portable run is the same whichever instruction sets MKL and glibc's libm may use, while
     the native run changes with torch's kernel choice (on an AVX-512 CPU torch picks other kernels than here)."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU's native kernels are already the default ones: no second code path to tell apart")
     native = _hash({})
     assert _hash({"ATEN_CPU_CAPABILITY": "default"}) != native  # the test can tell code paths apart
     runs = {_hash({**portable.PORTABLE_ENV, **extra}) for extra in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -60,3 +61,30 @@ def test_one_version_everywhere():
 
 def test_the_readme_stays_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+README_PROBE_ROWS = {  # the README's probe table: row label -> the estimator (or limit) in probe_summary.json
+    "`bnpo` (the paper)": "bnpo", "`grpo`": "grpo", "`eb_loo` at (α, β) = (1, 1)": "eb_loo",
+    "`posterior_mean` (with BNPO's weight)": "bnpo_posterior",
+    "*limit: best reward-only baseline*": "baseline_limit", "*limit: best per-question weight*": "reweighting_limit",
+}
+
+
+def test_the_readme_probe_table_is_the_committed_probe_run():
+    regimes = json.loads((ROOT / "docs/demo/probe/probe_summary.json").read_text())["regimes"]
+
+    def ratio(regime: str, step: str, name: str) -> str:
+        snapshot = regimes[regime]["snapshots"][step]
+        value = snapshot[name] if name.endswith("_limit") else snapshot["estimators"][name]["noise_ratio"]
+        return f"{value:.3f}"
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and cells[0] in README_PROBE_ROWS:
+            rows[cells[0]] = cells[1:4]
+    assert set(rows) == set(README_PROBE_ROWS)
+    for label, name in README_PROBE_ROWS.items():
+        expected = [f"{ratio('u_shaped', '0', name)} / {ratio('u_shaped', '100', name)}",
+                    ratio("unimodal", "0", name), ratio("unimodal", "100", name)]
+        assert rows[label] == expected, label

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from recipe_helpers import ROOT
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_without_a_cuda_device_it_checks_nothing_and_says_so(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
@@ -36,3 +41,17 @@ def test_the_benchmark_runs_without_verl(tmp_path):
     assert {r["impl"] for r in data["results"]} == {"bnpo", "reference_loop", "floor"}
     assert data["machine"]["verl"] is None
     assert [(c["impl"], c["against"], c["ok"]) for c in data["checks"]] == [("reference_loop", "bnpo", True)]
+
+
+def test_a_plan_that_could_not_be_written_is_a_failure_in_the_report_not_a_crash(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(gpu_check, "device", lambda: {"cuda_available": True})
+    monkeypatch.setattr(gpu_check, "has_pytest", lambda: True)
+    # every step passes, but no plan command writes its JSON (as when it fails before planning)
+    monkeypatch.setattr(gpu_check, "run", lambda cmd, log: {"cmd": " ".join(cmd), "rc": 0, "log": os.path.basename(log)})
+    assert gpu_check.main(["--out", str(tmp_path)]) == 1
+    plans = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["memory_plans"]
+    assert set(plans) == {f"{m}_{g}gpus" for m in ("Qwen2.5-Math-7B", "Qwen2.5-Math-1.5B") for g in (4, 8)}
+    assert all(p["plan"] is None and "no plan written (FileNotFoundError)" in p["error"] for p in plans.values())

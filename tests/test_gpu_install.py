@@ -82,3 +82,36 @@ def test_install_script_refuses_an_old_driver_before_installing_anything(tmp_pat
     assert proc.returncode == 2 and "NVIDIA driver 550.54.15" in proc.stderr and "need driver 580 or newer" in proc.stderr
     assert "[2/5]" not in proc.stderr  # stopped before pip ran
     assert re.search(r"docs/gpu\.md 'Older drivers'", proc.stderr)
+
+
+def _run_install(tmp_path, driver: str, **env) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """install_gpu.sh with a fake nvidia-smi and a fake ``python`` that logs each command (no flash-attn installed)."""
+    log = tmp_path / "python.log"
+    (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\necho '{driver}'\n")
+    (tmp_path / "python").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in "-c import flash_attn"*) exit 1;; esac\nexit 0\n')
+    for tool in ("nvidia-smi", "python"):
+        (tmp_path / tool).chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "scripts/install_gpu.sh")], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", "VIRTUAL_ENV": str(tmp_path / "venv"), **env})
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_install_script_builds_flash_attn_with_its_build_tools_after_torch(tmp_path):
+    proc, calls = _run_install(tmp_path, "580.65.06")
+    assert proc.returncode == 0, proc.stderr
+    pip = [c.removeprefix("-m pip install ") for c in calls if c.startswith("-m pip install")]
+    torch_at = pip.index("torch==2.11.0")
+    build = next(i for i, c in enumerate(pip) if "--no-build-isolation flash-attn==2.8.3" in c)
+    tools = next(i for i, c in enumerate(pip) if c.split()[:1] == ["setuptools"])
+    # without isolation flash-attn's setup.py imports these from the venv: they must be there first
+    assert torch_at < tools < build and {"wheel", "packaging", "ninja"} <= set(pip[tools].split())
+    assert pip[build + 1] == "-e .[gpu]" and calls[-1] == "-m bnpo.verl.preflight.stack"
+
+
+def test_install_script_takes_a_prebuilt_flash_attn_wheel_and_an_old_driver_when_told(tmp_path):
+    wheel = "/wheels/flash_attn-2.8.3+cu130torch2.11-cp311-cp311-linux_x86_64.whl"
+    proc, calls = _run_install(tmp_path, "550.54.15", FLASH_ATTN_WHEEL=wheel, BNPO_ALLOW_OLD_DRIVER="1")
+    assert proc.returncode == 0 and "NVIDIA driver 550.54.15" in proc.stderr, proc.stderr
+    assert f"-m pip install --no-deps {wheel}" in calls
+    assert not any("--no-build-isolation" in c for c in calls)  # nothing built

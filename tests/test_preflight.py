@@ -60,6 +60,13 @@ def test_a_run_gets_every_gpu_of_the_node_unless_told(machine, capsys):
     assert rc == 2 and "needs 1 node(s) x 16 GPU(s)" in err and "this machine has 8 usable GPU(s)" in err
 
 
+def test_a_cluster_with_a_cpu_only_head_gets_every_gpu_of_its_gpu_nodes(machine, capsys):
+    rc, out, err = run(capsys, *machine(gpus.Found([], [0, 8, 8], "a Ray cluster with [0, 8, 8] GPUs")))
+    assert (rc, out) == (0, "trainer.n_gpus_per_node=8\n"), err[-3000:]
+    assert "GPUs: 1 node(s) x 8" in err
+    assert gpus.Found([], [0, 0], "").per_node == 0 and gpus.Found([], [4, 8], "").per_node == 4
+
+
 def test_an_old_driver_is_refused(machine, capsys):
     rc, _, err = run(capsys, *machine(h100s(4, driver="550.54.15")))
     assert rc == 2 and "NVIDIA driver 550.54.15" in err and "need driver 580 or newer" in err

@@ -232,6 +232,9 @@ def test_smoke_run_writes_the_table_and_the_figures(smoke_run):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "table.md").read_text()
     assert table.strip() in stdout
+    machine = json.loads((out / "probe_summary.json").read_text())["machine"]
+    assert table.strip().endswith(f"Machine: {machine['cpu']}, {machine['cpus']} CPUs, torch {machine['torch']}, "
+                                  f"native ({machine['cpu_capability']} kernels).")
     for regime in REGIMES:
         assert f"**{regime}**" in table
     for name in ProbeSettings().estimators:  # a noise row per regime, and a fit row for the adaptive BNPO estimators

@@ -113,7 +113,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "grpo", norm_adv_by_std_in_grpo=False, description="verl's GRPO without std: REINFORCE with baseline"
     ),
     "rloo": EstimatorSpec("rloo", description="verl's RLOO: leave-one-out baseline"),
-    # the opt-in options of algorithm.bnpo (issue 13): a steadier Beta fit, an empirical-Bayes baseline
+    # the opt-in options of algorithm.bnpo: a steadier Beta fit, an empirical-Bayes baseline
     "bnpo_pooled": EstimatorSpec(
         "bnpo", bnpo={"fit_halflife": 10.0}, description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"
     ),
@@ -121,7 +121,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "bnpo", bnpo={"baseline": "posterior_mean"},
         description="BNPO, baseline: posterior mean of p(q) under the deconvolved Beta prior",
     ),
-    # issue 18: the empirical-Bayes leave-one-out baseline, alone (weight 1) and with BNPO's weight
+    # the empirical-Bayes leave-one-out baseline, alone (weight 1) and with BNPO's weight
     "eb_loo": EstimatorSpec(
         "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "baseline": "eb_loo"},
         description="REINFORCE with the eb_loo baseline: BNPO at (1, 1), baseline: eb_loo",

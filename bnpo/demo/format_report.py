@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .experiment import RunResult, Settings
+from .portable import machine_line
 
 
 def _pm(e: dict, key: str) -> str:
@@ -93,5 +94,6 @@ def write_format_outputs(results: list[RunResult], summary: dict, s: Settings, o
         notes += [f"{name} − {against}, {label}, per seed: "
                   + ", ".join("nan" if math.isnan(d) else f"{d:+.3f}" for d in diffs)
                   for name, diffs in differences.items()]
+    notes.append(machine_line(summary["machine"]))
     (out / "table.md").write_text(table + "\n\n" + "  \n".join(notes) + "\n")
     return table + "\n\n" + "\n".join(notes)

@@ -54,3 +54,9 @@ def machine() -> dict[str, object]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "portable": is_portable(),
     }
+
+
+def machine_line(m: dict[str, object]) -> str:
+    """One line naming the machine of ``machine()``'s record, for the tables written beside a summary."""
+    path = "`--portable` (the portable code path)" if m["portable"] else f"native ({m['cpu_capability']} kernels)"
+    return f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, {path}."

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .portable import machine
+from .portable import machine, machine_line
 from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
 
 MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
@@ -247,7 +247,8 @@ def format_tables(summary: dict) -> str:
         f"training run; K = {settings['batches']} batches per snapshot; ∇J from {settings['reference_batches']} "
         f"REINFORCE batches; the Beta fits and the pooled fit's warm-up from {settings['pool_warmup_batches']} "
         "batches. Noise: the unbiased per-batch noise tr Cov / ‖E g‖²; its ratio is paired (same batches), mean "
-        "[per seed]. Δ cos: the unbiased cosine of the estimator's mean to ∇J minus REINFORCE's, mean ± sd over seeds."
+        "[per seed]. Δ cos: the unbiased cosine of the estimator's mean to ∇J minus REINFORCE's, mean ± sd over seeds. "
+        + machine_line(summary["machine"])
     )
     return "\n".join(lines)
 

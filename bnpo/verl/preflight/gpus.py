@@ -34,8 +34,11 @@ class Found:
 
     @property
     def per_node(self) -> int:
-        """GPUs every node has (this machine's count without a cluster)."""
-        return min(self.nodes) if self.nodes else len(self.gpus)
+        """GPUs every node with GPUs has (this machine's count without a cluster). Nodes without GPUs, such as a
+        cluster's CPU-only head, run no worker of the trainer's resource pool, so they do not lower it."""
+        if self.nodes is None:
+            return len(self.gpus)
+        return min((n for n in self.nodes if n > 0), default=0)
 
 
 _QUERY = "index,name,memory.total,memory.used,driver_version"
