@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bnpo.verl.preflight import gpus, stack
+from bnpo.verl.preflight import gpus, stack, storage
 from bnpo.verl.preflight import run as preflight
 from recipe_helpers import ROOT
 
@@ -145,3 +145,23 @@ def test_the_checkpoint_to_resume_from_is_named(machine, capsys, tmp_path):
 def test_an_unknown_model_without_files_gets_no_plan_but_no_failure(machine, capsys):
     rc, _, err = run(capsys, *machine(h100s(4)), "actor_rollout_ref.model.path=org/unknown-model")
     assert rc == 0 and "no memory plan: actor_rollout_ref.model.path=org/unknown-model" in err
+
+
+def test_a_cluster_node_without_the_shared_checkpoint_folder_or_the_data_stops_a_real_run(machine, capsys, monkeypatch):
+    overrides = machine(gpus.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as inside a Ray job
+    asked = []
+
+    def cluster_check(address, folder, paths):
+        asked.append((address, folder, paths))
+        return storage.SharedCheck(2, ["node 10.0.0.2"], ["node 10.0.0.2: /data/train.parquet"])
+
+    monkeypatch.setattr(preflight.storage, "cluster_check", cluster_check)
+    rc, out, err = run(capsys, *overrides)
+    assert rc == 2 and out == ""
+    (address, folder, paths), = asked
+    assert address == "10.0.0.1:6379" and folder.endswith("ckpt") and any(p.endswith("data.parquet") for p in paths)
+    assert f"error: node 10.0.0.2 does not see {folder} as this node does (CKPT_DIR must be storage every node shares" in err
+    assert "error: node 10.0.0.2: /data/train.parquet is missing (data and a local model must be on every node)" in err
+    rc, _, err = run(capsys, "--dry-run", *overrides)  # a dry run reports the same, as warnings
+    assert rc == 0 and "node 10.0.0.2 does not see" in err

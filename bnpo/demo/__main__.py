@@ -3,7 +3,7 @@
 ``python -m bnpo.demo [--quick] [--out DIR] [--seeds N] [--steps N] ...``: the training comparison.
 ``python -m bnpo.demo format [--quick] ...``: the same with a reward acc + format: AD-BNPO against BNPO and GRPO.
 ``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe.
-Each takes ``--portable``: the same numbers on any x86-64 CPU (bnpo/demo/portable.py).
+Each takes ``--portable``: numbers that do not depend on the CPU's instruction sets (bnpo/demo/portable.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .report import format_table, write_outputs
 QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
 # the format variant: reward acc + format, AD-BNPO (components acc, format) against BNPO on the sum and GRPO
 FORMAT = Settings(task_variant="format", estimators=("ad_bnpo", "bnpo_sum", "grpo"), eval_every=25)
-PORTABLE_HELP = "the same numbers on any x86-64 CPU (about 2-2.6x slower; see bnpo/demo/portable.py)"
+PORTABLE_HELP = ("numbers that do not depend on the CPU's instruction sets; other machines may still differ "
+                 "(about 2-2.6x slower; see bnpo/demo/portable.py)")
 
 
 def parse_args(

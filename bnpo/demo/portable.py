@@ -1,4 +1,5 @@
-"""``--portable``: the demo's numbers the same on any x86-64 CPU, and the machine a result came from.
+"""``--portable``: the demo's numbers independent of the instruction sets a CPU offers, and the machine a result
+came from.
 
 A float32 result depends on the code path the libraries pick for the CPU: torch's ATen kernels (AVX2, AVX-512 or
 the default build) and MKL's matrix products (Intel's and AMD's CPUs get different kernels) add in different
@@ -7,6 +8,10 @@ machines give different runs. ``--portable`` re-executes the command with the on
 ATen's default kernels, MKL's conditional numerical reproducibility in its COMPATIBLE branch (documented by Intel
 as the same results on all Intel and compatible processors) and oneDNN limited to SSE4.1. It costs about 2-2.6x
 the time. The variables must be set before torch loads, hence the re-execution.
+
+Measured: on one machine the portable numbers do not move with the instruction sets MKL and libm may use
+(tests/test_demo_portable.py), but an Intel Xeon and an AMD EPYC machine still gave different portable runs
+(docs/demo.md, "Machines and reproduction"): the flag narrows what a result depends on, it does not remove the machine.
 """
 
 from __future__ import annotations
