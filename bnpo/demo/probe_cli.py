@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool
     )
     parser.add_argument("--workers", type=int, help=f"jobs in parallel processes (default: {defaults.workers})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--portable", action="store_true", help="numbers that do not depend on the CPU's instruction sets (slower; other machines may still differ)")
+    parser.add_argument("--portable", action="store_true",
+                        help="numbers that do not depend on the CPU's instruction sets (slower; other machines may differ)")
     args = parser.parse_args(argv)
     if args.quick and args.smoke:
         parser.error("--quick and --smoke: choose one")
