@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         for model in MODELS:
             for gpus in NODE_SIZES:
                 name = f"{model.split('/')[-1]}_{gpus}gpus"
+                plan_json = os.path.join(args.out, f"plan_{name}.json")
                 plans[name] = run([sys.executable, "-m", "bnpo.verl.preflight.memory_plan", "--device", "--model", model,
-                                   "--gpus", str(gpus), "--json", os.path.join(args.out, f"plan_{name}.json")],
-                                  os.path.join(args.out, f"plan_{name}.log"))
+                                   "--gpus", str(gpus), "--json", plan_json], os.path.join(args.out, f"plan_{name}.log"))
                 try:  # a plan command that failed early wrote none: its log says why, the other steps go on
-                    with open(os.path.join(args.out, f"plan_{name}.json")) as f:
+                    with open(plan_json) as f:
                         plans[name]["plan"] = json.load(f)
                 except (OSError, ValueError) as err:
                     plans[name]["plan"] = None
