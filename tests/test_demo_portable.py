@@ -14,7 +14,7 @@ from bnpo.demo import portable
 # A short training run whose numbers (every metric of every step) are hashed: a different float anywhere changes it.
 RUN = """
 import hashlib, torch
-from bnpo.demo.experiment import Settings, train, warm_start
+from bnpo.demo.probe_loop import Settings, train, warm_start
 torch.set_num_threads(1)
 s = Settings(steps=20, warm_start_steps=40, prompts_per_step=8, eval_questions=16)
 result = train(s, "bnpo", 0, warm_start(s, 0), on_step=lambda row: None)

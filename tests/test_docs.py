@@ -88,3 +88,15 @@ def test_the_readme_probe_table_is_the_committed_probe_run():
         expected = [f"{ratio('u_shaped', '0', name)} / {ratio('u_shaped', '100', name)}",
                     ratio("unimodal", "0", name), ratio("unimodal", "100", name)]
         assert rows[label] == expected, label
+
+
+def test_the_readme_demo_table_is_the_committed_demo_run():
+    """The README shows the committed run of ``python -m bnpo.demo`` (docs/demo/), table and machine as it wrote them."""
+    table = (ROOT / "docs/demo/table.md").read_text()
+    summary = json.loads((ROOT / "docs/demo/summary.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + len(summary["estimators"]) and all(row in readme for row in rows)
+    assert summary["machine"]["cpu"] in readme
+    for name, estimator in summary["estimators"].items():
+        assert f"`{name}` | {estimator['val_start']:.3f} → {estimator['val_end']:.3f}" in readme

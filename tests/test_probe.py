@@ -14,7 +14,7 @@ from demo_cli import run_demo
 
 from bnpo.core.pooling import MomentPool
 from bnpo.core.beta import fit_beta_moments
-from bnpo.demo.experiment import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
+from bnpo.demo.probe_loop import ESTIMATORS, EstimatorSpec, Settings, estimate_advantages, run_jobs, train, warm_start
 from bnpo.demo import probe
 from bnpo.demo.measures import GradientSums, measure
 from bnpo.demo.probe import REGIMES, ProbeSettings, batch_gradients, draw_batches, question_gradients, warm_pools
@@ -189,7 +189,7 @@ def test_training_with_a_pooled_fit_starts_every_run_afresh():
 
 
 def _report_three(tag: str) -> str:
-    from bnpo.demo.experiment import report_progress
+    from bnpo.demo.probe_loop import report_progress
 
     for i in range(3):
         report_progress((tag, i))

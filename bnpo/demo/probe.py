@@ -48,7 +48,7 @@ from verl import DataProto
 from bnpo.core.beta import fit_beta_moments
 from bnpo.core.pooling import FitState
 
-from .experiment import (
+from .probe_loop import (
     ESTIMATORS,
     EstimatorSpec,
     Settings,

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import probe
-from .experiment import ESTIMATORS
+from .probe_loop import ESTIMATORS
 from .probe import REGIMES, ProbeSettings
 
 QUICK = {"seeds": (0,), "snapshots": (0,), "batches": 16, "reference_batches": 32}

@@ -1,4 +1,4 @@
-"""The demo's task and policy: reverse a digit string with a tiny transformer.
+"""The probe's task and policy (tensors, no tokenizer): reverse a digit string with a tiny transformer.
 
 The question is a string of 1..max_digits digits; the answer is the same digits reversed, then EOS.
 The reward is verifiable and binary (exact match). Difficulty grows with the length of the string,
@@ -20,7 +20,6 @@ from verl.utils.torch_functional import get_response_mask, logprobs_from_logits
 
 PAD, SEP, EOS = 10, 11, 12
 VOCAB_SIZE = 13
-MARK = 13  # the format variant's answer marker (its vocabulary has one more token)
 
 
 @dataclass(frozen=True)
@@ -77,67 +76,6 @@ class ReverseTask:
     def reward_components(self, prompts: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each component's (n,) float reward: none for this task."""
         return {}
-
-
-@dataclass(frozen=True)
-class FormatTask(ReverseTask):
-    """The reversal with a format component: an answer should start with the marker token MARK.
-
-    acc: the digits reversed and EOS, after a leading MARK if there is one; format: 1.0 iff the response starts
-    with MARK. The reward is acc + format (in [0, 2]). The warm start's reference answers carry the marker in a
-    share ``format_rate`` of the examples, so the warm-started policy uses it only partly.
-    """
-
-    format_rate: float = 0.3
-
-    @property
-    def plain(self) -> ReverseTask:
-        """The task without the format: its answers are this task's answers after the marker."""
-        return ReverseTask(self.min_digits, self.max_digits)
-
-    @property
-    def response_length(self) -> int:
-        return self.max_digits + 2
-
-    @property
-    def vocab_size(self) -> int:
-        return VOCAB_SIZE + 1
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        return ("acc", "format")
-
-    def marked_targets(self, prompts: torch.Tensor, marked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference answers of (n, P) prompts, with MARK in front where ``marked`` (n,) bool: (n, R) tokens and
-        (n, R) mask of the positions that count."""
-        answer, counted = self.plain.targets(prompts)
-        n = prompts.shape[0]
-        with_mark = torch.cat([torch.full((n, 1), MARK), answer], dim=1)
-        without = torch.cat([answer, torch.full((n, 1), PAD)], dim=1)
-        counted_with = torch.cat([torch.ones(n, 1, dtype=counted.dtype), counted], dim=1)
-        counted_without = torch.cat([counted, torch.zeros(n, 1, dtype=counted.dtype)], dim=1)
-        pick = marked.unsqueeze(1)
-        return torch.where(pick, with_mark, without), torch.where(pick, counted_with, counted_without)
-
-    def targets(self, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The well-formatted reference answers (with the marker)."""
-        return self.marked_targets(prompts, torch.ones(prompts.shape[0], dtype=torch.bool))
-
-    def supervised_targets(self, prompts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference answers with the marker in a random share ``format_rate`` of them."""
-        marked = torch.rand(prompts.shape[0], generator=generator) < self.format_rate
-        return self.marked_targets(prompts, marked)
-
-    def reward_components(self, prompts: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"acc": (n,), "format": (n,)} float 0.0 / 1.0."""
-        formatted = responses[:, 0] == MARK
-        body = torch.where(formatted.unsqueeze(1), responses[:, 1:], responses[:, :-1])  # the answer after MARK
-        return {"acc": self.plain.reward(prompts, body), "format": formatted.float()}
-
-    def reward(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        """(n,) float acc + format."""
-        parts = self.reward_components(prompts, responses)
-        return parts["acc"] + parts["format"]
 
 
 def build_policy(

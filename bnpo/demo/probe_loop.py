@@ -1,12 +1,13 @@
-"""The experiment, top to bottom: warm-start a tiny policy, then train it with RL once per estimator.
+"""The gradient-noise probe's torch loop: warm-start a tiny policy, train it with RL, score batches at fixed policies.
 
-For every seed the initial weights, the question stream and the sampler's random state are the same
-for every estimator, so the runs differ only in how advantages are computed. Each RL step follows
-verl's data flow: rollouts into a ``DataProto`` (``repeat`` with a ``uid`` per question), a verifiable
-outcome reward on the last response token, ``old_log_probs`` from a no-grad forward pass, verl's
-``compute_advantage`` with the estimator from verl's registry, then PPO mini-batch updates with verl's
-``vanilla`` policy loss (dual-clip, ``agg_loss`` aggregation). verl 0.9.1's actor cannot run here
-(see ``bnpo/demo/__init__.py``), so the update loop is a plain torch optimizer around verl's loss.
+The probe (``bnpo.demo.probe``) measures per-batch policy gradients at fixed policies, which verl's trainer does
+not expose, so it keeps this loop of its own around verl's pieces; the training demo (``python -m bnpo.demo``)
+runs verl's trainer itself. For every seed the initial weights, the question stream and the sampler's random
+state are the same for every estimator. Each RL step follows verl's data flow: rollouts into a ``DataProto``
+(``repeat`` with a ``uid`` per question), a verifiable outcome reward on the last response token,
+``old_log_probs`` from a no-grad forward pass, verl's ``compute_advantage`` with the estimator from verl's
+registry, then PPO mini-batch updates with verl's ``vanilla`` policy loss (dual-clip, ``agg_loss`` aggregation)
+and a plain torch optimizer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from bnpo.core.pooling import FitState
 from bnpo.core.stats import BNPOStats
 from bnpo.verl.context import estimator_scope
 
-from .task import FormatTask, ReverseTask, build_policy, response_log_probs, sample_responses
+from .task import ReverseTask, build_policy, response_log_probs, sample_responses
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ class Settings:
     # task: reverse 1..max_digits digits; longer strings are harder
     min_digits: int = 1
     max_digits: int = 6
-    task_variant: str = "reverse"  # or "format": reward acc + format (``FormatTask``), for AD-BNPO
-    format_rate: float = 0.3  # format variant: the share of warm-start answers that carry the format's marker
     # policy: Qwen2 decoder from a local config, random init (~75K parameters)
     hidden_size: int = 64
     num_layers: int = 2
@@ -82,10 +81,6 @@ class Settings:
 
     @property
     def task(self) -> ReverseTask:
-        if self.task_variant == "format":
-            return FormatTask(self.min_digits, self.max_digits, self.format_rate)
-        if self.task_variant != "reverse":
-            raise ValueError(f"task_variant={self.task_variant!r}: choose 'reverse' or 'format'.")
         return ReverseTask(self.min_digits, self.max_digits)
 
     def policy(self, seed: int) -> torch.nn.Module:
@@ -128,13 +123,6 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
     ),
     "bnpo_eb_loo": EstimatorSpec(
         "bnpo", bnpo={"baseline": "eb_loo"}, description="BNPO, adaptive (alpha, beta), baseline: eb_loo"
-    ),
-    # the format variant (reward acc + format in [0, 2]): AD-BNPO against BNPO on the summed score
-    "ad_bnpo": EstimatorSpec(
-        "ad_bnpo", bnpo={"components": ["acc", "format"]}, description="AD-BNPO: acc and format normalised apart"
-    ),
-    "bnpo_sum": EstimatorSpec(
-        "bnpo", bnpo={"reward_max": 2.0}, description="BNPO on the summed score acc + format (reward_max 2)"
     ),
 }
 
@@ -364,30 +352,6 @@ def train(
     result.evals.append({"step": s.steps, **final})
     result.final_reward = final["reward"]
     return result
-
-
-def run(s: Settings, show_progress: bool = True) -> list[RunResult]:
-    """Every (seed, estimator) run, ``s.workers`` at a time; each seed's warm start is shared by its estimators."""
-    unknown = [name for name in s.estimators if name not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)} (--estimators).")
-    decomposed = [name for name in s.estimators if ESTIMATORS[name].adv_estimator == "ad_bnpo"]
-    if decomposed and not s.task.components:
-        raise ValueError(f"{decomposed} decompose the reward into components, which only the format variant has "
-                         "(python -m bnpo.demo format).")
-    jobs = [(name, seed) for seed in s.seeds for name in s.estimators]
-    tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
-    with tqdm(total=len(jobs) * s.steps, desc="RL steps", unit="step", disable=not show_progress) as bar:
-
-        def advance(row: dict) -> None:
-            postfix = f"{row['estimator']} seed={row['seed']} reward={row['reward']:.2f} |g|={row['grad_norm']:.2f}"
-            bar.set_postfix_str(postfix, refresh=False)
-            bar.update(1)
-
-        initial = run_jobs([(warm_start, (s, seed)) for seed in s.seeds], s.workers, s.num_threads, advance)
-        states = dict(zip(s.seeds, initial))
-        trains = [(train, (s, name, seed, states[seed])) for name, seed in jobs]
-        return run_jobs(trains, s.workers, s.num_threads, advance)
 
 
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int, num_threads: int, advance: Callable[[Any], None]) -> list:

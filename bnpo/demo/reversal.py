@@ -1,0 +1,130 @@
+"""The demo's task for verl: reverse a string of digits, with a word-level tokenizer and a tiny Llama.
+
+A question is "reverse d_1 ... d_k" (k drawn from ``min_digits..max_digits``); the answer is "d_k ... d_1", then
+the end-of-turn token. Longer strings are harder, so a partly trained policy has per-question success rates
+spread across (0, 1). Everything is built locally (no download) and saved as verl reads it: a Hugging Face
+model folder with its tokenizer and chat template, and parquet files in verl's RL row schema.
+
+Sizes fit vLLM's CPU backend: attention head size 32 (it takes 32, 64, 80, ..., not 16).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_SOURCE = "bnpo_demo/reverse_digits"
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|user|>", "<|assistant|>"]
+WORDS = ["reverse"]
+DIGITS = [str(d) for d in range(10)]
+# "<|user|> reverse 3 1 4 <|end|> <|assistant|>" for the prompt; the model's own <|end|> (its EOS) ends the answer.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ReversalTask:
+    """Reverse ``min_digits..max_digits`` digits (length drawn uniformly)."""
+
+    min_digits: int = 1
+    max_digits: int = 6
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """"<|user|> reverse" + the digits + "<|end|> <|assistant|>"."""
+        return self.max_digits + 4
+
+    @property
+    def max_response_tokens(self) -> int:
+        """The reversed digits and the end-of-turn token."""
+        return self.max_digits + 1
+
+    def questions(self, n: int, seed: int) -> list[list[str]]:
+        """``n`` digit strings, each a list of digit words; the same seed gives the same questions."""
+        rng = random.Random(seed)
+        return [
+            [rng.choice(DIGITS) for _ in range(rng.randint(self.min_digits, self.max_digits))] for _ in range(n)
+        ]
+
+    @staticmethod
+    def prompt_text(digits: list[str]) -> str:
+        return "reverse " + " ".join(digits)
+
+    @staticmethod
+    def answer_text(digits: list[str]) -> str:
+        return " ".join(reversed(digits))
+
+    def rows(self, n: int, seed: int, split: str) -> list[dict]:
+        """verl's RL rows: data_source, prompt (chat messages), ability, reward_model (ground truth), extra_info."""
+        return [
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": self.prompt_text(digits)}],
+                "ability": "reversal",
+                "reward_model": {"style": "rule", "ground_truth": self.answer_text(digits)},
+                "extra_info": {"split": split, "index": index, "num_digits": len(digits)},
+            }
+            for index, digits in enumerate(self.questions(n, seed))
+        ]
+
+    def write_split(self, path: Path, n: int, seed: int, split: str) -> Path:
+        import pandas as pd
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(self.rows(n, seed, split)).to_parquet(path)
+        return path
+
+
+def build_tokenizer():
+    """Word-level tokenizer over the task's words, digits and chat markers (EOS = ``<|end|>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS + DIGITS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<|end|>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class PolicySize:
+    """A Llama decoder small enough to train in seconds on a CPU (about 0.1 M parameters at the defaults)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2  # head size 32
+    intermediate_size: int = 128
+
+
+def build_policy(tokenizer, size: PolicySize, seed: int):
+    """A randomly initialised Llama from a local config, seeded (no download)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return model

@@ -1,0 +1,144 @@
+"""The demo's verl session: verl's ``main_ppo`` entry with a TaskRunner that trains every planned run in turn.
+
+    python -m bnpo.demo.session PLAN.json      (started by ``python -m bnpo.demo``; its output is the verl log)
+
+What runs is verl's: the config is composed from verl's ``ppo_trainer.yaml`` with Hydra, checked by verl's
+``validate_config`` (and bnpo's start-up check, which the plugin adds to it), and handed to verl's ``run_ppo``,
+which starts Ray and one TaskRunner. ``DemoRunner`` is verl's ``TaskRunnerV1`` with a ``run`` that builds the
+trainer once (verl's v1 sync ``PPOTrainer``: the FSDP actor, vLLM's async server, the agent loop, reward loop and
+weight sync) and then, for each (estimator, seed) of the plan:
+
+1. sets ``algorithm.adv_estimator`` (and its ``algorithm.bnpo`` block), ``data.seed`` and the experiment name;
+2. rebuilds verl's dataloaders (the seed's data order) and replay buffer;
+3. resumes verl's trainer from the run's initial checkpoint with verl's own ``_load_checkpoint``
+   (``trainer.resume_mode=resume_path``): the actor's weights, optimizer, LR schedule and RNG as they were after
+   the warm start, saved once by verl's ``_save_checkpoint`` at step 0; then syncs the weights into vLLM;
+4. calls verl's ``fit``: validation before training and every ``trainer.test_freq`` steps, the training steps,
+   metrics through verl's tracker (its ``file`` backend writes them to ``runs/<run>.jsonl``).
+
+Why one session and not one ``main_ppo`` process per run: starting one costs about two minutes on two cores (Ray,
+ten processes importing torch, verl and vLLM, vLLM's engine), more than the run itself; a run here is what a
+fresh ``main_ppo`` with the same config would train, from the same checkpoint. What carries over from run to run
+is only vLLM's sampling random stream (one engine for all runs); asynchronous batching makes sampled rollouts not
+bit-reproducible even across fresh processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PLAN_ENV = "BNPO_DEMO_PLAN"
+MARK = "[bnpo.demo]"  # the session log's run boundaries (the launcher splits the log on them)
+
+
+def compose(overrides: list[str]):
+    """verl's ``ppo_trainer`` config with ``overrides``, composed as ``main_ppo`` composes it."""
+    import verl.trainer
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    config_dir = str(Path(verl.trainer.__file__).parent / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
+
+
+def _runner_class():
+    """``DemoRunner``: verl's TaskRunnerV1 whose ``run`` trains the plan's runs one after another."""
+    from omegaconf import OmegaConf, open_dict
+    from verl.trainer.main_ppo import TaskRunnerV1
+
+    class DemoRunner(TaskRunnerV1.__ray_actor_class__):
+        def run(self, config):
+            import transfer_queue as tq
+            from verl.trainer.ppo.v1 import get_trainer_cls
+            from verl.utils.logging_utils import configure_verl_logging
+
+            configure_verl_logging()
+            plan = json.loads(Path(os.environ[PLAN_ENV]).read_text())
+            config.transfer_queue.enable = True
+            OmegaConf.resolve(config)
+            self.config = config
+            tq.init(config.transfer_queue)
+            try:
+                self.trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
+                self.trainer.init()
+                self.init_agent_loop_manager()
+                initial = self._save_initial_checkpoint()
+                for run in plan["runs"]:
+                    self._train(run, initial, Path(plan["runs_dir"]))
+            finally:
+                tq.close()
+
+        def _save_initial_checkpoint(self) -> str:
+            """verl's checkpoint of the warm-started actor at step 0 (weights, optimizer, LR schedule, RNG)."""
+            trainer = self.trainer
+            trainer.global_steps = 0
+            trainer._save_checkpoint()
+            folder = os.path.join(str(trainer.config.trainer.default_local_dir), "global_step_0")
+            # without the dataloader's state: each run's data order comes from its own data.seed
+            os.remove(os.path.join(folder, "data.pt"))
+            return os.path.abspath(folder)
+
+        def _train(self, run: dict, initial: str, runs_dir: Path) -> None:
+            trainer, config = self.trainer, self.trainer.config
+            with open_dict(config):
+                config.algorithm.adv_estimator = run["estimator"]
+                config.data.seed = run["seed"]
+                config.trainer.experiment_name = run["name"]
+                config.trainer.resume_mode = "resume_path"
+                config.trainer.resume_from_path = initial
+            os.environ["VERL_FILE_LOGGER_PATH"] = str(runs_dir / f"{run['name']}.jsonl")
+            print(f"{MARK} run {run['name']} begins", flush=True)
+            start = time.perf_counter()
+            trainer._init_dataloader()
+            trainer.replay_buffer = trainer._build_replay_buffer()
+            trainer._init_dump_executor()
+            trainer.checkpoint_manager.sleep_replicas()
+            trainer._load_checkpoint()  # verl's resume: global_steps = 0, the initial actor state
+            trainer.checkpoint_manager.update_weights(trainer.global_steps)
+            trainer.fit(self.agent_loop_manager)
+            trainer.logger.finish()
+            wall_s = time.perf_counter() - start
+            (runs_dir / f"{run['name']}.json").write_text(json.dumps({**run, "wall_s": wall_s}))
+            print(f"{MARK} run {run['name']} ends ({wall_s:.1f} s)", flush=True)
+
+    return DemoRunner
+
+
+def checked_config(overrides: list[str]):
+    """The run's config, composed and checked as ``main_ppo``'s ``main()`` does before ``run_ppo`` (verl's
+    ``validate_config``, which runs bnpo's start-up check too)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    config = compose(overrides)
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return config
+
+
+def main(plan_path: str) -> int:
+    import ray
+    from verl.trainer.main_ppo import run_ppo
+
+    plan = json.loads(Path(plan_path).read_text())
+    os.environ[PLAN_ENV] = str(Path(plan_path).resolve())
+    shutil.rmtree(plan["checkpoint_dir"], ignore_errors=True)  # verl's auto-resume must find nothing
+    try:  # every run's config, before Ray starts: a bad key stops the demo in seconds, naming it
+        configs = [checked_config(run["overrides"]) for run in plan["runs"]]
+    except Exception as err:  # noqa: BLE001 -- handed to the launcher, which prints it as the demo's error
+        Path(plan["error_file"]).write_text(f"verl refused the run's config: {type(err).__name__}: {err}")
+        raise
+    run_ppo(configs[0], task_runner_class=ray.remote(num_cpus=1)(_runner_class()))
+    print(f"{MARK} session ends", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

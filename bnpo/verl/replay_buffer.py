@@ -1,0 +1,71 @@
+"""verl's v1 replay buffer with a shorter poll: a drop-in through verl's own custom-sampler keys.
+
+verl 0.9.1's v1 trainer samples each step's batch from ``ReplayBuffer.sample`` (``verl/trainer/ppo/v1/replay_buffer.py``),
+which checks TransferQueue for finished rollouts and, while there are not enough, sleeps ``poll_interval`` seconds
+(2.0, a constructor default no config key reaches) before checking again. A step whose rollouts finish just
+after a check waits up to 2 s for nothing: on a CPU run where generation takes a fraction of a second that is
+most of the step (``timing_s/gen`` reads 2.0 s whatever the batch); on a GPU run it adds about 1 s on average to
+every training step and to every validation. verl lets a run bring its own sampler
+(``trainer.v1.sampler.custom_sampler.{path,name}``, called with the same keyword arguments as its own), so this
+module's ``fast_poll`` builds verl's own ``ReplayBuffer`` (sync) or ``ReplayBufferAsync`` (the async modes) with the
+interval from ``trainer.v1.sampler.sampler_kwargs.poll_interval_s`` (default ``DEFAULT_POLL_INTERVAL_S``)::
+
+    trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer \\
+    trainer.v1.sampler.custom_sampler.name=fast_poll \\
+    +trainer.v1.sampler.sampler_kwargs.poll_interval_s=0.05
+
+A poll is one TransferQueue metadata read, so 20 a second cost nothing next to a step. Not with
+``algorithm.filter_groups`` (DAPO) or ``trainer.v1.sampler.sync_refill_failed_groups``: verl hands a custom sampler
+neither, so ``fast_poll`` would sample without them; it refuses such a config instead (it reads it from the trainer
+whose refill function verl passes). Works with any estimator; it touches nothing of bnpo's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DEFAULT_POLL_INTERVAL_S = 0.05
+KEY = "trainer.v1.sampler.sampler_kwargs.poll_interval_s"
+
+
+def poll_interval(sampler_kwargs: Any) -> float:
+    """The interval set under ``KEY`` (seconds), or the default; ValueError naming the key for a bad value."""
+    value = (sampler_kwargs or {}).get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (0.0 < seconds <= 60.0):
+        raise ValueError(f"{KEY}={value!r}: give a number of seconds in (0, 60], e.g. {DEFAULT_POLL_INTERVAL_S}.")
+    return seconds
+
+
+def refuse_what_verl_does_not_pass(refill_fn: Any) -> None:
+    """ValueError if the trainer behind ``refill_fn`` (verl passes its ``_add_prompts_to_generate``) asks for group
+    filtering or failed-group refills, which verl's built-in sampler gets and a custom one does not."""
+    config = getattr(getattr(refill_fn, "__self__", None), "config", None)
+    if config is None:
+        return
+    filter_groups = (config.get("algorithm", None) or {}).get("filter_groups", None) or {}
+    sampler = ((config.get("trainer", None) or {}).get("v1", None) or {}).get("sampler", None) or {}
+    for key, on in (("algorithm.filter_groups.enable", filter_groups.get("enable", False)),
+                    ("trainer.v1.sampler.sync_refill_failed_groups", sampler.get("sync_refill_failed_groups", False))):
+        if on:
+            raise ValueError(
+                f"{key}=True with trainer.v1.sampler.custom_sampler.name=fast_poll: verl hands a custom sampler neither "
+                "DAPO's group filter nor failed-group refills, so it would sample without them. Remove the "
+                "custom_sampler keys (verl's own sampler, 2 s poll) or turn the option off."
+            )
+
+
+def fast_poll(*, trainer_mode: str, sampler_kwargs: Any = None, refill_fn: Any = None, **kwargs: Any):
+    """verl's replay buffer for ``trainer_mode`` (``ReplayBuffer`` for sync, ``ReplayBufferAsync`` otherwise, as
+    verl picks it), polling every ``poll_interval_s`` seconds; ``kwargs``: what verl passes a custom sampler."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    refuse_what_verl_does_not_pass(refill_fn)
+    kwargs["refill_fn"] = refill_fn
+    interval = poll_interval(sampler_kwargs)
+    cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
+    return cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, poll_interval=interval, **kwargs)
