@@ -180,7 +180,7 @@ def test_the_checkpoint_to_resume_from_is_named(machine, capsys, tmp_path):
     overrides = machine(h100s(4))
     rc, _, err = run(capsys, *overrides)
     assert rc == 0 and "resume_mode=auto: no checkpoint yet: a fresh start" in err
-    assert "checkpoints: about 85 GiB each (fp32 parameters and Adam moments)" in err
+    assert "no checkpoint yet: a fresh start), about 85 GiB each (fp32 parameters and Adam moments)" in err
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text("150")
     rc, _, err = run(capsys, *overrides)

@@ -23,7 +23,6 @@ Python (OmegaConf for the recipe file); never imports verl.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -32,7 +31,7 @@ from .model_facts import ModelFacts
 GIB = 2**30
 BF16, FP32 = 2, 4
 
-# CUDA-visible totals (MiB), what vLLM's budget is a share of (vllm/v1/worker/gpu_worker.py:341: cudaMemGetInfo),
+# CUDA-visible totals (MiB), what vLLM's budget is a share of (vllm/utils/mem_utils.py:146, cudaMemGetInfo),
 # not nvidia-smi's memory.total: that minus memory.reserved (an H200 of this project's device machine: 143771 - 616
 # = 143155 MiB, torch's total exactly). The others as torch reports them on public machines (a few tens of MiB
 # differ with the driver). On a GPU machine the pre-flight reads the real one.
@@ -228,7 +227,7 @@ def plan(facts: ModelFacts, s: RunSettings, total_gib: float, card: str, free_gi
                               f"{'more than' if p.peaks[ph] > total_gib else 'within the uncertainty of'} the "
                               f"{total_gib:.1f} GiB of a {card}: it may run out of memory")
     v = p.vllm
-    if v["kv_available"] < v["one_sequence"]:  # vllm/v1/core/kv_cache_utils.py:836 check_enough_kv_cache_memory
+    if v["kv_available"] < v["one_sequence"]:  # vllm/v1/core/kv_cache_utils.py:733-760 raises
         p.problems.append(f"vLLM's budget {budget:.1f} GiB less its weights {weights:.1f} and activations "
                           f"{activations:.1f} (estimated) leaves {v['kv_available']:.1f} GiB of KV cache, less than one "
                           f"sequence of max_model_len={max_model_len} tokens ({v['one_sequence']:.2f} GiB): vLLM refuses to start")
@@ -237,7 +236,7 @@ def plan(facts: ModelFacts, s: RunSettings, total_gib: float, card: str, free_gi
                           f"share at full length ({v['kv_needed']:.1f} GiB): vLLM queues the rest (slower, same samples)")
     if free_gib is not None and budget > free_gib:  # vllm/v1/worker/utils.py:414-423 request_memory
         p.busy.append(f"vLLM asks for {budget:.1f} GiB ({s.gpu_memory_utilization:g} x {total_gib:.1f}) but only "
-                          f"{free_gib:.1f} GiB of the {card} are free: vLLM refuses to start (nvidia-smi lists the processes)")
+                      f"{free_gib:.1f} GiB of the {card} are free: vLLM refuses to start (nvidia-smi lists the processes)")
     elif free_gib is not None and max(p.peaks.values()) > free_gib:
         p.warnings.append(f"the estimated peak {max(p.peaks.values()):.1f} GiB is more than the {free_gib:.1f} GiB free "
                           "on this GPU now (other processes hold the rest: nvidia-smi lists them)")

@@ -78,17 +78,8 @@ def verl_checks(cfg: Any, dry: bool) -> None:
     verl_config.omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
 
 
-def attention(cfg: Any) -> str:
-    model = cfg.actor_rollout_ref.model
-    return (model.get("override_config", None) or {}).get("attn_implementation", "flash_attention_2")
-
-
-def memory(cfg: Any, found: gpus.Found, requested: str, flash_ce: bool, rep: Report, json_path: Optional[str]) -> None:
-    try:
-        facts = model_facts(str(cfg.actor_rollout_ref.model.path))
-    except UnknownModel as err:
-        rep.say(f"no memory plan: {err}")
-        return
+def memory(cfg: Any, facts, found: gpus.Found, requested: str, flash_ce: bool, rep: Report, json_path: Optional[str]):
+    """The memory plan for this machine's fullest GPU, else for the named (or default) card."""
     if found.gpus and not requested:
         fullest = min(found.gpus, key=lambda g: g.cuda_mib - g.used_mib)
         card, total, free = fullest.name, fullest.cuda_mib / 1024, (fullest.cuda_mib - fullest.used_mib) / 1024
@@ -112,25 +103,22 @@ def memory(cfg: Any, found: gpus.Found, requested: str, flash_ce: bool, rep: Rep
         rep.problem(text, machine=True)
     if p.problems or p.warnings or p.busy:
         rep.say("the memory plan's overrides to try: " + "; ".join(memory_plan.fixes(p)))
-    rep.say(f"checkpoints: about {memory_plan.checkpoint_gib(facts):.0f} GiB each (fp32 parameters and Adam moments)")
 
 
-def files(cfg: Any, ckpt: storage.Checkpoints, cluster: str, rep: Report) -> None:
+def files(cfg: Any, facts, ckpt: storage.Checkpoints, cluster: str, rep: Report) -> None:
     """The checkpoint folder (resume, room) and, on a cluster, what every node sees."""
     t = cfg.trainer
-    keep, save = t.get("max_actor_ckpt_to_keep", None), int(t.get("save_freq", -1))
+    keep, save, resume = t.get("max_actor_ckpt_to_keep", None), int(t.get("save_freq", -1)), t.get("resume_mode", "auto")
     state = f"resumes from global_step_{ckpt.latest}" if ckpt.latest is not None else "no checkpoint yet: a fresh start"
-    rep.say(f"checkpoints: {ckpt.folder} (trainer.default_local_dir; resume_mode={t.get('resume_mode', 'auto')}"
-            + (f": {state})" if t.get("resume_mode", "auto") == "auto" else ")"))
+    each = memory_plan.checkpoint_gib(facts) if facts else None
+    rep.say(f"checkpoints: {ckpt.folder} (trainer.default_local_dir; resume_mode={resume}" + (f": {state}" if resume ==
+            "auto" else "") + ")" + (f", about {each:.0f} GiB each (fp32 parameters and Adam moments)" if each else ""))
     if save <= 0:
         rep.problem("trainer.save_freq <= 0: no checkpoints, a crash loses the run (SAVE_FREQ=<steps>)", certain=False)
-    with contextlib.suppress(UnknownModel):
-        each = memory_plan.checkpoint_gib(model_facts(str(cfg.actor_rollout_ref.model.path)))
-        need = each * (max(int(keep), 2 if int(keep) == 1 else 1) if keep else 1)  # verl writes one before deleting
-        if save > 0 and ckpt.free_gib is not None and ckpt.free_gib < need:
-            rep.problem(f"{ckpt.folder} has {ckpt.free_gib:.0f} GiB free; each checkpoint takes about {each:.0f} GiB and "
-                        f"{'verl keeps ' + str(keep) if keep else 'all are kept (trainer.max_actor_ckpt_to_keep)'}",
-                        certain=False)
+    elif each and ckpt.free_gib is not None and ckpt.free_gib < each * (max(2, int(keep)) if keep else 1):
+        rep.problem(f"{ckpt.folder} has {ckpt.free_gib:.0f} GiB free; each checkpoint takes about {each:.0f} GiB and "
+                    f"{'verl keeps ' + str(keep) + ' (and writes one before deleting one)' if keep else 'all are kept'}",
+                    certain=False)
     if not cluster:
         return
     if not os.path.isabs(str(t.default_local_dir)):
@@ -177,8 +165,9 @@ def run(args: argparse.Namespace, out) -> int:
         rep.say(f"this machine has no GPU: verl's trainer will stop when it asks Ray for {t.n_gpus_per_node}. The run's "
                 f"config and memory plan without GPUs: DRY_RUN=1 bash {args.script}; verl's trainer with bnpo on this "
                 "CPU: bash scripts/run_cpu_smoke.sh")
-    impl = attention(cfg)
-    if cfg.actor_rollout_ref.model.get("use_remove_padding", False) and impl not in PACKED_ATTENTION:
+    model = cfg.actor_rollout_ref.model
+    impl = (model.get("override_config", None) or {}).get("attn_implementation", "flash_attention_2")
+    if model.get("use_remove_padding", False) and impl not in PACKED_ATTENTION:
         rep.problem(f"actor_rollout_ref.model.override_config.attn_implementation={impl} with "
                     "actor_rollout_ref.model.use_remove_padding=true: verl packs the sequences of a micro-batch into one "
                     f"row, which only {' / '.join(PACKED_ATTENTION)} keep apart ({impl} would let them attend to each "
@@ -187,10 +176,16 @@ def run(args: argparse.Namespace, out) -> int:
     for text, certain in stack.problems(stack.wanted() if installed else {}, installed,
                                         need_flash_attn=impl in PACKED_ATTENTION, gpus=found.gpus):
         rep.problem(f"{text} (docs/gpu.md: bash scripts/install_gpu.sh)", certain, machine=True)
-    files(cfg, storage.checkpoints(str(t.default_local_dir)), cluster, rep)
+    facts = None
+    try:
+        facts = model_facts(str(model.path))
+    except UnknownModel as err:
+        rep.say(f"no memory plan: {err}")
+    files(cfg, facts, storage.checkpoints(str(t.default_local_dir)), cluster, rep)
     # verl's in-place cross-entropy needs flash-attn: there when the attention needs it, else if it imports here
-    flash_ce = impl in PACKED_ATTENTION or "error" not in installed.get("flash-attn", {})
-    memory(cfg, found, args.gpu, flash_ce, rep, args.json)
+    if facts:
+        memory(cfg, facts, found, args.gpu, impl in PACKED_ATTENTION or "error" not in installed.get("flash-attn", {}),
+               rep, args.json)
     if rep.errors:
         return 2
     if not args.dry_run:
