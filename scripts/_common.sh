@@ -1,12 +1,12 @@
 # shellcheck shell=bash
 # Shared by scripts/run_qwen_math_*.sh and scripts/submit_ray_job.sh (sourced, not run).
 #
-# The paper's settings live in recipe/bnpo/config/bnpo_trainer.yaml. This file only turns the
+# The paper's settings live in bnpo/recipe/bnpo_trainer.yaml. This file only turns the
 # environment variables below into Hydra overrides, for the ones that are set, so a variable that
 # is unset keeps the recipe's value.
 
 BNPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BNPO_CONFIG_DIR="$BNPO_ROOT/recipe/bnpo/config"
+BNPO_CONFIG_DIR="$BNPO_ROOT/bnpo/recipe"
 BNPO_CONFIG_NAME="${CONFIG_NAME:-bnpo_trainer}"
 PYTHON="${PYTHON:-python3}"
 

@@ -1,9 +1,9 @@
 """The checks to run the day a GPU is available (scripts/gpu_check.sh): one JSON the docs' GPU figures come from.
 
-Needs torch with CUDA, numpy, PyYAML and tqdm (a machine with torch and transformers has them), and pytest for the
-CUDA estimator test (installed with pip when missing and an index is reachable). verl, Ray and vLLM are not needed:
-the estimator test and the benchmark use bnpo's core when verl is absent (the benchmark adds verl's estimators when
-it is installed), and the memory plan reads the recipe's YAML.
+Needs torch with CUDA, numpy, PyYAML, OmegaConf, tqdm and transformers (a machine with verl has them), and pytest for
+the CUDA estimator test (installed with pip when missing and an index is reachable). Ray and vLLM are not needed, nor
+verl but for step 5's entropy: the estimator test and the benchmark use bnpo's core when verl is absent (the benchmark
+adds verl's estimators when it is installed), and the memory plan reads the recipe's YAML.
 
 Steps, each recorded in ``<out>/gpu_check.json`` with its outcome:
 1. the device: name, driver, torch and its CUDA, and one process's CUDA context measured with nvidia-smi (the
@@ -11,7 +11,9 @@ Steps, each recorded in ``<out>/gpu_check.json`` with its outcome:
 2. the CUDA estimator test (``tests/test_estimator.py -m cuda``: CUDA against CPU, the device kept);
 3. the benchmark's CUDA path (``benchmarks/bench_advantage.py --device cuda --quick``);
 4. the memory plan of the recipe's runs (both models, 4 and 8 GPUs of this card) against this device's total and
-   free memory (``python -m bnpo.verl.preflight.memory_plan --device``).
+   free memory (``python -m bnpo.verl.preflight.memory_plan --device``);
+5. the plan's measured estimates measured again here (``scripts/gpu_check_memory.py``: the CUDA total, the logits
+   with verl's entropy, one decoder layer per token).
 """
 
 from __future__ import annotations
@@ -81,24 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     report = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "steps": {}}
     steps = report["steps"]
 
-    step("1/4 device")
+    step("1/5 device")
     report["device"] = device()
     if not report["device"]["cuda_available"]:
         report["error"] = "torch sees no CUDA device: nothing was checked"
     else:
-        step("2/4 CUDA estimator test")
+        step("2/5 CUDA estimator test")
         if not has_pytest():
             subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pytest"], capture_output=True)
         steps["estimator_test"] = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
                                        "tests/test_estimator.py"], os.path.join(args.out, "estimator_test.log")) \
             if has_pytest() else {"rc": None, "error": "pytest is not installed and pip could not install it"}
 
-        step("3/4 benchmark, CUDA path")
+        step("3/5 benchmark, CUDA path")
         steps["benchmark"] = run([sys.executable, "benchmarks/bench_advantage.py", "--device", "cuda", "--quick",
                                   "--json", os.path.join(args.out, "bench_cuda.json")],
                                  os.path.join(args.out, "benchmark.log"))
 
-        step("4/4 memory plans against this device's memory")
+        step("4/5 memory plans against this device's memory")
         plans = steps["memory_plans"] = {}
         for model in MODELS:
             for gpus in NODE_SIZES:
@@ -112,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                 except (OSError, ValueError) as err:
                     plans[name]["plan"] = None
                     plans[name]["error"] = f"no plan written ({type(err).__name__}); see {plans[name]['log']}"
+        step("5/5 the plan's estimates measured")
+        steps["memory_estimates"] = run([sys.executable, "scripts/gpu_check_memory.py", "--json",
+                                         os.path.join(args.out, "memory_estimates.json")],
+                                        os.path.join(args.out, "memory_estimates.log"))
     path = os.path.join(args.out, "gpu_check.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     # a plan that does not fit is a finding, not a failure of the check; the test and the benchmark must pass
-    failed = [k for k in ("estimator_test", "benchmark") if steps.get(k, {}).get("rc") != 0]
+    failed = [k for k in ("estimator_test", "benchmark", "memory_estimates") if steps.get(k, {}).get("rc") != 0]
     failed += [f"memory_plans/{k}" for k, v in steps.get("memory_plans", {}).items() if v["plan"] is None]
     print(f"gpu_check: wrote {path}" + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed or "error" in report else 0

@@ -12,7 +12,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 from bnpo.verl import compat
-from bnpo.verl.preflight import gpus, stack
+from bnpo.verl.preflight import stack
 from recipe_helpers import ROOT
 
 DOC = (ROOT / "docs/gpu.md").read_text()
@@ -36,7 +36,7 @@ def test_verls_recipe_extras_pin_the_whole_stack_and_the_docs_name_those_pins():
     for dist, version in pins.items():
         assert f"{dist} {version}" in DOC, f"docs/gpu.md does not name {dist} {version}"
     assert f"torch=={pins['torch']}" in SCRIPT and f"flash-attn=={pins['flash-attn']}" in SCRIPT
-    assert f"MIN_DRIVER={gpus.MIN_DRIVER[0]}" in SCRIPT and f"driver {gpus.MIN_DRIVER[0]}" in DOC
+    assert f"MIN_DRIVER={stack.MIN_DRIVER}" in SCRIPT and f"driver {stack.MIN_DRIVER}" in DOC
 
 
 def test_the_pins_are_read_through_verls_own_extra_references():
@@ -62,14 +62,14 @@ def test_pip_resolves_the_gpu_extra_of_this_project(tmp_path):
     assert [Requirement(r).name for r in gpu] == ["math-verify", "verl"]
 
 
-def test_stack_check_names_each_difference():
+def test_stack_check_names_each_difference_and_whether_it_is_certain_to_stop_the_run():
     pins = {"torch": "2.11.0", "vllm": "0.24.0", "flash-attn": "2.8.3", "transformers": "5.9.0"}
-    good = {"torch": {"version": "2.11.0+cu130", "cuda": "13.0"}, "vllm": {"version": "0.24.0"},
+    good = {"torch": {"version": "2.11.0+cu130", "cuda": "13.0", "cuda_available": True}, "vllm": {"version": "0.24.0"},
             "flash-attn": {"version": "2.8.3"}, "transformers": {"version": "5.9.0"}}
     assert stack.problems(pins, good) == []
     bad = {**good, "vllm": {"version": "0.23.1"}, "flash-attn": {"error": "ImportError: undefined symbol"}}
-    assert stack.problems(pins, bad) == ["vllm 0.23.1 is installed; verl 0.9.1 pins 0.24.0",
-                                         "flash-attn 2.8.3 (verl's pin) does not import: ImportError: undefined symbol"]
+    assert stack.problems(pins, bad) == [("vllm 0.23.1 is installed; verl 0.9.1 pins 0.24.0", False),
+                                         ("flash-attn 2.8.3 (verl's pin) does not import: ImportError: undefined symbol", True)]
     assert stack.problems(pins, {**bad, "vllm": good["vllm"]}, need_flash_attn=False) == []
 
 

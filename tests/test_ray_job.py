@@ -7,8 +7,8 @@ exactly the processes it started. The job checks, in the driver and in a Ray wor
 `import verl` registers bnpo / ad_bnpo from the uploaded copy of the project with entry-point
 discovery switched off (the way it works on cluster nodes where bnpo is not pip-installed); that
 only the variables meant for it arrived (no secrets, no HF_HOME); where the run's checkpoints go;
-that the run script's pre-flight counts the cluster's GPUs and checks on every node that the checkpoint folder
-is shared.
+that the run script's pre-flight asks the cluster for its GPUs and checks on every node that the checkpoint
+folder is shared and the data is there.
 """
 
 from __future__ import annotations
@@ -57,20 +57,22 @@ remote = ray.get(ray.remote(num_cpus=0)(probe).remote())
 print("BNPO_JOB_RESULT " + json.dumps({
     "driver": probe(), "worker": remote, "tree_bytes": size,
     "has_venv": os.path.exists(".venv"), "has_git": os.path.exists(".git"),
-    "has_recipe": os.path.exists("recipe/bnpo/config/bnpo_trainer.yaml"),
+    "has_recipe": os.path.exists("bnpo/recipe/bnpo_trainer.yaml"),
     "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS"),
     "env": {name: os.environ.get(name) for name in
             ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "CKPT_DIR", "PYTHON", "HOME")},
 }))
 """
 # after CHECK: the run script's dry run in the job (checkpoint folder; the pre-flight's shared-storage check on every
-# node), then a real run (its pre-flight must count the cluster's GPUs, of which this one has none)
+# node), then a real run (its pre-flight asks the cluster for its GPUs and stops on the data no node has)
 IN_JOB = (
     "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>dry.err | python3 -c "
     "'import sys, yaml; print(\"BNPO_CKPT \" + yaml.safe_load(sys.stdin)[\"trainer\"][\"default_local_dir\"])'; "
     "grep -m1 'shared storage' dry.err | sed 's/^/BNPO_SHARED /'; "
     "grep -m1 'train.parquet is missing' dry.err | sed 's/^/BNPO_NODE_DATA /'; "
-    "bash scripts/run_qwen_math_7b.sh 2>&1 | grep -m1 '^error: this run needs' | sed 's/^/BNPO_PREFLIGHT /'"
+    "bash scripts/run_qwen_math_7b.sh 2>real.err; echo \"BNPO_REAL_RC $?\"; "
+    "grep -m1 'preflight: GPUs: ' real.err | sed 's/^/BNPO_GPUS /'; "
+    "grep -m1 '^error: node .*train.parquet is missing' real.err | sed 's/^/BNPO_PREFLIGHT /'"
 )
 SECRETS = {"WANDB_API_KEY": "secret-wandb-key", "HF_TOKEN": "secret-hf-token", "HF_HOME": "/only/on/my/laptop"}
 
@@ -190,10 +192,13 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
     node_data = next(ln for ln in out.splitlines() if ln.startswith("BNPO_NODE_DATA ")).split(" ", 1)[1]
     assert re.search(r"not on this machine \(a run here would stop\): node \S+: /\S+/math_lighteval/train.parquet is "
                      r"missing", node_data), node_data
-    # the run script's GPU check, inside the job, asks the cluster (RAY_ADDRESS is its GCS there)
+    # inside the job the pre-flight asks the cluster for its GPUs (RAY_ADDRESS is its GCS there; verl counts them)
+    gpus = next(ln for ln in out.splitlines() if ln.startswith("BNPO_GPUS ")).split(" ", 1)[1]
+    assert "the Ray cluster at RAY_ADDRESS=" in gpus and "has 1 node(s) with [0] GPUs" in gpus, gpus
+    # and a real run stops there, before verl starts, on the data no node has
+    assert re.search(r"^BNPO_REAL_RC 2$", out, re.M), out[-3000:]
     preflight = next(ln for ln in out.splitlines() if ln.startswith("BNPO_PREFLIGHT ")).split(" ", 1)[1]
-    assert preflight.startswith("error: this run needs 1 node(s) x 4 GPU(s)"), preflight
-    assert "the Ray cluster at RAY_ADDRESS=" in preflight and "has 1 node(s) with [0] GPUs" in preflight
+    assert "math_lighteval/train.parquet is missing (data and a local model must be on every node)" in preflight
 
 
 def _submit(*args: str, **env: str) -> subprocess.CompletedProcess:

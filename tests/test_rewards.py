@@ -366,7 +366,7 @@ def test_math500_gold_solutions_miss_only_for_named_reasons():
 def _recipe_config(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "recipe/bnpo/config"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "bnpo/recipe"), version_base=None):
         return compose(config_name="bnpo_trainer", overrides=list(overrides))
 
 

@@ -250,7 +250,7 @@ def test_recipe_config_builds_through_verls_dataclasses():
     from hydra import compose, initialize_config_dir
     from verl_helpers import ROOT
 
-    with initialize_config_dir(config_dir=str(ROOT / "recipe" / "bnpo" / "config"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "bnpo" / "recipe"), version_base=None):
         recipe = compose("bnpo_trainer")
     algorithm = omega_conf_to_dataclass(recipe.algorithm)
     assert isinstance(algorithm, BNPOAlgoConfig) and algorithm.adv_estimator == "bnpo"

@@ -1,5 +1,6 @@
-"""The GPUs a run will get: this machine's (nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES) or, with a Ray cluster's
-GCS address in RAY_ADDRESS (as inside a Ray job), each alive node's. Pure Python; Ray is imported only for a cluster.
+"""The GPUs a run will get: this machine's (nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES as Ray narrows them) or,
+with a Ray cluster's GCS address in RAY_ADDRESS (as inside a Ray job), each alive node's. Pure Python; Ray is
+imported only for a cluster. Whether there are enough of them is verl's check (``ResourcePoolManager``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 NVIDIA_SMI_TIMEOUT_S = 30
-MIN_DRIVER = (580, 0)  # CUDA 13 builds (torch 2.11.0, vllm 0.24.0 as verl 0.9.1 pins them) need driver 580 or newer
 
 
 @dataclass(frozen=True)
 class GPU:
+    """``cuda_mib``: the total CUDA (and so vLLM) sees, nvidia-smi's memory.total less memory.reserved."""
+
     index: int
     name: str
-    total_mib: int
+    cuda_mib: int
     used_mib: int
     driver: str
 
@@ -41,48 +43,40 @@ class Found:
         return min((n for n in self.nodes if n > 0), default=0)
 
 
-_QUERY = "index,name,memory.total,memory.used,driver_version"
+def _smi(fields: str) -> tuple[list[list[str]], str]:
+    try:
+        out = subprocess.run([shutil.which("nvidia-smi") or "nvidia-smi", f"--query-gpu={fields}",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], f"nvidia-smi failed ({type(e).__name__})"
+    if out.returncode != 0:
+        return [], f"nvidia-smi failed: {(out.stderr or out.stdout).strip()[:200]}"
+    return [[c.strip() for c in line.split(",")] for line in out.stdout.splitlines() if line.strip()], ""
 
 
 def local_gpus() -> Found:
     """This machine's GPUs as the run's processes will see them."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
+    if shutil.which("nvidia-smi") is None:
         return Found([], None, "nvidia-smi: not found")
-    try:
-        out = subprocess.run([smi, f"--query-gpu={_QUERY}", "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return Found([], None, "nvidia-smi failed", f"nvidia-smi failed ({type(e).__name__})")
-    if out.returncode != 0:
-        return Found([], None, "nvidia-smi failed", f"nvidia-smi failed: {(out.stderr or out.stdout).strip()[:200]}")
+    rows, error = _smi("index,name,memory.total,memory.reserved,memory.used,driver_version")
+    if error:  # drivers without memory.reserved: nvidia-smi's total, a few hundred MiB above CUDA's
+        rows, error = _smi("index,name,memory.total,memory.used,driver_version")
+        rows = [r[:3] + ["0"] + r[3:] for r in rows]
+    if error:
+        return Found([], None, "nvidia-smi failed", error)
     gpus = []
-    for line in out.stdout.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 5:
-            try:
-                gpus.append(GPU(int(cells[0]), cells[1], int(float(cells[2])), int(float(cells[3])), cells[4]))
-            except ValueError:
-                continue
-    listed = len(gpus)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        wanted = [d.strip() for d in visible.split(",") if d.strip()]
-        gpus = [g for g in gpus if str(g.index) in wanted] if all(d.isdigit() for d in wanted) else gpus[:len(wanted)]
-        return Found(gpus, None, f"nvidia-smi lists {listed}, CUDA_VISIBLE_DEVICES={visible!r}")
-    return Found(gpus, None, f"nvidia-smi lists {listed}")
-
-
-def cluster_gpus(address: str) -> Found:
-    """GPUs of each alive node of the Ray cluster at ``address`` (a GCS address)."""
-    import ray
-
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
-    try:
-        nodes = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    finally:
-        ray.shutdown()
-    return Found([], nodes, f"the Ray cluster at RAY_ADDRESS={address} has {len(nodes)} node(s) with {nodes} GPUs")
+    for r in rows:
+        try:
+            reserved = int(float(r[3])) if r[3].replace(".", "", 1).isdigit() else 0  # [N/A] on some GPUs
+            gpus.append(GPU(int(r[0]), r[1], int(float(r[2])) - reserved, int(float(r[4])), r[5]))
+        except (ValueError, IndexError):
+            continue
+    listed, visible = len(gpus), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return Found(gpus, None, f"nvidia-smi lists {listed}")
+    wanted = [d.strip() for d in visible.split(",") if d.strip()]
+    gpus = [g for g in gpus if str(g.index) in wanted] if all(d.isdigit() for d in wanted) else gpus[:len(wanted)]
+    return Found(gpus, None, f"nvidia-smi lists {listed}, CUDA_VISIBLE_DEVICES={visible!r}")
 
 
 def cluster_address() -> str:
@@ -96,34 +90,13 @@ def find() -> Found:
     if not address:
         return local_gpus()
     try:
-        return cluster_gpus(address)
+        import ray
+
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
+        try:
+            nodes = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        finally:
+            ray.shutdown()
     except Exception as e:  # noqa: BLE001 -- any connection failure is the message
         return Found([], [], "no cluster", f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({type(e).__name__}: {e})")
-
-
-def count_problem(found: Found, nnodes: int, per_node: int) -> str:
-    """'' if the GPUs the run asks for are there, else what is missing."""
-    if found.error:
-        return found.error
-    if found.nodes is not None:
-        enough = sum(1 for g in found.nodes if g >= per_node)
-        return "" if enough >= nnodes else f"{found.how}: fewer than {nnodes} node(s) with {per_node} GPUs"
-    if nnodes > 1:
-        return (f"{nnodes} nodes need a Ray cluster: start one and submit with scripts/submit_ray_job.sh, "
-                "or set RAY_ADDRESS to its GCS address")
-    have = len(found.gpus)
-    return "" if have >= per_node else f"this machine has {have} usable GPU(s) ({found.how})"
-
-
-def driver_problem(found: Found) -> str:
-    """'' if every GPU's driver is new enough for CUDA 13 builds, else which is not."""
-    for gpu in found.gpus:
-        try:
-            version = tuple(int(x) for x in gpu.driver.split(".")[:2])
-        except ValueError:
-            continue
-        if version < MIN_DRIVER:
-            return (f"GPU {gpu.index} ({gpu.name}) runs NVIDIA driver {gpu.driver}; torch 2.11.0 and vllm 0.24.0 (the "
-                    f"versions verl 0.9.1 pins) are CUDA 13 builds and need driver {MIN_DRIVER[0]} or newer "
-                    "(docs/gpu.md: 'Older drivers')")
-    return ""
+    return Found([], nodes, f"the Ray cluster at RAY_ADDRESS={address} has {len(nodes)} node(s) with {nodes} GPUs")

@@ -1,11 +1,9 @@
-"""What the memory plan needs to know about a model: its architecture, without its weights.
+"""What the memory plan needs to know about a model: its architecture, without its weights. Pure Python.
 
-The recipe's two models are known by name (their Hugging Face ``config.json`` values, written down here), so a
-plan needs neither the files nor a download. Any other model is read from the ``config.json`` of a local folder.
-The parameter count is computed from the architecture (decoder-only, Qwen2 / Llama layout); for the two known
-models it equals the published count (``tests/test_memory_plan.py`` checks both).
-
-Pure Python: never imports verl or torch.
+The recipe's two models are known by name (their Hugging Face ``config.json`` values, written down here), so a plan
+needs neither the files nor a download; any other model is read from a local folder's ``config.json``. The parameter
+count follows from the architecture (decoder-only, Qwen2 / Llama layout); for the two known models it is the
+published one (``tests/test_memory_plan.py``).
 """
 
 from __future__ import annotations
@@ -33,24 +31,11 @@ class ModelFacts:
     head_dim: Optional[int] = None
 
     @property
-    def head_size(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    @property
-    def params(self) -> int:
-        """Number of parameters: embeddings, decoder layers (attention, gated MLP, two norms), final norm, head."""
-        q_out, kv_out = self.heads * self.head_size, self.kv_heads * self.head_size
-        attention = self.hidden * q_out + 2 * self.hidden * kv_out + q_out * self.hidden
-        if self.qkv_bias:
-            attention += q_out + 2 * kv_out
-        mlp = 3 * self.hidden * self.intermediate
-        layer = attention + mlp + 2 * self.hidden
-        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return self.layers * layer + embeddings + self.hidden
-
-    @property
     def layer_params(self) -> int:
-        return (self.params - self.embedding_params - self.hidden) // self.layers
+        """One decoder layer: attention (q, k, v, o and their biases), gated MLP, two norms."""
+        d = self.head_dim or self.hidden // self.heads
+        q, kv = self.heads * d, self.kv_heads * d
+        return 2 * self.hidden * (q + kv) + (q + 2 * kv) * self.qkv_bias + 3 * self.hidden * self.intermediate + 2 * self.hidden
 
     @property
     def embedding_params(self) -> int:
@@ -58,22 +43,22 @@ class ModelFacts:
         return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
     @property
+    def params(self) -> int:
+        return self.layers * self.layer_params + self.embedding_params + self.hidden  # and the final norm
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of vLLM's bf16 KV cache per token: K and V of every layer."""
-        return 2 * self.layers * self.kv_heads * self.head_size * 2
+        return 2 * self.layers * self.kv_heads * (self.head_dim or self.hidden // self.heads) * 2
 
 
-# The recipe's models, from their config.json on the Hugging Face hub (Qwen/Qwen2.5-Math-7B, -1.5B).
-KNOWN_MODELS = {
-    "Qwen/Qwen2.5-Math-7B": ModelFacts(
-        name="Qwen/Qwen2.5-Math-7B", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944,
-        vocab=152064, tied_embeddings=False, max_positions=4096,
-    ),
-    "Qwen/Qwen2.5-Math-1.5B": ModelFacts(
-        name="Qwen/Qwen2.5-Math-1.5B", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960,
-        vocab=151936, tied_embeddings=True, max_positions=4096,
-    ),
-}
+# The recipe's models, from their config.json on the Hugging Face hub.
+KNOWN_MODELS = {m.name: m for m in (
+    ModelFacts("Qwen/Qwen2.5-Math-7B", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064,
+               tied_embeddings=False, max_positions=4096),
+    ModelFacts("Qwen/Qwen2.5-Math-1.5B", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, vocab=151936,
+               tied_embeddings=True, max_positions=4096),
+)}
 
 
 class UnknownModel(ValueError):
@@ -84,7 +69,7 @@ def from_hf_config(name: str, config: dict) -> ModelFacts:
     """Facts from a Hugging Face ``config.json`` dict (Qwen2 / Llama-style keys)."""
     try:
         return ModelFacts(
-            name=name, layers=int(config["num_hidden_layers"]), hidden=int(config["hidden_size"]),
+            name, layers=int(config["num_hidden_layers"]), hidden=int(config["hidden_size"]),
             heads=int(config["num_attention_heads"]),
             kv_heads=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
             intermediate=int(config["intermediate_size"]), vocab=int(config["vocab_size"]),
@@ -108,7 +93,6 @@ def model_facts(path: str) -> ModelFacts:
             raise UnknownModel(f"actor_rollout_ref.model.path={path}: cannot read {config_file} ({err})") from None
     if path in KNOWN_MODELS:
         return KNOWN_MODELS[path]
-    raise UnknownModel(
-        f"actor_rollout_ref.model.path={path}: not a local folder with a config.json, and not one of the models "
-        f"known without their files ({', '.join(KNOWN_MODELS)}). Download it (MODEL_PATH=/local/copy) to plan for it."
-    )
+    raise UnknownModel(f"actor_rollout_ref.model.path={path}: not a local folder with a config.json, and not one of the "
+                       f"models known without their files ({', '.join(KNOWN_MODELS)}). Download it (MODEL_PATH=/local/copy) "
+                       "to plan for it.")

@@ -1,11 +1,10 @@
-"""The GPU software stack verl declares for this recipe, read from verl's own package metadata, against what is installed.
+"""The GPU software stack verl declares for this recipe, read from verl's own package metadata, against what is
+installed, as a fresh interpreter imports it (a broken CUDA library must not take the caller down).
 
-verl 0.9.1 pins its GPU stack in two extras: ``vllm`` (torch, vllm, transformers) and ``fsdp`` (flash-attn through its
-extra ``flash-attn-cu130torch211``). The recipe needs both: vLLM generates, and verl's FSDP actor runs with
-``attn_implementation=flash_attention_2`` (``verl/workers/config/model.py``) on packed sequences
-(``use_remove_padding``). Reading the pins from the installed verl (not copying them) keeps the check right when
-verl changes. Pure Python: package metadata only; the imports are tried in a fresh process (a broken CUDA library
-must not take the caller down).
+verl pins its GPU stack in two extras: ``vllm`` (torch, vllm, transformers) and ``fsdp`` (flash-attn, through its
+extra ``flash-attn-cu130torch211``); the recipe needs both. A package that does not import, or a torch that cannot
+use the GPUs nvidia-smi lists, stops a real run for certain; a version other than verl's pin only may (as another
+verl version only warns in ``bnpo.verl.compat``).
 """
 
 from __future__ import annotations
@@ -18,27 +17,24 @@ from typing import Optional
 
 from packaging.requirements import Requirement
 
-# The distributions of verl's extras this recipe runs on, and the module each one is imported as.
 RECIPE_EXTRAS = ("vllm", "fsdp")
 CHECKED = {"torch": "torch", "vllm": "vllm", "flash-attn": "flash_attn", "transformers": "transformers"}
-# CUDA major version of the builds verl 0.9.1 pins (torch 2.11.0 and vllm 0.24.0 from PyPI)
-CUDA_MAJOR = "13"
+CUDA_MAJOR = "13"  # the CUDA of the builds verl 0.9.1 pins (torch 2.11.0, vllm 0.24.0 from PyPI)
+MIN_DRIVER = 580  # what CUDA 13 builds need (without NVIDIA's cuda-compat)
 IMPORT_TIMEOUT_S = 300
 
 
 def _extra_requirements(requires: list[str], extra: str, seen: set[str]) -> list[Requirement]:
     """verl's requirements of ``extra``, following its self-references (``verl[flash-attn-cu130torch211]``)."""
     out = []
-    for text in requires:
-        req = Requirement(text)
+    for req in map(Requirement, requires):
         if req.marker is None or not req.marker.evaluate({"extra": extra}):
             continue
-        if req.name == "verl":
-            for inner in sorted(req.extras - seen):
-                seen.add(inner)
-                out += _extra_requirements(requires, inner, seen)
-        else:
+        if req.name != "verl":
             out.append(req)
+        for inner in sorted(req.extras - seen) if req.name == "verl" else ():
+            seen.add(inner)
+            out += _extra_requirements(requires, inner, seen)
     return out
 
 
@@ -62,7 +58,12 @@ for dist, module in json.loads(sys.argv[1]).items():
         m = __import__(module)
         out[dist] = {"version": getattr(m, "__version__", None)}
         if module == "torch":
-            out[dist]["cuda"] = m.version.cuda
+            out[dist].update(cuda=m.version.cuda, cuda_available=m.cuda.is_available())
+            if m.version.cuda and not out[dist]["cuda_available"]:
+                try:
+                    m.cuda.init()
+                except Exception as e:
+                    out[dist]["cuda_error"] = str(e).splitlines()[0][:300]
     except Exception as e:
         out[dist] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 print(json.dumps(out))
@@ -70,7 +71,7 @@ print(json.dumps(out))
 
 
 def installed() -> dict[str, dict]:
-    """{distribution: {"version"[, "cuda"]} or {"error"}} as a fresh interpreter imports them."""
+    """{distribution: {"version", torch: "cuda", "cuda_available"[, "cuda_error"]} or {"error"}}."""
     proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(CHECKED)], capture_output=True, text=True,
                           timeout=IMPORT_TIMEOUT_S)
     try:
@@ -79,34 +80,42 @@ def installed() -> dict[str, dict]:
         return {dist: {"error": f"the import check failed: {proc.stderr.strip()[-300:]}"} for dist in CHECKED}
 
 
-def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool = True) -> list[str]:
-    """What keeps the installed stack from being the one verl pins (empty: it is)."""
-    out = []
+def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool = True,
+             gpus: Optional[list] = None) -> list[tuple[str, bool]]:
+    """(problem, certain) for each way the installed stack is not verl's; ``gpus``: nvidia-smi's (gpus.GPU)."""
+    if not found:
+        return []
+    verl, out = metadata.version("verl") if pins else "?", []
     for dist, version in pins.items():
-        if dist == "flash-attn" and not need_flash_attn:
-            continue
         got = found.get(dist, {})
-        if "error" in got:
-            out.append(f"{dist} {version} (verl's pin) does not import: {got['error']}")
-        elif got.get("version") is None or str(got["version"]).split("+")[0] != version:
-            out.append(f"{dist} {got.get('version')} is installed; verl 0.9.1 pins {version}")
-    cuda = found.get("torch", {}).get("cuda")
-    if "error" not in found.get("torch", {}) and not str(cuda or "").startswith(CUDA_MAJOR + "."):
-        out.append(f"torch is built for CUDA {cuda}; verl's pins are CUDA {CUDA_MAJOR} builds")
+        if "error" in got and (dist != "flash-attn" or need_flash_attn):
+            out.append((f"{dist} {version} (verl's pin) does not import: {got['error']}", True))
+        elif "error" not in got and str(got.get("version")).split("+")[0] != version:
+            out.append((f"{dist} {got.get('version')} is installed; verl {verl} pins {version}", False))
+    torch = found.get("torch", {})
+    if "error" not in torch and not str(torch.get("cuda") or "").startswith(CUDA_MAJOR + "."):
+        out.append((f"torch is built for CUDA {torch.get('cuda')}; verl's pins are CUDA {CUDA_MAJOR} builds", False))
+    if gpus and "error" not in torch and not torch.get("cuda_available"):
+        driver = gpus[0].driver
+        out.append((f"nvidia-smi lists {len(gpus)} GPU(s) (NVIDIA driver {driver}) but torch {torch.get('version')} "
+                    f"(CUDA {torch.get('cuda')}) cannot use them: {torch.get('cuda_error', 'torch.cuda.is_available() is False')}"
+                    + (f". CUDA {CUDA_MAJOR} builds need driver {MIN_DRIVER} or newer (docs/gpu.md: 'Older drivers')"
+                       if driver.split(".")[0].isdigit() and int(driver.split(".")[0]) < MIN_DRIVER else ""), True))
     return out
 
 
 def main() -> int:
-    """``python -m bnpo.verl.preflight.stack``: the installed versions against verl's pins; exit 1 when they differ."""
+    """``python -m bnpo.verl.preflight.stack``: the installed versions against verl's pins; exit 1 when a package
+    does not import, every difference named."""
     pins, found = wanted(), installed()
     for dist, version in pins.items():
         got = found.get(dist, {})
         print(f"{dist:<14} verl pins {version:<10} installed {got.get('version', got.get('error'))}"
               + (f" (CUDA {got['cuda']})" if got.get("cuda") else ""))
     trouble = problems(pins, found)
-    for problem in trouble:
-        print(f"error: {problem}", file=sys.stderr)
-    return 1 if trouble else 0
+    for text, certain in trouble:
+        print(f"{'error' if certain else 'warning'}: {text}", file=sys.stderr)
+    return 1 if any(certain for _, certain in trouble) else 0
 
 
 if __name__ == "__main__":

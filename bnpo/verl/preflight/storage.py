@@ -1,5 +1,6 @@
-"""Where a run reads and writes: checkpoints (resume, disk room), data and model, and on a Ray cluster whether every
-node sees them. Pure Python; Ray only for ``cluster_check``.
+"""Where a run reads and writes: checkpoints (resume, disk room) and, on a Ray cluster, whether every node sees the
+checkpoint folder, the data and a local model (verl checks the data and the model only where it opens them). Pure
+Python; Ray only for ``cluster_check``.
 
 verl saves ``<default_local_dir>/global_step_<N>/`` every ``save_freq`` steps and writes
 ``latest_checkpointed_iteration.txt`` last; with ``resume_mode=auto`` a run resumes from the step that file names,
@@ -24,7 +25,6 @@ MARKER_PREFIX = ".bnpo_shared_check_"
 class Checkpoints:
     folder: str  # absolute
     latest: Optional[int]
-    existing: list[str]
     free_gib: Optional[float]
 
 
@@ -37,7 +37,6 @@ def checkpoints(default_local_dir: str, cwd: Optional[str] = None) -> Checkpoint
             latest = int(f.read().strip())
     except (OSError, ValueError):
         pass
-    existing = sorted(d for d in (os.listdir(folder) if os.path.isdir(folder) else []) if d.startswith("global_step_"))
     probe = folder
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
@@ -45,7 +44,7 @@ def checkpoints(default_local_dir: str, cwd: Optional[str] = None) -> Checkpoint
         free = shutil.disk_usage(probe).free / 2**30
     except OSError:
         free = None
-    return Checkpoints(folder, latest, existing, free)
+    return Checkpoints(folder, latest, free)
 
 
 def files(value: Any) -> list[str]:
@@ -54,19 +53,6 @@ def files(value: Any) -> list[str]:
         return []
     items = [value] if isinstance(value, str) else list(value)
     return [os.path.expanduser(str(v)) for v in items]
-
-
-def missing_inputs(config: Any) -> list[str]:
-    """Data files and a local model folder the run will open that are not on this machine."""
-    out = []
-    for key in ("train_files", "val_files"):
-        for path in files(config.data.get(key)):
-            if not path.startswith(("hdfs://", "s3://", "gs://")) and not os.path.exists(path):
-                out.append(f"data.{key}: {path} is not on this machine (bash data_preprocess/prepare_paper_data.sh writes it)")
-    model = str(config.actor_rollout_ref.model.path)
-    if model.startswith(("/", "~", ".")) and not os.path.isdir(os.path.expanduser(model)):
-        out.append(f"actor_rollout_ref.model.path: {model} is not a folder on this machine")
-    return out
 
 
 def _node_sees(paths: list[str], marker: str) -> dict:

@@ -1,0 +1,57 @@
+"""The recipe as an installed bnpo has it: a wheel built from this checkout, installed into a fresh venv, run from a
+folder outside the checkout (the dependencies come from this venv, bnpo from the wheel alone)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+from recipe_helpers import ROOT
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple:
+    """(python of a fresh venv with bnpo's wheel, a folder outside the checkout)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp / "dist").glob("bnpo-*.whl")
+    assert "bnpo/recipe/bnpo_trainer.yaml" in zipfile.ZipFile(wheel).namelist()
+    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, capture_output=True, timeout=300)
+    python = str(tmp / "venv" / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # this venv's packages (torch, omegaconf, verl) after the fresh venv's: a plain path, so its .pth files (this
+    # checkout's editable install) are not read
+    with open(os.path.join(site, "zz_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    (tmp / "elsewhere").mkdir()
+    return python, str(tmp / "elsewhere")
+
+
+def _run(installed: tuple, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    python, cwd = installed
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_installed_bnpo_plans_the_recipe_it_ships(installed):
+    where = _run(installed, "-c", "import bnpo.recipe; print(bnpo.recipe.CONFIG_FILE)")
+    assert where.returncode == 0 and where.stdout.startswith(os.path.dirname(os.path.dirname(installed[0]))), where
+    proc = _run(installed, "-m", "bnpo.verl.preflight.memory_plan", "--gpus", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "memory plan (an estimate): Qwen/Qwen2.5-Math-7B (7.62B parameters) on 4 GPU(s)" in proc.stdout
+
+
+def test_an_installed_bnpo_dry_runs_the_recipe_it_ships(installed):
+    """The pre-flight's default config is the packaged recipe, which Hydra composes with verl's ppo_trainer."""
+    proc = _run(installed, "-m", "bnpo.verl.preflight", "--dry-run", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\nalgorithm:\n" in proc.stdout and "verl's validate_config and bnpo's check_run_config passed" in proc.stderr
