@@ -167,6 +167,20 @@ def test_the_runs_config_is_what_verl_composes_and_accepts(tmp_path):
     assert val_metric(s) == "val-core/bnpo_demo/reverse_digits/acc/mean@1"
 
 
+@needs_cpu_port
+@pytest.mark.parametrize("override, named", [
+    ("+algorithm.bnpo.fixed_alpha=0.5", "algorithm.bnpo.fixed_alpha"),  # bnpo's start-up check
+    ("data.train_batch_size=7", "train_batch_size"),  # verl's own validate_config
+])
+def test_a_config_verl_or_bnpo_refuses_stops_the_demo_before_the_warm_start(tmp_path, override, named):
+    from bnpo.demo.launcher import run
+
+    settings = parse_args(["--quick", "--estimators", "bnpo", override])[0]
+    with pytest.raises(DemoError, match=rf"verl refused the config of run bnpo-seed0: .*{named}"):
+        run(settings, tmp_path / "out", show_progress=False)
+    assert not Paths(tmp_path / "out").model.exists()  # nothing was trained
+
+
 # --------------------------------------------------------------------------------------- a real run
 
 

@@ -64,6 +64,18 @@ def check_estimators(names: tuple[str, ...]) -> None:
                         "estimators (bnpo, grpo, rloo, reinforce_plus_plus, ...).")
 
 
+def check_configs(plan: dict) -> None:
+    """Every run's config composed and checked as ``main_ppo`` checks it, before the warm start: DemoError naming
+    what verl or bnpo refused (the session checks again, in the process that starts Ray)."""
+    from .session import checked_config
+
+    for run in plan["runs"]:
+        try:
+            checked_config(run["overrides"])
+        except Exception as err:  # noqa: BLE001 -- verl's and bnpo's own messages name the key
+            raise DemoError(f"verl refused the config of run {run['name']}: {type(err).__name__}: {err}") from err
+
+
 def prepare(s: DemoSettings, paths: Paths) -> dict:
     """The warm-started model and the train / held-out parquet files; returns the warm start's record."""
     from .warm_start import warm_start
@@ -80,6 +92,7 @@ def write_plan(s: DemoSettings, paths: Paths) -> dict:
     from bnpo_cpu_e2e.launch import CPU_OVERRIDES
 
     paths.runs.mkdir(parents=True, exist_ok=True)
+    paths.plan.parent.mkdir(parents=True, exist_ok=True)
     plan = {
         "runs": [{**run, "overrides": [*CPU_OVERRIDES, *overrides(s, paths, run["estimator"])]} for run in s.runs],
         "runs_dir": str(paths.runs.resolve()),
@@ -148,10 +161,10 @@ def run(s: DemoSettings, out: Path, show_progress: bool = True) -> tuple[dict, l
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
+    check_configs(write_plan(s, paths))
     start = time.perf_counter()
     warm = prepare(s, paths)
     warm_start_s = time.perf_counter() - start
-    write_plan(s, paths)
     wall_s = run_session(s, paths, show_progress=show_progress)
     summary = summarize(s, paths, {"wall_s": wall_s, "warm_start_s": warm_start_s, "warm_start": warm})
     return summary, write_outputs(summary, out)
