@@ -19,7 +19,12 @@ reward on each response's last token, response_mask is int64 (verl's attention-m
 response lengths.
 
 Method: per size, every implementation is called once to warm up, then the repeats go round-robin over
-the implementations so that load from other processes hits them alike; the median is reported.
+the implementations so that load from other processes hits them alike; the median is reported (wall clock,
+and the calling thread's CPU time, which leaves out time the OS gave other jobs).
+Each allocator setting (ALLOCATORS: glibc as it comes, and one that reuses freed memory) runs in a process of
+its own, and the report puts them side by side: verl's driver runs with the first, where every (bs, L) buffer
+of 32 MiB or more is fresh pages from the kernel on every call, so what an estimator costs there depends on how
+many such buffers it allocates as well as on how many passes it makes over them.
 Peak memory is measured in one more, untimed call:
   cpu  - peak bytes held by tensors allocated during the call, from the torch profiler's CPU-allocator
          events (profile_memory=True), plus the peak of Python / numpy allocations seen by tracemalloc in
@@ -28,9 +33,9 @@ Peak memory is measured in one more, untimed call:
 The Python loops (reference_loop, grpo) are skipped above --slow-max-rollouts; the output says so.
 
     python benchmarks/bench_advantage.py --json benchmarks/results/bench_cpu.json \
-        --plot benchmarks/results/scaling_cpu.png           # full grid (~5-10 min on 2 vCPUs)
-    python benchmarks/bench_advantage.py --quick             # <= 3 min on 2 vCPUs
-    python benchmarks/bench_advantage.py --smoke --json out.json   # smallest size, used by the tests
+        --plot benchmarks/results/scaling_cpu.png           # full grid, both allocators (~5 min on 2 vCPUs)
+    python benchmarks/bench_advantage.py --quick             # both allocators, ~1 min on 2 vCPUs
+    python benchmarks/bench_advantage.py --smoke --json out.json   # smallest size, this process's allocator only
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -53,7 +60,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+_WITHOUT_VERL = "BNPO_BENCH_WITHOUT_VERL"  # set for a re-run whose parent had no verl: the same estimators in both
 try:
+    if os.environ.get(_WITHOUT_VERL):
+        raise ImportError
     import verl  # noqa: F401  (loads the verl.plugins entry points, which register bnpo / ad_bnpo)
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 except ImportError:  # a GPU machine with torch but no verl (scripts/gpu_check.sh): bnpo's core, no verl estimators
@@ -61,6 +71,10 @@ except ImportError:  # a GPU machine with torch but no verl (scripts/gpu_check.s
 
 GROUP_SIZE = 16
 DEFAULT_SIZES = [(n, length) for n in (1024, 8192, 65536) for length in (1024, 4096)]
+# glibc's allocator settings the benchmark runs under (each in a process of its own: glibc reads them at start-up).
+# default: buffers above the mmap threshold (32 MiB at most) are fresh pages from the kernel on every call, so
+# every (bs, L) temporary costs page faults, as on verl's driver. reuse: freed memory is kept and handed out again.
+ALLOCATORS = {"default": {}, "reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}}
 QUICK_SIZES = [(1024, 1024), (8192, 1024)]
 AD_BNPO_CONFIG = {"bnpo": {"components": ["acc", "format"]}}
 
@@ -194,12 +208,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(impl: Impl, batch: Batch, device: str) -> float:
+def timed(impl: Impl, batch: Batch, device: str) -> tuple[float, float]:
+    """Wall-clock and this thread's CPU seconds of one call (CPU time leaves out time the OS gave other jobs)."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     impl.call(batch)
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 def peak_memory(impl: Impl, batch: Batch, device: str) -> int:
@@ -276,8 +291,9 @@ def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int,
                         bar.update()
             for impl in chosen:
                 bar.set_postfix_str(f"{device} {n}x{length} {impl.name} (memory)")
+                wall, cpu = zip(*times[impl.name])
                 results.append(dict(impl=impl.name, n_rollouts=n, response_len=length, device=device,
-                                    median_s=statistics.median(times[impl.name]),
+                                    median_s=statistics.median(wall), median_cpu_s=statistics.median(cpu),
                                     peak_mem_bytes=peak_memory(impl, batch, device)))
                 bar.update()
             del batch
@@ -285,16 +301,36 @@ def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int,
 
 
 # --------------------------------------------------------------------------------------------- report
-def machine(load_before: float) -> dict:
-    """What the numbers depend on: versions, cores, threads, load, and torch's huge-page switch."""
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` reports it, or the architecture where lscpu is missing."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError):
+        out = None
+    names = [line.split(":", 1)[1].strip() for line in (out.stdout.splitlines() if out else [])
+             if line.startswith("Model name:")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What the numbers depend on: versions, CPU, cores, threads and torch's huge-page switch."""
     info = dict(python=platform.python_version(), torch=torch.__version__, verl=verl and verl.__version__,
-                cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), load_avg_1m_before=load_before,
-                load_avg_1m_after=os.getloadavg()[0],
+                cpu=cpu_model(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", ""))
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     return info
+
+
+def _malloc_env(env) -> dict:
+    """The glibc allocator settings in an environment (MALLOC_* variables, GLIBC_TUNABLES)."""
+    return {k: v for k, v in env.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+
+
+def current_allocator() -> str:
+    """The name in ALLOCATORS of this process's allocator settings, or "custom"."""
+    mine = _malloc_env(os.environ)
+    return next((name for name, env in ALLOCATORS.items() if env == mine), "custom")
 
 
 def _fmt_s(seconds: float) -> str:
@@ -305,88 +341,110 @@ def _fmt_bytes(nbytes: int) -> str:
     return f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
+def _ratio(row: dict, num: str, den: str, key: str = "median_s") -> str:
+    return f"{row[num][key] / row[den][key]:.2f}" if num in row and den in row else "-"
+
+
 def report(data: dict) -> str:
-    """Markdown tables: medians, ratios to bnpo, the targets and the scaling exponent."""
-    rows = defaultdict(dict)
+    """Markdown tables, the allocators side by side: medians, bnpo's ratios, the targets, the scaling exponent."""
+    rows = defaultdict(dict)  # (device, n, L) -> allocator -> impl -> result
     for r in data["results"]:
-        rows[(r["device"], r["n_rollouts"], r["response_len"])][r["impl"]] = r
-    names = [name for name in IMPLS if any(name in row for row in rows.values())]
-    lines = ["Median time per call (peak extra memory):", "",
-             "| device | n_rollouts x L | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for (device, n, length), row in rows.items():
-        cells = [f"{_fmt_s(row[x]['median_s'])} ({_fmt_bytes(row[x]['peak_mem_bytes'])})" if x in row else "skipped"
-                 for x in names]
-        lines.append(f"| {device} | {n} x {length} | " + " | ".join(cells) + " |")
-    lines += ["", "Time relative to bnpo (impl median / bnpo median), and bnpo's standing:", "",
-              "| device | n_rollouts x L | " + " | ".join(names)
-              + " | reference_loop / bnpo | bnpo / grpo_vectorized | bnpo / floor |",
-              "|---|---|" + "---|" * (len(names) + 3)]
-    for (device, n, length), row in rows.items():
-        base = row["bnpo"]["median_s"] if "bnpo" in row else float("nan")
-        cells = [f"{row[x]['median_s'] / base:.3g}" if x in row else "-" for x in names]
-        speedup = f"{row['reference_loop']['median_s'] / base:.0f}x faster" if "reference_loop" in row else "-"
-        vs_grpo = f"{base / row['grpo_vectorized']['median_s']:.2f}" if "grpo_vectorized" in row else "-"
-        vs_floor = f"{base / row['floor']['median_s']:.2f}" if "floor" in row else "-"
-        lines.append(f"| {device} | {n} x {length} | " + " | ".join(cells) + f" | {speedup} | {vs_grpo} | {vs_floor} |")
+        rows[(r["device"], r["n_rollouts"], r["response_len"])].setdefault(r["allocator"], {})[r["impl"]] = r
+    allocators = [a for a in [*ALLOCATORS, "custom"] if any(a in by for by in rows.values())]
+    names = [name for name in IMPLS if any(name in row for by in rows.values() for row in by.values())]
+    lines = ["Median time per call (peak extra memory), each allocator setting in its own process "
+             + "; ".join(f"{a}: {' '.join(f'{k}={v}' for k, v in ALLOCATORS.get(a, {}).items()) or 'glibc as it comes'}"
+                         for a in allocators) + ":", "",
+             "| device | n_rollouts x L | allocator | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for (device, n, length), by in rows.items():
+        for alloc, row in by.items():
+            cells = [f"{_fmt_s(row[x]['median_s'])} ({_fmt_bytes(row[x]['peak_mem_bytes'])})" if x in row else "skipped"
+                     for x in names]
+            lines.append(f"| {device} | {n} x {length} | {alloc} | " + " | ".join(cells) + " |")
+    ratios = [("bnpo", "grpo_vectorized"), ("bnpo", "floor"), ("ad_bnpo", "grpo_vectorized"), ("ad_bnpo", "floor"),
+              ("reference_loop", "bnpo")]
+    ratios = [(a, b) for a, b in ratios if a in names and b in names]
+    lines += ["", "Ratios of medians, wall clock (in brackets: of the calling thread's CPU time, which leaves out "
+              "time the OS gave other jobs):", "",
+              "| device | n_rollouts x L | allocator | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |",
+              "|---|---|---|" + "---|" * len(ratios)]
+    for (device, n, length), by in rows.items():
+        for alloc, row in by.items():
+            cells = [f"{_ratio(row, a, b)} ({_ratio(row, a, b, 'median_cpu_s')})" for a, b in ratios]
+            lines.append(f"| {device} | {n} x {length} | {alloc} | " + " | ".join(cells) + " |")
     lines.append("")
     for s in data["skipped"]:
         # A per-sample loop costs about the same per sample at any batch size: extrapolate linearly.
-        done = [r for r in data["results"] if (r["impl"], r["device"], r["response_len"]) ==
-                (s["impl"], s["device"], s["response_len"])]
+        done = [r for r in data["results"] if (r["impl"], r["device"], r["response_len"], r["allocator"]) ==
+                (s["impl"], s["device"], s["response_len"], s["allocator"])]
         guess = ""
         if done:
             last = max(done, key=lambda r: r["n_rollouts"])
             guess = f" (~{_fmt_s(last['median_s'] * s['n_rollouts'] / last['n_rollouts'])} per call, extrapolated)"
-        lines.append(f"skipped {s['impl']} at {s['n_rollouts']} x {s['response_len']} on {s['device']}: {s['reason']}{guess}")
+        lines.append(f"skipped {s['impl']} at {s['n_rollouts']} x {s['response_len']} on {s['device']} "
+                     f"({s['allocator']}): {s['reason']}{guess}")
     for c in data["checks"]:
         verdict = "ok" if c["ok"] else "MISMATCH"
-        lines.append(f"check {c['impl']} == {c['against']} at {c['n_rollouts']} x {c['response_len']} on {c['device']}: "
-                     f"max rel err {c['max_rel_err']:.2e} ({verdict})")
-    target = rows.get(("cpu", 8192, 1024), {})
-    if {"bnpo", "reference_loop", "grpo_vectorized"} <= target.keys():
-        speedup = target["reference_loop"]["median_s"] / target["bnpo"]["median_s"]
-        ratio = target["bnpo"]["median_s"] / target["grpo_vectorized"]["median_s"]
-        lines.append(f"\ntarget at cpu 8192 x 1024: bnpo {speedup:.0f}x faster than reference_loop (want >= 100x: "
-                     f"{'met' if speedup >= 100 else 'NOT met'}); bnpo / grpo_vectorized = {ratio:.2f} "
-                     f"(want <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
-    for device in sorted({r["device"] for r in data["results"]}):
-        pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
-                     if r["impl"] == "bnpo" and r["device"] == device)
-        if len({x for x, _ in pts}) >= 2:
-            slope = np.polyfit(np.log([x for x, _ in pts]), np.log([t for _, t in pts]), 1)[0]
-            per_elem = ", ".join(f"{t / x * 1e9:.2f}" for x, t in pts)
-            lines.append(f"bnpo on {device}: time ~ (n_rollouts x L)^{slope:.2f} over the sizes run; "
-                         f"ns per (rollout x token): {per_elem}")
+        lines.append(f"check {c['impl']} == {c['against']} at {c['n_rollouts']} x {c['response_len']} on {c['device']} "
+                     f"({c['allocator']}): max rel err {c['max_rel_err']:.2e} ({verdict})")
+    for alloc, target in rows.get(("cpu", 8192, 1024), {}).items():
+        if not {"bnpo", "grpo_vectorized", "floor"} <= target.keys():
+            continue
+        vs_grpo = target["bnpo"]["median_s"] / target["grpo_vectorized"]["median_s"]
+        vs_floor = target["bnpo"]["median_s"] / target["floor"]["median_s"]
+        line = (f"\ntarget at cpu 8192 x 1024 ({alloc}): bnpo / grpo_vectorized = {vs_grpo:.2f} (want <= 1: "
+                f"{'met' if vs_grpo <= 1 else 'NOT met'}); bnpo / floor = {vs_floor:.2f} (want <= 1.5: "
+                f"{'met' if vs_floor <= 1.5 else 'NOT met'})")
+        if "reference_loop" in target:
+            speedup = target["reference_loop"]["median_s"] / target["bnpo"]["median_s"]
+            line += f"; bnpo {speedup:.0f}x faster than reference_loop"
+        lines.append(line)
+    for alloc in allocators:
+        for device in sorted({r["device"] for r in data["results"]}):
+            pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
+                         if r["impl"] == "bnpo" and r["device"] == device and r["allocator"] == alloc)
+            if len({x for x, _ in pts}) >= 2:
+                slope = np.polyfit(np.log([x for x, _ in pts]), np.log([t for _, t in pts]), 1)[0]
+                per_elem = ", ".join(f"{t / x * 1e9:.2f}" for x, t in pts)
+                lines.append(f"bnpo on {device} ({alloc}): time ~ (n_rollouts x L)^{slope:.2f} over the sizes run; "
+                             f"ns per (rollout x token): {per_elem}")
     return "\n".join(lines)
 
 
 def plot(data: dict, path: str) -> None:
+    """Log-log time against batch size, one panel per allocator setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    allocators = [a for a in [*ALLOCATORS, "custom"] if any(r["allocator"] == a for r in data["results"])]
+    fig, axes = plt.subplots(1, len(allocators), figsize=(7.5 * len(allocators), 5), sharey=True, squeeze=False)
     devices = sorted({r["device"] for r in data["results"]})
-    for name in IMPLS:
-        for device in devices:
-            pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
-                         if r["impl"] == name and r["device"] == device)
-            if pts:
-                label = name if len(devices) == 1 else f"{name} ({device})"
-                style = ":" if name == "floor" else ("--" if device == "cuda" else "-")
-                ax.plot(*zip(*pts), style, marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("n_rollouts x response_len (elements of the advantage tensor)")
-    ax.set_ylabel("median time per call (s)")
     m = data.get("machine", {})
+    for ax, alloc in zip(axes[0], allocators):
+        for name in IMPLS:
+            for device in devices:
+                pts = sorted((r["n_rollouts"] * r["response_len"], r["median_s"]) for r in data["results"]
+                             if r["impl"] == name and r["device"] == device and r["allocator"] == alloc)
+                if pts:
+                    label = name if len(devices) == 1 else f"{name} ({device})"
+                    style = ":" if name == "floor" else ("--" if device == "cuda" else "-")
+                    ax.plot(*zip(*pts), style, marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n_rollouts x response_len (elements of the advantage tensor)")
+        run_info = data.get("runs", {}).get(alloc, {})
+        env = " ".join(f"{k}={v}" for k, v in ALLOCATORS.get(alloc, {}).items()) or "glibc as it comes"
+        ax.set_title(f"allocator: {alloc} ({env})\nload avg {run_info.get('load_avg_1m_before', float('nan')):.1f} "
+                     "at start", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("median time per call (s)")
     thp = ", THP_MEM_ALLOC_ENABLE=1" if m.get("THP_MEM_ALLOC_ENABLE") == "1" else ""
-    ax.set_title(f"Advantage estimators: cost vs batch size\n{m.get('cpu_count', '?')} vCPU (load avg "
-                 f"{m.get('load_avg_1m_before', float('nan')):.1f} at start), {m.get('torch_threads', '?')} torch "
-                 f"thread(s), torch {m.get('torch', '?')}{thp}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.suptitle(f"Advantage estimators: cost vs batch size. {m.get('cpu', '?')}, {m.get('cpu_count', '?')} vCPU, "
+                 f"{m.get('torch_threads', '?')} torch thread(s), torch {m.get('torch', '?')}{thp}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -407,7 +465,31 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def _tagged(data: dict, allocator: str) -> dict:
+    for key in ("results", "skipped", "checks"):
+        for row in data[key]:
+            row["allocator"] = allocator
+    return data
+
+
+def _rerun(argv: list, allocator: str) -> dict:
+    """This benchmark with the same arguments in a fresh process under ``allocator``'s settings; its data."""
+    env = {k: v for k, v in os.environ.items() if k not in _malloc_env(os.environ)}
+    env.update(ALLOCATORS[allocator])
+    if verl is None:
+        env[_WITHOUT_VERL] = "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "run.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--allocator", allocator, "--json", out, "--no-report"]
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)  # its progress bar goes to our stderr
+        if proc.returncode not in (0, 1):  # 1: a cross-check failed, which the merged report shows
+            raise SystemExit(f"the {allocator} run failed (exit code {proc.returncode}): {' '.join(cmd)}")
+        with open(out) as f:
+            return json.load(f)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, fewer repeats (<= 3 min on 2 vCPUs)")
@@ -420,8 +502,13 @@ def main(argv=None) -> int:
     parser.add_argument("--slow-max-rollouts", type=int, default=8192, help="skip the Python loops above this size")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: stable on a shared machine; 0 keeps torch's default)")
+    parser.add_argument("--allocator", choices=["both", "current", *ALLOCATORS],
+                        help="glibc allocator settings to run under (default both; --smoke or --device cuda: current, "
+                             f"this process's own); {', '.join(f'{k}: {v or {}}' for k, v in ALLOCATORS.items())}; a setting this "
+                             "process does not have runs in a fresh process")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="write the log-log scaling plot (PNG)")
+    parser.add_argument("--plot", metavar="PATH", help="write the log-log scaling plot (PNG), a panel per allocator")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # a re-run for another allocator
     args = parser.parse_args(argv)
 
     sizes = DEFAULT_SIZES
@@ -441,17 +528,42 @@ def main(argv=None) -> int:
         "cpu" if args.device == "auto" else args.device]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    here = current_allocator()
+    # glibc's settings matter for CPU tensors only; --smoke is the tests' quick run
+    wanted = args.allocator or ("current" if args.smoke or "cpu" not in devices else "both")
+    wanted = list(ALLOCATORS) if wanted == "both" else [here if wanted == "current" else wanted]
+    # what the re-runs are given: these arguments without the ones each sets itself
+    passed, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--allocator", "--json", "--plot"):
+            skip = True
+        elif not arg.startswith(("--allocator=", "--json=", "--plot=")):
+            passed.append(arg)
 
-    load_before = os.getloadavg()[0]
-    data = run(sizes, devices, repeats, min(args.slow_repeats, repeats), args.slow_max_rollouts, names)
-    data["machine"] = machine(load_before)
-    print(f"machine: {data['machine']}")
-    print(report(data))
+    data = {"results": [], "skipped": [], "checks": [], "machine": machine(), "runs": {}}
+    for allocator in wanted:
+        load_before = os.getloadavg()[0]
+        if allocator == here:
+            part = _tagged(run(sizes, devices, repeats, min(args.slow_repeats, repeats), args.slow_max_rollouts, names),
+                           allocator)
+            part["runs"] = {allocator: dict(env=_malloc_env(os.environ), load_avg_1m_before=load_before,
+                                            load_avg_1m_after=os.getloadavg()[0])}
+        else:
+            part = _rerun(passed, allocator)
+        for key in ("results", "skipped", "checks"):
+            data[key] += part[key]
+        data["runs"].update(part["runs"])
+    if not args.no_report:
+        print(f"machine: {data['machine']}")
+        print(report(data))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
-        print(f"wrote {args.json}")
+        if not args.no_report:
+            print(f"wrote {args.json}")
     if args.plot:
         plot(data, args.plot)
         print(f"wrote {args.plot}")

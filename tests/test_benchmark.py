@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_advantage.py"
-FIELDS = {"impl", "n_rollouts", "response_len", "device", "median_s", "peak_mem_bytes"}
+FIELDS = {"impl", "n_rollouts", "response_len", "device", "allocator", "median_s", "median_cpu_s", "peak_mem_bytes"}
 ESTIMATORS = {"bnpo", "ad_bnpo", "reference_loop", "grpo", "grpo_vectorized", "rloo_vectorized"}
 
 
@@ -31,39 +32,63 @@ def _load_bench():
     return sys.modules["bench_advantage"]
 
 
-def _check_results(results: list, impls: set, sizes: set) -> None:
+def _check_results(results: list, impls: set, sizes: set, allocators: set = frozenset({"default"})) -> None:
     for row in results:
         assert set(row) == FIELDS, row
-        assert isinstance(row["median_s"], float) and math.isfinite(row["median_s"]) and row["median_s"] > 0, row
+        for key in ("median_s", "median_cpu_s"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] >= 0, row
+        assert row["median_s"] > 0, row
         assert isinstance(row["peak_mem_bytes"], int) and row["peak_mem_bytes"] > 0, row
-    seen = {(r["impl"], r["n_rollouts"], r["response_len"], r["device"]) for r in results}
-    assert seen == {(impl, n, length, "cpu") for impl in impls for n, length in sizes}
+    seen = {(r["impl"], r["n_rollouts"], r["response_len"], r["device"], r["allocator"]) for r in results}
+    assert seen == {(impl, n, length, "cpu", a) for impl in impls for n, length in sizes for a in allocators}
 
 
-def test_smoke_run_writes_json_plot_and_tables(tmp_path):
+def _without_malloc_settings() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
+def test_smoke_run_under_both_allocators_writes_json_plot_and_tables(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "scaling.png"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--json", str(out), "--plot", str(png)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [sys.executable, str(SCRIPT), "--smoke", "--allocator", "both", "--device", "cpu", "--json", str(out),
+         "--plot", str(png)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=_without_malloc_settings(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     bench = _load_bench()
-    _check_results(data["results"], set(bench.IMPLS), {bench.DEFAULT_SIZES[0]})
+    _check_results(data["results"], set(bench.IMPLS), {bench.DEFAULT_SIZES[0]}, {"default", "reuse"})
     assert data["skipped"] == []
-    # The re-implemented reference loop agrees with bnpo, and verl's two GRPOs with each other.
-    assert {(c["impl"], c["against"]) for c in data["checks"]} == {("reference_loop", "bnpo"), ("grpo", "grpo_vectorized")}
+    # The re-implemented reference loop agrees with bnpo, and verl's two GRPOs with each other, under both.
+    assert {(c["impl"], c["against"], c["allocator"]) for c in data["checks"]} == {
+        (a, b, alloc) for a, b in (("reference_loop", "bnpo"), ("grpo", "grpo_vectorized")) for alloc in ("default", "reuse")}
     assert all(c["ok"] and c["max_rel_err"] <= 1e-4 for c in data["checks"]), data["checks"]
+    # each setting ran in a process that had exactly its glibc variables
+    assert {name: run["env"] for name, run in data["runs"].items()} == bench.ALLOCATORS
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Time relative to bnpo" in proc.stdout and "reference_loop / bnpo" in proc.stdout
-    assert data["machine"]["cpu_count"] >= 1
+    assert "| cpu | 1024 x 1024 | default |" in proc.stdout and "| cpu | 1024 x 1024 | reuse |" in proc.stdout
+    assert "bnpo / floor" in proc.stdout and "reference_loop / bnpo" in proc.stdout
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["cpu"]
+
+
+def test_a_rerun_without_verl_times_the_same_estimators(tmp_path):
+    """On a machine without verl the re-run for the other allocator must not pick up a verl installed elsewhere."""
+    code = ("import sys, runpy; sys.modules['verl'] = None; "  # import verl raises ImportError
+            f"sys.argv = ['bench', '--sizes', '32x8', '--repeats', '1', '--allocator', 'both', '--device', 'cpu', "
+            f"'--json', {str(tmp_path / 'b.json')!r}]; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=_without_malloc_settings())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert {(r["impl"], r["allocator"]) for r in data["results"]} == {
+        (impl, alloc) for impl in ("bnpo", "reference_loop", "floor") for alloc in ("default", "reuse")}
 
 
 def test_slow_loops_are_skipped_and_reported(tmp_path, capsys):
     bench = _load_bench()
     out = tmp_path / "bench.json"
     argv = ["--sizes", "32x8,64x8", "--impls", "bnpo,reference_loop,grpo_vectorized", "--slow-max-rollouts", "32",
-            "--repeats", "2", "--threads", "0", "--json", str(out)]
+            "--repeats", "2", "--threads", "0", "--allocator", "current", "--json", str(out)]
     assert bench.main(argv) == 0
     data = json.loads(out.read_text())
     kept = {(r["impl"], r["n_rollouts"]) for r in data["results"]}

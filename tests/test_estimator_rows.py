@@ -209,3 +209,91 @@ def test_empty_responses_and_the_cheap_shaping_test():
                          [0.3, 0.2, 0.1]])
     assert shaped_rows(rows).tolist() == [False, False, False, True, True, True]
     assert not shaped_rows(rows.to(torch.int64) * 0).any() and shaped_rows(rows.half()).tolist()[3]
+
+
+# ---- mask dtypes and layouts (verl's mask is int64; the batch builders' is float) ----
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(["full", "late_start", "holes", "empty"]), min_size=8, max_size=40),
+    st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool]),
+    st.integers(0, 2**16),
+)
+def test_integer_and_bool_masks_count_the_rows_a_float_mask_does(layouts, dtype, seed):
+    """The rows that count are those with a response token anywhere, whatever the mask's dtype: a row whose first
+    token is masked out (multi-turn tool output, left padding) counts, an all-zero row does not."""
+    rng = np.random.default_rng(seed)
+    length = 6
+    mask = torch.zeros(len(layouts), length)
+    for row, layout in enumerate(layouts):
+        if layout == "full":
+            mask[row, : rng.integers(1, length + 1)] = 1
+        elif layout == "late_start":
+            mask[row, rng.integers(1, length):] = 1
+        elif layout == "holes":
+            mask[row] = torch.from_numpy(rng.integers(0, 2, length).astype(np.float32))
+    uids = np.array([f"q{i % 3}" for i in range(len(layouts))], dtype=object)
+    trl = torch.zeros(len(layouts), length)
+    trl[:, -1] = torch.from_numpy(rng.integers(0, 2, len(layouts)).astype(np.float32))
+    want, _, want_stats = compute_bnpo_advantage(trl, mask, uids, BNPOConfig())
+    got, _, got_stats = compute_bnpo_advantage(trl, mask.to(dtype), uids, BNPOConfig())
+    assert torch.equal(got, want) and got_stats == want_stats
+    assert got_stats.num_excluded == int((mask.amax(dim=-1) == 0).sum())
+
+
+def test_left_padded_and_late_starting_masks():
+    """Most rows starting with a masked token (the whole mask is scanned) and a few (only those rows are)."""
+    rewards, uids = grouped(RATES, group_size=8)
+    trl, mask, index = outcome_batch(rewards, uids)
+    flipped = mask.flip(-1)  # left padding: every row ends on its response, most start outside it
+    expected, _, _ = compute_bnpo_advantage(trl, mask, index, BNPOConfig())
+    for response_mask in (flipped, torch.cat([mask[:-2], flipped[-2:]])):
+        adv, _, stats = compute_bnpo_advantage(trl, response_mask.long(), index, BNPOConfig())
+        assert stats.num_excluded == 0
+        torch.testing.assert_close(scalar(adv, response_mask), scalar(expected, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_broadcast_is_the_mask_times_the_scalar_block_by_block(monkeypatch, dtype):
+    """The CPU broadcast goes block by block of rows: blocks of 3 rows over 10 (a partial last block), a
+    non-contiguous int64 mask with weights other than 1, give exactly mask * scalar in the advantage dtype."""
+    from bnpo.core import advantage
+
+    monkeypatch.setattr(advantage, "_BLOCK_BYTES", 3 * 7 * torch.empty((), dtype=dtype).element_size())
+    mask = torch.randint(0, 3, (7, 10)).t()  # (10, 7), not contiguous
+    values = torch.randn(10, dtype=torch.float64)
+    out = advantage._broadcast(values, mask, dtype)
+    assert out.dtype == dtype and out.is_contiguous() and out.shape == (10, 7)
+    assert torch.equal(out, mask.to(dtype) * values.to(dtype).unsqueeze(-1))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["b", "a", "c", "a", "b"],
+        [3, 1, 2, 1, 3],
+        [1, 1.0, True, 2, 0],  # equal as Python's == says, as for np.unique
+        [("q", 2), ("q", 1), ("q", 2)],
+        ["z" * 40 + str(i % 7) for i in range(50)],
+    ],
+)
+def test_question_ids_are_numpy_uniques_ids(labels):
+    from bnpo.core.groups import group_inverse
+
+    array = np.empty(len(labels), dtype=object)
+    array[:] = labels
+    inverse, num_groups = group_inverse(array, len(labels), torch.device("cpu"))
+    uniques, expected = np.unique(array, return_inverse=True)
+    assert inverse.tolist() == expected.reshape(-1).tolist() and num_groups == len(uniques)
+
+
+def test_uids_that_cannot_be_ordered_or_hashed():
+    from bnpo.core.groups import BNPOInputError, group_inverse
+
+    with pytest.raises(BNPOInputError, match="mixes label types that cannot be compared"):
+        group_inverse(np.array(["a", 1, "a"], dtype=object), 3, torch.device("cpu"))
+    unhashable = np.empty(3, dtype=object)
+    unhashable[:] = [[1], [0], [1]]  # lists: np.unique's rules (it orders them)
+    inverse, num_groups = group_inverse(unhashable, 3, torch.device("cpu"))
+    assert inverse.tolist() == [1, 0, 1] and num_groups == 2

@@ -37,12 +37,27 @@ def _pool(cfg: BNPOConfig, fit_state: Optional[FitState], name: str) -> Optional
     return fit_state.pool(name, cfg.fit_halflife)
 
 
+# Output bytes per block of the CPU broadcast: a block (about 2 MiB) stays in the CPU's caches between the mask's
+# copy into it and its scaling, so the output goes to memory once, as a plain copy's would. (Measured on a 2-vCPU
+# AMD EPYC: 1-2 MiB blocks cost 1.2x a plain copy, one pass over the whole output 1.35x, 128 KiB blocks 1.5x.)
+_BLOCK_BYTES = 2 << 20
+
+
 def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Outcome scalar (bs,) over the response tokens: (bs, L) in ``dtype``, zero outside the mask."""
-    # One (bs, L) buffer, written twice: the mask (verl's is int64) copied into ``dtype``, then scaled in
-    # place. A mixed-dtype product would convert the mask into a temporary first: twice the memory.
-    mask = response_mask.to(dtype, copy=True, memory_format=torch.contiguous_format)
-    return mask.mul_(scalar.to(dtype).unsqueeze(-1))
+    """Outcome scalar (bs,) over the response tokens: (bs, L) in ``dtype``, zero outside the mask.
+
+    The mask (verl's is int64) is copied into the one output buffer and scaled in place: a mixed-dtype
+    product would first convert the whole mask into a (bs, L) temporary. On CPU this goes block by block of
+    rows (a loop over memory blocks, not samples).
+    """
+    out = torch.empty(response_mask.shape, dtype=dtype, device=response_mask.device)
+    factor = scalar.to(dtype).unsqueeze(-1)
+    bs, length = out.shape
+    rows = max(1, _BLOCK_BYTES // max(1, length * out.element_size())) if out.device.type == "cpu" else bs
+    for start in range(0, bs, rows):
+        block = out[start:start + rows]
+        block.copy_(response_mask[start:start + rows]).mul_(factor[start:start + rows])
+    return out
 
 
 def _empty(response_mask: torch.Tensor, dtype: torch.dtype, cfg: BNPOConfig, components=()) -> tuple:

@@ -64,6 +64,6 @@ def baseline_of(
             lam, tau2 = torch.zeros_like(groups.count), 0.0
         centre = lam * fit.mu + (1 - lam) * groups.p_hat
         silent = groups.count < 2  # all-solved and all-failed questions carry a signal too
-        return Baseline(centre[inverse], centre, None, silent, _mean_over_multi(lam, groups.count), tau2)
+        return Baseline(centre.index_select(0, inverse), centre, None, silent, _mean_over_multi(lam, groups.count), tau2)
     silent = (groups.count < 2) | groups.constant
-    return Baseline(groups.p_hat[inverse], groups.p_hat, None, silent)
+    return Baseline(groups.p_hat.index_select(0, inverse), groups.p_hat, None, silent)

@@ -45,7 +45,7 @@ def within_variance(
 
     ``s`` (bs,) scores, ``inverse`` (bs,) question ids, ``keep`` (bs,) bool: the samples in the statistics.
     """
-    squared = (s - groups.p_hat[inverse]).pow(2)
+    squared = (s - groups.p_hat.index_select(0, inverse)).pow(2)
     if keep is not None:  # where, not a product: a left-out sample's score may be anything
         squared = torch.where(keep, squared, 0.0)
     total = torch.zeros_like(groups.count).index_add_(0, inverse, squared)
@@ -99,10 +99,10 @@ def eb_loo_baseline(
     shrink = multi & (spread.tau2 > 0)
     denominator = spread.sigma2 + (count - 1) * spread.tau2
     lam = torch.where(shrink, spread.sigma2 / torch.where(shrink, denominator, 1.0), 1.0)
-    m = count[inverse]
-    leave_one_out = (m * groups.p_hat[inverse] - s) / (m - 1).clamp(min=1)
-    lam_o = lam[inverse]
-    baseline = torch.where(multi[inverse], lam_o * spread.mu + (1 - lam_o) * leave_one_out, spread.mu)
+    m = count.index_select(0, inverse)
+    leave_one_out = (m * groups.p_hat.index_select(0, inverse) - s) / (m - 1).clamp(min=1)
+    lam_o = lam.index_select(0, inverse)
+    baseline = torch.where(multi.index_select(0, inverse), lam_o * spread.mu + (1 - lam_o) * leave_one_out, spread.mu)
     return baseline, lam
 
 

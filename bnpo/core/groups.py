@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
-
-
-@cache
-def _pandas_factorize() -> Optional[Callable]:
-    """pandas.factorize when pandas is importable (verl depends on it; bnpo does not), else None."""
-    try:
-        from pandas import factorize
-    except ImportError:
-        return None
-    return factorize
 
 
 class BNPOInputError(ValueError, TypeError):
@@ -34,36 +23,38 @@ def _missing_uid_error(rows: np.ndarray, num_samples: int) -> BNPOInputError:
 def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     """np.unique(labels, return_inverse=True)'s inverse and group count, by hashing instead of sorting.
 
-    Sorting (bs,) object uids (verl's uuid4 strings) compares Python objects; hashing them is several
-    times faster, and only the G distinct labels are then sorted, so the ids are exactly np.unique's.
-    Returns None when pandas is absent or cannot hash / order the labels (np.unique's rules then apply).
+    Sorting (bs,) object uids (verl's uuid4 strings) compares Python objects; one dict of the distinct labels
+    hashes each (str caches its hash), and only the G distinct labels are then sorted, so the ids are exactly
+    np.unique's. Labels are equal as Python's == says, as for np.unique. Returns None when the labels cannot
+    be hashed or ordered (np.unique's rules and errors then apply).
     """
-    factorize = _pandas_factorize()
-    if factorize is None:
-        return None
+    values = labels.tolist()
     try:
-        codes, uniques = factorize(labels)
-    except TypeError:  # unhashable labels: np.unique's rules (and errors) apply
+        distinct = dict.fromkeys(values)
+    except TypeError:  # unhashable labels
         return None
-    if (codes < 0).any():  # pandas marks None / NaN labels with -1
-        raise _missing_uid_error(np.flatnonzero(codes < 0), len(labels))
+    if _missing(np.fromiter(distinct, dtype=object, count=len(distinct))).any():  # None / NaN among the G labels
+        _check_no_missing(labels)  # names the rows
     try:
-        order = np.argsort(uniques)
+        ordered = sorted(distinct)
     except TypeError:  # incomparable label types: np.unique raises the error the caller reports
         return None
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[codes], len(order)
+    rank = dict(zip(ordered, range(len(ordered))))
+    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values)), len(ordered)
+
+
+def _missing(labels: np.ndarray) -> np.ndarray:
+    """(n,) bool: the None and NaN labels of an object or float array (all False for other dtypes)."""
+    if labels.dtype == object:
+        return np.asarray((labels == None) | (labels != labels), dtype=bool)  # noqa: E711 (elementwise)
+    if labels.dtype.kind in "fc":
+        return np.isnan(labels)
+    return np.zeros(labels.shape, dtype=bool)
 
 
 def _check_no_missing(labels: np.ndarray) -> None:
     """None and NaN uids (object or float arrays) are refused: they would group by accident."""
-    if labels.dtype == object:
-        missing = np.asarray((labels == None) | (labels != labels), dtype=bool)  # noqa: E711 (elementwise)
-    elif labels.dtype.kind in "fc":
-        missing = np.isnan(labels)
-    else:
-        return
+    missing = _missing(labels)
     if missing.any():
         raise _missing_uid_error(np.flatnonzero(missing), len(labels))
 

@@ -65,8 +65,10 @@ def normalized_outcome(
         at = torch.where(torch.isneginf(beta_log_density(at, alpha, beta)), base.fallback_at, at)
     weight, clamped = inverse_density_weight(at, alpha, beta, cfg.max_weight)
     silent = base.silent
-    silent_sample = silent[inverse] if keep is None else silent[inverse] | ~keep
-    advantage = torch.where(silent_sample, 0.0, weight[inverse] * (s - base.per_sample))
+    silent_sample = silent.index_select(0, inverse)  # index_select: several times faster than silent[inverse] on CPU
+    if keep is not None:
+        silent_sample |= ~keep
+    advantage = torch.where(silent_sample, 0.0, weight.index_select(0, inverse) * (s - base.per_sample))
 
     informative = ~silent
     samples = groups.count[informative].sum()

@@ -28,7 +28,7 @@ class SampleRows:
 
     def spread(self, scalar: torch.Tensor) -> torch.Tensor:
         """Per-sample advantages (bs,) with each session's final advantage copied to its other outputs."""
-        return scalar if self.source is None else scalar[self.source]
+        return scalar if self.source is None else scalar.index_select(0, self.source)
 
     def annotate(self, stats: BNPOStats) -> BNPOStats:
         """``stats`` (and its components') with this batch's row counts."""
@@ -47,10 +47,7 @@ def select_rows(response_mask: torch.Tensor, final_row: Any = None, inverse: Opt
     belong to one question: anything else is not a session layout, and raises BNPOInputError.
     """
     bs = response_mask.shape[0]
-    if response_mask.shape[-1] == 0:
-        keep = torch.zeros(bs, dtype=torch.bool, device=response_mask.device)
-    else:
-        keep = response_mask.amax(dim=-1) > 0  # amax: vectorised on CPU, where any() over int64 is not
+    keep = response_rows(response_mask)
     num_excluded = bs - int(keep.sum())
     source, num_broadcast = None, 0
     if final_row is not None:
@@ -67,6 +64,29 @@ def select_rows(response_mask: torch.Tensor, final_row: Any = None, inverse: Opt
     if num_excluded == 0 and num_broadcast == 0:
         keep = None
     return SampleRows(keep, source, num_excluded, num_broadcast)
+
+
+def response_rows(response_mask: torch.Tensor) -> torch.Tensor:
+    """(bs,) bool: the rows of the mask (bs, L) with a response token, i.e. a positive entry.
+
+    An integer or bool row whose first entry is positive has one: verl's responses start at column 0, so only
+    the other rows (padding rows, empty responses) are scanned, and the mask is not read end to end twice per
+    call (the advantage's broadcast reads it once). Floating-point masks are scanned whole (``amax``: a NaN
+    entry leaves its row out, as it always has).
+    """
+    bs, length = response_mask.shape
+    if length == 0:
+        return torch.zeros(bs, dtype=torch.bool, device=response_mask.device)
+    if response_mask.is_floating_point():
+        return response_mask.amax(dim=-1) > 0  # amax: vectorised on CPU, where any() is not
+    keep = response_mask[:, 0] > 0
+    if bool(keep.all()):
+        return keep
+    rest = (~keep).nonzero().flatten()
+    if rest.numel() > bs // 8:  # masks that often start with 0 (left padding): one pass, no copy of the rows
+        return response_mask.amax(dim=-1) > 0
+    keep[rest] = response_mask.index_select(0, rest).amax(dim=-1) > 0
+    return keep
 
 
 def _check_sessions(source: torch.Tensor, inverse: Optional[torch.Tensor]) -> None:

@@ -49,6 +49,22 @@ def map_rewards(
     the observed range, how many samples are affected and the first offending row, followed by
     ``explain(outside)``: the likely cause.
     """
+    s = (scores - cfg.reward_min) / (cfg.reward_max - cfg.reward_min)
+    # one test for the common case (NaN and inf fail it too); the errors below say which check failed
+    fine = (s >= -_RANGE_TOLERANCE) & (s <= 1 + _RANGE_TOLERANCE)
+    if keep is not None:
+        fine |= ~keep
+    if not bool(fine.all()):
+        _refuse(scores, s, cfg, what, keep, explain)
+    s = s.clamp(0.0, 1.0)
+    return s if keep is None else torch.where(keep, s, 0.0)
+
+
+def _refuse(
+    scores: torch.Tensor, s: torch.Tensor, cfg: BNPOConfig, what: str, keep: Optional[torch.Tensor],
+    explain: Optional[Callable[[torch.Tensor], str]],
+) -> None:
+    """``map_rewards``' errors: non-finite rewards first, then rewards outside the declared range."""
     considered = torch.ones_like(scores, dtype=torch.bool) if keep is None else keep
     nonfinite = ~torch.isfinite(scores) & considered
     if bool(nonfinite.any()):
@@ -57,7 +73,6 @@ def map_rewards(
             f"{bad.numel()} of {scores.numel()} samples have a non-finite {what} (first: row {int(bad[0])}, "
             f"value {scores[bad[0]].item()}); fix the reward function so it returns finite scores."
         )
-    s = (scores - cfg.reward_min) / (cfg.reward_max - cfg.reward_min)
     outside = ((s < -_RANGE_TOLERANCE) | (s > 1 + _RANGE_TOLERANCE)) & considered
     if bool(outside.any()):
         bad = outside.nonzero().flatten()
@@ -69,8 +84,6 @@ def map_rewards(
             f"{_key('reward_min')} / {_key('reward_max')} to the range your reward function returns."
             + (explain(outside) if explain is not None else "")
         )
-    s = s.clamp(0.0, 1.0)
-    return s if keep is None else torch.where(keep, s, 0.0)
 
 
 def check_tensors(**tensors: Any) -> None:
