@@ -1,9 +1,9 @@
-"""The verl places bnpo extends, checked before anything is patched, and the verl version bnpo is tested with.
+"""The verl places bnpo extends, the trainer modules each run needs, and the verl version bnpo is tested with.
 
-Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``checkpoint``) resolves the
-attributes it needs through ``require`` first, so a verl that renamed one fails with ``VerlChanged`` naming the
-place, before any of that module's patches is applied. A class that lost a method is also *gated*: its
-``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
+Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``trainer_fully_async``,
+``checkpoint``) resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
+``VerlChanged`` naming the place, before any of that module's patches is applied. A class that lost a method is also
+*gated*: its ``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
 rollouts with no ``bnpo/*`` metrics.
 
 Version policy: bnpo is tested with exactly ``TESTED_VERL``. Another version only warns, at start-up of a bnpo
@@ -17,6 +17,8 @@ import functools
 import importlib
 import importlib.metadata as metadata
 import logging
+import sys
+from collections.abc import Callable
 from typing import Any, Optional
 
 from ..core.config import ESTIMATORS
@@ -40,12 +42,29 @@ PLACES = {
     "verl.experimental.fully_async_policy.fully_async_trainer": ("FullyAsyncTrainer",),
 }
 
+# The trainer a run selects -> the verl modules bnpo extends for it. bnpo hooks each by its name (bnpo.verl.hooks),
+# so a module verl moved would leave its trainer unextended: the start-up check imports these names.
+TRAINER_MODULES = {
+    "v1": ("verl.trainer.ppo.v1.trainer_base",),
+    "legacy": ("verl.trainer.ppo.ray_trainer",),
+    "one_step_off_policy": ("verl.trainer.ppo.ray_trainer", "verl.experimental.separation.ray_trainer"),
+    "fully_async_policy": (
+        "verl.trainer.ppo.ray_trainer", "verl.experimental.separation.ray_trainer",
+        "verl.experimental.fully_async_policy.fully_async_trainer",
+    ),
+}
+
 
 class VerlChanged(RuntimeError):
     """A place bnpo extends is missing from the installed verl."""
 
 
 def installed_verl() -> Optional[str]:
+    """The version of the verl this process runs (``verl.__version__``: also right for a source checkout)."""
+    module = sys.modules.get("verl")
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
     try:
         return metadata.version("verl")
     except metadata.PackageNotFoundError:
@@ -76,19 +95,33 @@ def uses_bnpo(config: Any) -> bool:
     return algorithm is not None and algorithm.get("adv_estimator", None) in ESTIMATORS
 
 
+def patch(owner: Any, attribute: str, make_wrapper: Callable[[Any], Any]) -> Any:
+    """Set ``owner.<attribute>`` to ``make_wrapper(original)``, where original is verl's own: a plugin imported a
+    second time (a reloaded module, a purged ``sys.modules``) replaces its earlier wrapper instead of wrapping it."""
+    current = getattr(owner, attribute)
+    original = getattr(current, "_bnpo_original", current)
+    wrapper = make_wrapper(original)
+    wrapper._bnpo_original = original
+    wrapper._bnpo_wrapped = True
+    setattr(owner, attribute, wrapper)
+    return wrapper
+
+
 def gate(cls: type, error: BaseException) -> None:
     """Make ``cls(config, ...)`` refuse a bnpo / ad_bnpo config with ``error`` (other estimators run as usual)."""
-    original = cls.__init__
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        config = kwargs.get("config", args[0] if args else None)
-        if uses_bnpo(config):
-            raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
-                              f"{config.algorithm.adv_estimator}: {error}") from error
-        original(self, *args, **kwargs)
+    def gated(original):
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):
+            config = kwargs.get("config", args[0] if args else None)
+            if uses_bnpo(config):
+                raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
+                                  f"{config.algorithm.adv_estimator}: {error}") from error
+            original(self, *args, **kwargs)
 
-    cls.__init__ = __init__
+        return __init__
+
+    patch(cls, "__init__", gated)
 
 
 def gate_classes(module: Any, error: BaseException) -> None:
@@ -110,9 +143,29 @@ def check_version() -> None:
         )
 
 
-def import_trainer_modules(config: Any) -> None:
-    """Import the verl trainer modules a main_ppo run of ``config`` will use, so their hooks run (and fail) here."""
+def selected_trainer(config: Any) -> str:
+    """The trainer a run of ``config`` uses, from the sections verl's entry points compose: fully_async_policy's
+    config has ``async_training``, one_step_off_policy's a top-level ``rollout`` (the rollout's own GPUs), and
+    main_ppo runs the v1 trainer unless ``trainer.use_v1=False``."""
+    if config.get("async_training", None) is not None:
+        return "fully_async_policy"
+    if config.get("rollout", None) is not None:
+        return "one_step_off_policy"
     trainer = config.get("trainer", None) or {}
-    importlib.import_module("verl.trainer.ppo.ray_trainer")
-    if trainer.get("use_v1", True):
-        importlib.import_module("verl.trainer.ppo.v1.trainer_base")
+    return "v1" if trainer.get("use_v1", True) else "legacy"
+
+
+def import_trainer_modules(trainer: str) -> None:
+    """Import, under the names bnpo hooks, the verl modules the ``trainer`` extends, so their hooks run (and fail)
+    here; a module that does not import under its name stops the run, naming it."""
+    for name in TRAINER_MODULES[trainer]:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            moved = err.name is not None and (name == err.name or name.startswith(err.name + "."))
+            why = "verl moved or renamed it" if moved else "one of its imports failed"
+            raise VerlChanged(
+                f"bnpo extends verl's {name} for the {trainer} trainer, but it does not import under that name "
+                f"({type(err).__name__}: {err}; {why}). bnpo hooks the module by its name, so this trainer would run "
+                f"without bnpo's extension. bnpo is tested with verl {TESTED_VERL}."
+            ) from err
