@@ -1,11 +1,12 @@
-"""A verl that changed under bnpo stops a bnpo run at start-up, naming the place; so does a half-installed plugin
-(each verl place removed in turn). verl's version is compared."""
+"""A verl that changed under bnpo stops a bnpo run at start-up, naming the place; so does an unsupported verl, a
+half-installed plugin (each verl place removed in turn), and a trainer module that no longer imports under its name."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -65,16 +66,31 @@ def test_other_estimators_still_start_with_a_changed_verl(renamed):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_an_untested_verl_version_warns_at_startup(monkeypatch, caplog):
-    monkeypatch.setattr(compat, "installed_verl", lambda: "0.9.2")
+@pytest.mark.parametrize("version, supported", [
+    ("0.9.0", True), ("0.9.1", True), ("0.9.2rc1", True), ("0.9.1+internal", True), ("0.10.0.dev", True),
+    ("0.10.0.dev3", True), ("0.8.0", False), ("0.9.0.dev", False), ("0.10.0rc1", False), ("0.10.0", False),
+    ("1.0.0", False), (None, False), ("unknown", False),
+])
+def test_the_supported_verl_versions(version, supported):
+    assert compat.is_supported(version) is supported
+
+
+def test_a_verl_outside_the_supported_range_is_refused_at_startup_naming_the_range_and_the_fix(monkeypatch, caplog):
+    config = verl_config("algorithm.adv_estimator=bnpo")
+    monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")
+    with pytest.raises(compat.VerlChanged, match=re.escape(
+            "bnpo supports verl >=0.9.0,<0.10 and upstream main (0.10.0.dev); this is verl 0.8.0. Install a supported "
+            "verl (pip install 'verl[verl-core]>=0.9.0,<0.10'")):
+        check_run_config(config)
+    assert check_run_config(verl_config("algorithm.adv_estimator=grpo")) is None  # other estimators: not bnpo's call
+    monkeypatch.setenv(compat.ALLOW_UNSUPPORTED, "1")  # a team trying a newer verl: a warning, every place still checked
     with caplog.at_level(logging.WARNING):
-        check_run_config(verl_config("algorithm.adv_estimator=bnpo"))
-    assert "bnpo is tested with verl 0.9.1 only; this is verl 0.9.2" in caplog.text
-    caplog.clear()
-    monkeypatch.setattr(compat, "installed_verl", lambda: compat.TESTED_VERL)
-    with caplog.at_level(logging.WARNING):
-        check_run_config(verl_config("algorithm.adv_estimator=bnpo"))
-    assert "tested with verl" not in caplog.text
+        assert check_run_config(config) is not None
+    assert "this is verl 0.8.0" in caplog.text and "BNPO_ALLOW_UNSUPPORTED_VERL is set" in caplog.text
+    monkeypatch.delenv(compat.ALLOW_UNSUPPORTED)
+    for version in ("0.9.0", "0.9.1", "0.10.0.dev"):
+        monkeypatch.setattr(compat, "installed_verl", lambda v=version: v)
+        assert check_run_config(config) is not None
 
 
 def test_every_place_bnpo_relies_on_exists_in_the_installed_verl():
@@ -232,6 +248,24 @@ def entry_point_config(kind: str, *overrides: str):
                                              ("one_step_off_policy", ()), ("fully_async_policy", ())])
 def test_the_startup_check_knows_the_trainer_from_verls_own_entry_point_configs(kind, overrides):
     assert compat.selected_trainer(entry_point_config(kind, *overrides)) == kind
+
+
+MODULES = [(kind, module) for kind, modules in compat.TRAINER_MODULES.items() for module in modules]
+
+
+@pytest.mark.parametrize("kind, module", MODULES, ids=[f"{k}:{m}" for k, m in MODULES])
+def test_a_trainer_module_that_moved_stops_its_runs_naming_the_module(monkeypatch, kind, module):
+    """bnpo hooks verl's modules by name; one that no longer imports under its name (verl moved it) would leave the
+    trainer unextended: the start-up check of a run of that trainer stops, naming it. Runs of other trainers go on."""
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now raises ModuleNotFoundError for that name
+    overrides = ("trainer.use_v1=False",) if kind == "legacy" else ()
+    with pytest.raises(compat.VerlChanged, match=rf"bnpo extends verl's {re.escape(module)} for the {kind} trainer, "
+                                                 r"but it does not import under that name .*verl moved or renamed it"):
+        check_run_config(entry_point_config(kind, *overrides))
+    for other, modules in compat.TRAINER_MODULES.items():
+        if module not in modules:
+            other_overrides = ("trainer.use_v1=False",) if other == "legacy" else ()
+            assert check_run_config(entry_point_config(other, *other_overrides)) is not None, other
 
 
 def test_building_the_fully_async_trainer_imports_nothing_of_the_v1_trainer():

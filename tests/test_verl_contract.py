@@ -20,6 +20,7 @@ from verl_helpers import legacy_batch, verl_config
 
 import verl.trainer.ppo.core_algos as core_algos
 import verl.trainer.ppo.ray_trainer as ray_trainer
+from bnpo.verl import compat
 from bnpo.verl.compat import VerlChanged
 from bnpo.verl.startup import check_run_config
 from verl.experimental.fully_async_policy.fully_async_trainer import FullyAsyncTrainer
@@ -109,6 +110,14 @@ def test_the_first_step_runs_the_whole_startup_check_where_it_trains(tmp_path, k
     with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=bnpo was requested but it is registered to "
                                          r"test_verl_contract\.another_plugins_bnpo"):
         run_steps(kind, trainer_of(kind, tmp_path, *BNPO), [[[0.25, 0.5]]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unsupported_verl_stops_the_first_step_where_it_trains(tmp_path, kind, monkeypatch):
+    trainer = trainer_of(kind, tmp_path, *BNPO)
+    monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")  # e.g. a TaskRunner's node with another verl
+    with pytest.raises(VerlChanged, match=r"bnpo supports verl >=0\.9\.0,<0\.10 .* this is verl 0\.8\.0"):
+        run_steps(kind, trainer, [[[0.25, 0.5]]])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -367,6 +367,16 @@ def test_the_first_step_runs_the_whole_startup_check_where_it_trains(transfer_qu
         trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
 
 
+def test_an_unsupported_verl_stops_the_first_step_where_it_trains(transfer_queue, monkeypatch):
+    from bnpo.verl import compat
+
+    rewards, uids, k, rng = sessions_batch(seed=41, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")  # e.g. the TaskRunner's node has another verl
+    with pytest.raises(compat.VerlChanged, match=r"bnpo supports verl >=0\.9\.0,<0\.10 .* this is verl 0\.8\.0"):
+        trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
+
+
 def test_a_ray_node_says_whether_a_bnpo_run_could_start_there(transfer_queue):
     """What a cluster pre-flight runs on every node (bnpo.verl.startup.node_problems), in a worker like verl's."""
     from bnpo.verl.startup import node_problems

@@ -1,4 +1,4 @@
-"""The verl places bnpo extends, the trainer modules each run needs, and the verl version bnpo is tested with.
+"""The verl places bnpo extends, the verl versions it supports, and the trainer modules each run needs.
 
 Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``trainer_fully_async``,
 ``checkpoint``) resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
@@ -6,9 +6,10 @@ Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separatio
 *gated*: its ``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
 rollouts with no ``bnpo/*`` metrics.
 
-Version policy: bnpo is tested with exactly ``TESTED_VERL``. Another version only warns, at start-up of a bnpo
-run: what protects the run is that every place in ``PLACES`` is checked, which refuses a verl that changed
-any of them.
+Version policy: bnpo supports verl ``SUPPORTED_VERL`` and upstream main while it develops the next minor release
+(``MAIN_VERL``); the start-up of a bnpo run refuses any other verl, naming the range and the fix
+(``BNPO_ALLOW_UNSUPPORTED_VERL=1`` turns that into a warning, for trying a newer verl: every place is still checked).
+``TESTED_VERL`` is the release the recipe's GPU stack and the CPU end-to-end runs use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import importlib
 import importlib.metadata as metadata
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, Optional
@@ -26,6 +28,10 @@ from ..core.config import ESTIMATORS
 logger = logging.getLogger(__name__)
 
 TESTED_VERL = "0.9.1"
+SUPPORTED_VERL = ">=0.9.0,<0.10"
+MAIN_VERL = "0.10.0.dev"  # what upstream main reports (verl/version/version) until 0.10.0 is released
+ALLOW_UNSUPPORTED = "BNPO_ALLOW_UNSUPPORTED_VERL"
+INSTALL_SUPPORTED = "pip install 'verl[verl-core]>=0.9.0,<0.10'"
 
 # module -> the attributes bnpo wraps or reads there (docs/verl.md, "What bnpo relies on in verl").
 PLACES = {
@@ -56,7 +62,7 @@ TRAINER_MODULES = {
 
 
 class VerlChanged(RuntimeError):
-    """A place bnpo extends is missing from the installed verl."""
+    """A place bnpo extends is missing from the installed verl, or the installed verl is not supported."""
 
 
 def installed_verl() -> Optional[str]:
@@ -71,15 +77,34 @@ def installed_verl() -> Optional[str]:
         return None
 
 
+def is_supported(version: Optional[str]) -> bool:
+    """``version`` in ``SUPPORTED_VERL`` (its pre-releases included), or a development release of upstream main."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        parsed = Version(str(version))
+    except InvalidVersion:
+        return False
+    main = Version(MAIN_VERL)
+    return SpecifierSet(SUPPORTED_VERL).contains(parsed, prereleases=True) or (
+        parsed.release == main.release and parsed.is_devrelease and parsed.pre is None
+    )
+
+
+def supported_text() -> str:
+    return f"verl {SUPPORTED_VERL} and upstream main ({MAIN_VERL})"
+
+
 def require(module: Any, dotted: str) -> Any:
     """``module.<dotted>`` (e.g. ``"PPOTrainer._compute_advantage"``), or VerlChanged naming the place."""
     value = module
     for part in dotted.split("."):
         if not hasattr(value, part):
             raise VerlChanged(
-                f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo is tested "
-                f"with verl {TESTED_VERL}, where it exists). Install verl=={TESTED_VERL}, or a bnpo release that "
-                "supports your verl."
+                f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo supports "
+                f"{supported_text()}, where it exists). Install a supported verl ({INSTALL_SUPPORTED}), or a bnpo "
+                "release that supports your verl."
             )
         value = getattr(value, part)
     return value
@@ -134,13 +159,17 @@ def gate_classes(module: Any, error: BaseException) -> None:
 
 
 def check_version() -> None:
-    """Warn when the installed verl is not the tested one (called at start-up of a bnpo run)."""
+    """Refuse a verl outside the supported versions (called at the start-up of a bnpo run)."""
     version = installed_verl()
-    if version != TESTED_VERL:
-        logger.warning(
-            "bnpo is tested with verl %s only; this is verl %s. bnpo checks at start-up that every verl place it "
-            "extends is there, but their behaviour may have changed.", TESTED_VERL, version,
-        )
+    if is_supported(version):
+        return
+    message = (f"bnpo supports {supported_text()}; this is verl {version}. Install a supported verl "
+               f"({INSTALL_SUPPORTED}, or pip install 'bnpo[verl]'), or a bnpo release that supports your verl")
+    if os.environ.get(ALLOW_UNSUPPORTED, "").strip().lower() in ("1", "true", "yes", "on"):
+        logger.warning("%s. %s is set: going on; bnpo checks every verl place it extends, but not their behaviour.",
+                       message, ALLOW_UNSUPPORTED)
+        return
+    raise VerlChanged(f"{message}. To try this verl anyway, set {ALLOW_UNSUPPORTED}=1.")
 
 
 def selected_trainer(config: Any) -> str:
@@ -167,5 +196,5 @@ def import_trainer_modules(trainer: str) -> None:
             raise VerlChanged(
                 f"bnpo extends verl's {name} for the {trainer} trainer, but it does not import under that name "
                 f"({type(err).__name__}: {err}; {why}). bnpo hooks the module by its name, so this trainer would run "
-                f"without bnpo's extension. bnpo is tested with verl {TESTED_VERL}."
+                f"without bnpo's extension. bnpo supports {supported_text()} ({INSTALL_SUPPORTED})."
             ) from err

@@ -17,7 +17,7 @@ from ..core.advantage import compute_ad_bnpo_advantage, compute_bnpo_advantage
 from ..core.config import _key, config_from_algorithm
 from ..core.scores import component_rewards
 from . import hooks
-from .compat import TESTED_VERL, VerlChanged
+from .compat import VerlChanged, supported_text
 from .context import EstimatorScope, current_run, current_scope
 
 
@@ -37,7 +37,7 @@ def _scope(name: str) -> Optional[EstimatorScope]:
         raise VerlChanged(
             f"algorithm.adv_estimator={name}: bnpo's verl plugin did not load completely in this process: extending "
             f"{place} failed ({type(err).__name__}: {err}). Without it bnpo would train with no start-up check, no "
-            f"bnpo/* metrics or no per-step checks. Reinstall bnpo next to verl {TESTED_VERL}."
+            f"bnpo/* metrics or no per-step checks. Install bnpo next to a verl it supports ({supported_text()})."
         ) from err
     scope = current_scope()
     trainer = current_run()

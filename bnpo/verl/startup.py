@@ -5,7 +5,7 @@ both ``verl.utils.config.validate_config`` and the package's copy ``verl.utils.v
 ``main_ppo``, the legacy TaskRunner and one_step_off_policy's TaskRunner call first), when verl's fully_async
 trainer is built (its entry point skips ``validate_config``), and at the first advantage step of every trainer bnpo
 extends, in the process that trains (``bnpo.verl.contract``). So a typo in ``algorithm.bnpo``, a setting bnpo cannot
-honour, or a verl that changed under bnpo fails at start-up, not after the first rollout.
+honour, an unsupported verl, or a verl that changed under bnpo fails at start-up, not after the first rollout.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _check_registered(name: str) -> None:
 
 
 def check_integration(config: Any, trainer: Optional[str] = None) -> None:
-    """A bnpo run's start-up in this process: verl's version compared; the verl modules of the run's trainer
+    """A bnpo run's start-up in this process: verl's version supported; the verl modules of the run's trainer
     (``trainer``, else the one ``config`` selects) importable under the names bnpo hooks, so their extensions run
     here; bnpo's estimator registered; nothing of the plugin failed."""
     name = str(config.algorithm.adv_estimator)
@@ -58,8 +58,8 @@ def check_integration(config: Any, trainer: Optional[str] = None) -> None:
 
 
 def installation_problems() -> list[str]:
-    """What would stop any bnpo / ad_bnpo run in this process, whatever its config: a part of bnpo's plugin that
-    failed, an estimator that is not bnpo's; [] when none. ``import verl`` first (it loads bnpo's
+    """What would stop any bnpo / ad_bnpo run in this process, whatever its config: an unsupported verl, a part of
+    bnpo's plugin that failed, an estimator that is not bnpo's; [] when none. ``import verl`` first (it loads bnpo's
     plugin), or use ``node_problems``."""
     problems = []
     try:
