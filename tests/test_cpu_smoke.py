@@ -411,4 +411,5 @@ def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
     second = json.loads((ckpt / "global_step_2" / "bnpo_state.json").read_text())["bnpo"]
     added = second["weight"] - 0.5 ** (1 / halflife) * first["weight"]
     assert second["batches"] == 2 and added == pytest.approx(round(added)) and 1 <= round(added) <= 4, second
+    assert (first["step"], second["step"]) == (1, 2)  # each pool's training step, saved with it (one decay between)
     assert steps[2]["bnpo/fit_weight"] == pytest.approx(second["weight"])

@@ -31,7 +31,7 @@ def test_fresh_process_that_imports_verl_has_everything():
         from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R
         print("estimators", R["bnpo"].__module__, R["ad_bnpo"].__module__)
         import verl.utils.config
-        print("startup_check", getattr(verl.utils.config.validate_config, "_bnpo_checked", False))
+        print("startup_check", getattr(verl.utils.config.validate_config, "_bnpo_wrapped", False))
         from verl.trainer.ppo.v1 import get_trainer_cls
         modes = ("sync", "colocate_async", "separate_async")
         print("v1", all(getattr(get_trainer_cls(m)._compute_advantage, "_bnpo_wrapped", False) for m in modes))

@@ -27,6 +27,8 @@ from batches import grouped
 from oracle import reference_ad_bnpo, reference_advantages
 from verl_helpers import verl_config
 
+from bnpo.verl import fit_state_of
+
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
@@ -300,3 +302,90 @@ def test_two_trainers_in_one_process_keep_their_own_pooled_fits(transfer_queue):
     bnpo_metrics = {key for key in a_second if key.startswith("bnpo/")}
     assert bnpo_metrics and all(a_second[key] == pytest.approx(alone_second[key]) for key in bnpo_metrics)
     assert a_second["bnpo/fit_weight"] > 7  # two batches of 7 questions, the first one decayed
+
+
+class ReplayBufferPerUpdate(ReplayBufferStub):
+    """Hands out one batch per local update (verl's ReplayBuffer samples train_batch_size / parameter_sync_step)."""
+
+    def __init__(self, batches):
+        super().__init__([])
+        self.batches = list(batches)
+
+    def sample(self, global_steps, partition_id, batch_size):
+        self.keys = self.batches.pop(0)
+        return super().sample(global_steps, partition_id, batch_size)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fit_halflife_decays_once_per_step_with_several_local_updates(transfer_queue, mode):
+    """trainer.v1.<mode>.parameter_sync_step=2: verl's step runs two local updates, each with its own advantage step.
+    The pooled fit decays once per training step (half-life H=2 steps), not once per local update."""
+    def batch_keys(seed):
+        rewards, uids, k, rng = sessions_batch(seed=seed, multi_output=False)
+        return write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+
+    trainer = trainer_for(mode, [], "algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=2")
+    trainer.parameter_sync_step = 2
+    trainer.replay_buffer = ReplayBufferPerUpdate([batch_keys(seed) for seed in (30, 31, 32, 33)])
+    pool = fit_state_of(trainer).pools
+    first = {}
+    trainer.step(first, timing_raw={})
+    assert pool["bnpo"].weight == pytest.approx(14.0)  # 7 questions per update, both at step 1: no decay between
+    # verl's MetricsAggregator averages the updates' fit_weight (7, then 14) weighted by their 28 samples each
+    assert first["bnpo/fit_weight"] == pytest.approx(10.5)
+    trainer.global_steps = 2
+    trainer.step({}, timing_raw={})
+    assert pool["bnpo"].weight == pytest.approx(14.0 * 0.5 ** 0.5 + 14.0)
+
+
+def test_a_step_without_bnpos_estimator_raises_naming_the_verl_place(transfer_queue, monkeypatch):
+    import verl.trainer.ppo.core_algos as core_algos
+
+    from bnpo.verl.compat import VerlChanged
+
+    rewards, uids, k, rng = sessions_batch(seed=40, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    # verl changed how it calls estimators: its advantage step no longer reaches bnpo's function
+    monkeypatch.setattr(core_algos, "get_adv_estimator_fn", lambda name: core_algos.compute_grpo_outcome_advantage)
+    with pytest.raises(VerlChanged, match=r"PPOTrainer\._compute_advantage ran without calling bnpo's estimator"):
+        trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
+
+
+def another_plugins_bnpo(**kwargs):
+    raise AssertionError("bnpo's start-up check must stop the run before this runs")
+
+
+def test_the_first_step_runs_the_whole_startup_check_where_it_trains(transfer_queue, monkeypatch):
+    import verl.trainer.ppo.core_algos as core_algos
+
+    rewards, uids, k, rng = sessions_batch(seed=42, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    # the TaskRunner's process has another plugin's "bnpo" in verl's registry
+    monkeypatch.setitem(core_algos.ADV_ESTIMATOR_REGISTRY, "bnpo", another_plugins_bnpo)
+    with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=bnpo was requested but it is registered to "
+                                         r"test_verl_ray\.another_plugins_bnpo"):
+        trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
+
+
+def test_an_unsupported_verl_stops_the_first_step_where_it_trains(transfer_queue, monkeypatch):
+    from bnpo.verl import compat
+
+    rewards, uids, k, rng = sessions_batch(seed=41, multi_output=False)
+    keys = write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+    monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")  # e.g. the TaskRunner's node has another verl
+    with pytest.raises(compat.VerlChanged, match=r"bnpo supports verl >=0\.9\.0,<0\.10 .* this is verl 0\.8\.0"):
+        trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
+
+
+def test_a_ray_node_says_whether_a_bnpo_run_could_start_there(transfer_queue):
+    """What a cluster pre-flight runs on every node (bnpo.verl.startup.node_problems), in a worker like verl's."""
+    from bnpo.verl.startup import node_problems
+
+    probe = ray.remote(num_cpus=0)(node_problems)
+    assert ray.get(probe.remote()) == []
+    # a node whose verl does not load bnpo's plugin (entry-point plugins off there)
+    off = probe.options(runtime_env={"env_vars": {"VERL_USE_EXTERNAL_PLUGINS": "none"}}).remote()
+    problems = ray.get(off)
+    assert [p.split(" was requested")[0] for p in problems] == ["algorithm.adv_estimator=bnpo",
+                                                                 "algorithm.adv_estimator=ad_bnpo"]
+    assert all("it is not registered" in p for p in problems)

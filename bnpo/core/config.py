@@ -33,7 +33,7 @@ class BNPOConfig:
     max_weight: upper clamp on the weight 1 / f_N(p_hat) (the reference uses 1e6).
     components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch).
     component_weights: optional non-negative weights of the components (default: equal).
-    fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in steps (estimator calls)
+    fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in training steps
         over which the fit's moments are pooled across batches (``bnpo.core.pooling``).
     baseline: "group_mean" (the paper: p_hat); "posterior_mean", the mean of p(q) under a Beta prior with the
         fit's mean and deconvolved variance, at which the weight is also evaluated; or "eb_loo", the credibility

@@ -3,7 +3,9 @@
 The paper fits Beta(a, b) to the p_hat of one batch (32 questions per step in its recipe), so the
 normaliser moves with that batch's sampling noise. With a half-life of H steps, each fit instead uses
 the exponentially weighted moment sums of every batch so far (a batch k steps back weighs 0.5^(k/H)),
-and the first step is exactly the paper's fit.
+and the first step is exactly the paper's fit. Steps are training steps when the caller numbers them
+(``FitState.step``, set by bnpo's verl integration): the batches of one step (verl's local updates with
+``parameter_sync_step > 1``) weigh alike. Without step numbers every batch counts as one step.
 
 State: one ``MomentPool`` per estimator (``bnpo``, or ``ad_bnpo/<component>``), gathered in a ``FitState``
 that the caller owns (bnpo's verl integration: one per trainer). It is saved beside verl's checkpoints
@@ -14,8 +16,8 @@ run normalises exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
 
 import torch
 
@@ -27,7 +29,7 @@ class MomentPool:
     """Exponentially weighted moment sums of the per-question success rates of past batches.
 
     weight, sum1, sum2: sums over questions q of past batches of w_q, w_q p_hat_q and w_q p_hat_q^2, with
-    w_q = 0.5 ** (batches since q's batch / halflife); batches: how many batches were added.
+    w_q = 0.5 ** (training steps since q's batch / halflife); batches: how many batches were added.
     """
 
     halflife: float
@@ -35,16 +37,27 @@ class MomentPool:
     sum1: float = 0.0
     sum2: float = 0.0
     batches: int = 0
+    step: Optional[int] = None  # the training step of the last batch added (None: steps not numbered)
+    # the training step of the next batch (set by FitState.pool; not saved)
+    at_step: Optional[int] = field(default=None, repr=False, compare=False)
 
     def add(self, p_hat: torch.Tensor) -> BetaFit:
-        """Decay the sums by one batch, add ``p_hat`` (num_questions,), and fit Beta(a, b) to the pool."""
-        decay = 0.5 ** (1.0 / self.halflife)
+        """Decay the sums by the steps since the last batch, add ``p_hat`` (num_questions,), and fit Beta(a, b).
+
+        Without step numbers (``at_step`` or the last batch's ``step`` unknown) the last batch counts as one step back.
+        """
+        steps = 1 if self.at_step is None or self.step is None else self.at_step - self.step
+        if steps < 0:
+            raise ValueError(f"bnpo fit state: the training step went back from {self.step} to {self.at_step}; "
+                             "a run's pooled fits must be restored with its checkpoint (FitState.load_state_dict).")
+        decay = 0.5 ** (steps / self.halflife)
         p_hat = p_hat.to(torch.float64)
         moments = torch.stack([p_hat.sum(), (p_hat * p_hat).sum()]).tolist()  # one host sync
         self.weight = decay * self.weight + p_hat.numel()
         self.sum1 = decay * self.sum1 + moments[0]
         self.sum2 = decay * self.sum2 + moments[1]
         self.batches += 1
+        self.step = self.at_step if self.at_step is not None else self.step
         return fit_beta_pooled(self.weight, self.sum1, self.sum2, int(p_hat.numel()))
 
 
@@ -58,12 +71,14 @@ class FitState:
 
     def __init__(self) -> None:
         self.pools: dict[str, MomentPool] = {}
+        self.step: Optional[int] = None  # the current training step, when the owner numbers them
 
     def pool(self, name: str, halflife: float) -> MomentPool:
-        """The pool of estimator ``name``; a new half-life starts a new pool."""
+        """The pool of estimator ``name``, about to take a batch of ``self.step``; a new half-life starts a new pool."""
         pool = self.pools.get(name)
         if pool is None or pool.halflife != halflife:
             pool = self.pools[name] = MomentPool(halflife)
+        pool.at_step = self.step
         return pool
 
     def clear(self) -> None:
@@ -72,7 +87,7 @@ class FitState:
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """Every pool, as plain numbers (JSON-serialisable)."""
-        return {name: asdict(pool) for name, pool in self.pools.items()}
+        return {name: {k: v for k, v in asdict(pool).items() if k != "at_step"} for name, pool in self.pools.items()}
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
         """Replace the pools with a saved ``state_dict``; bad entries raise ValueError naming them."""
@@ -83,7 +98,8 @@ class FitState:
             except TypeError as err:
                 raise ValueError(f"bnpo fit state '{name}' is not a saved MomentPool ({err}).") from None
             values = (pool.halflife, pool.weight, pool.sum1, pool.sum2)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or pool.weight < 0:
+            if (not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or pool.weight < 0
+                    or not (pool.step is None or isinstance(pool.step, int))):
                 raise ValueError(f"bnpo fit state '{name}' has invalid numbers: {fields}.")
             pools[name] = pool
         self.pools = pools

@@ -22,6 +22,7 @@ import logging
 import os
 from typing import Any, Optional
 
+from . import compat
 from .context import fit_state_of
 
 logger = logging.getLogger(__name__)
@@ -80,23 +81,26 @@ def read_state(trainer: Any) -> None:
         logger.warning("bnpo: %s has no %s; algorithm.bnpo.fit_halflife starts from an empty pool.", folder, STATE_FILE)
 
 
-def install(trainer_cls: type) -> None:
-    """Extend ``trainer_cls._save_checkpoint`` and ``._load_checkpoint`` (idempotent)."""
-    save, load = trainer_cls._save_checkpoint, trainer_cls._load_checkpoint
-    if getattr(save, "_bnpo_wrapped", False):
-        return
-
+def _saving(save):
     @functools.wraps(save)
     def _save_checkpoint(self, *args, **kwargs):
         write_state(self)
         return save(self, *args, **kwargs)
 
+    return _save_checkpoint
+
+
+def _loading(load):
     @functools.wraps(load)
     def _load_checkpoint(self, *args, **kwargs):
         result = load(self, *args, **kwargs)
         read_state(self)
         return result
 
-    _save_checkpoint._bnpo_wrapped = True
-    trainer_cls._save_checkpoint = _save_checkpoint
-    trainer_cls._load_checkpoint = _load_checkpoint
+    return _load_checkpoint
+
+
+def install(trainer_cls: type) -> None:
+    """Extend ``trainer_cls._save_checkpoint`` and ``._load_checkpoint``."""
+    compat.patch(trainer_cls, "_save_checkpoint", _saving)
+    compat.patch(trainer_cls, "_load_checkpoint", _loading)

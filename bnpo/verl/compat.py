@@ -1,14 +1,15 @@
-"""The verl places bnpo extends, checked before anything is patched, and the verl version bnpo is tested with.
+"""The verl places bnpo extends, the verl versions it supports, and the trainer modules each run needs.
 
-Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``checkpoint``) resolves the
-attributes it needs through ``require`` first, so a verl that renamed one fails with ``VerlChanged`` naming the
-place, before any of that module's patches is applied. A class that lost a method is also *gated*: its
-``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
+Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``trainer_fully_async``,
+``checkpoint``) resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
+``VerlChanged`` naming the place, before any of that module's patches is applied. A class that lost a method is also
+*gated*: its ``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
 rollouts with no ``bnpo/*`` metrics.
 
-Version policy: bnpo is tested with exactly ``TESTED_VERL``. Another version only warns, at start-up of a bnpo
-run: what protects the run is that every place in ``PLACES`` is checked, which refuses a verl that changed
-any of them.
+Version policy: bnpo supports verl ``SUPPORTED_VERL`` and upstream main while it develops the next minor release
+(``MAIN_VERL``); the start-up of a bnpo run refuses any other verl, naming the range and the fix
+(``BNPO_ALLOW_UNSUPPORTED_VERL=1`` turns that into a warning, for trying a newer verl: every place is still checked).
+``TESTED_VERL`` is the release the recipe's GPU stack and the CPU end-to-end runs use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import functools
 import importlib
 import importlib.metadata as metadata
 import logging
+import os
+import sys
+from collections.abc import Callable
 from typing import Any, Optional
 
 from ..core.config import ESTIMATORS
@@ -24,6 +28,10 @@ from ..core.config import ESTIMATORS
 logger = logging.getLogger(__name__)
 
 TESTED_VERL = "0.9.1"
+SUPPORTED_VERL = ">=0.9.0,<0.10"
+MAIN_VERL = "0.10.0.dev"  # what upstream main reports (verl/version/version) until 0.10.0 is released
+ALLOW_UNSUPPORTED = "BNPO_ALLOW_UNSUPPORTED_VERL"
+INSTALL_SUPPORTED = "pip install 'verl[verl-core]>=0.9.0,<0.10'"
 
 # module -> the attributes bnpo wraps or reads there (docs/verl.md, "What bnpo relies on in verl").
 PLACES = {
@@ -40,16 +48,52 @@ PLACES = {
     "verl.experimental.fully_async_policy.fully_async_trainer": ("FullyAsyncTrainer",),
 }
 
+# The trainer a run selects -> the verl modules bnpo extends for it. bnpo hooks each by its name (bnpo.verl.hooks),
+# so a module verl moved would leave its trainer unextended: the start-up check imports these names.
+TRAINER_MODULES = {
+    "v1": ("verl.trainer.ppo.v1.trainer_base",),
+    "legacy": ("verl.trainer.ppo.ray_trainer",),
+    "one_step_off_policy": ("verl.trainer.ppo.ray_trainer", "verl.experimental.separation.ray_trainer"),
+    "fully_async_policy": (
+        "verl.trainer.ppo.ray_trainer", "verl.experimental.separation.ray_trainer",
+        "verl.experimental.fully_async_policy.fully_async_trainer",
+    ),
+}
+
 
 class VerlChanged(RuntimeError):
-    """A place bnpo extends is missing from the installed verl."""
+    """A place bnpo extends is missing from the installed verl, or the installed verl is not supported."""
 
 
 def installed_verl() -> Optional[str]:
+    """The version of the verl this process runs (``verl.__version__``: also right for a source checkout)."""
+    module = sys.modules.get("verl")
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
     try:
         return metadata.version("verl")
     except metadata.PackageNotFoundError:
         return None
+
+
+def is_supported(version: Optional[str]) -> bool:
+    """``version`` in ``SUPPORTED_VERL`` (its pre-releases included), or a development release of upstream main."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        parsed = Version(str(version))
+    except InvalidVersion:
+        return False
+    main = Version(MAIN_VERL)
+    return SpecifierSet(SUPPORTED_VERL).contains(parsed, prereleases=True) or (
+        parsed.release == main.release and parsed.is_devrelease and parsed.pre is None
+    )
+
+
+def supported_text() -> str:
+    return f"verl {SUPPORTED_VERL} and upstream main ({MAIN_VERL})"
 
 
 def require(module: Any, dotted: str) -> Any:
@@ -58,9 +102,9 @@ def require(module: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if not hasattr(value, part):
             raise VerlChanged(
-                f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo is tested "
-                f"with verl {TESTED_VERL}, where it exists). Install verl=={TESTED_VERL}, or a bnpo release that "
-                "supports your verl."
+                f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo supports "
+                f"{supported_text()}, where it exists). Install a supported verl ({INSTALL_SUPPORTED}), or a bnpo "
+                "release that supports your verl."
             )
         value = getattr(value, part)
     return value
@@ -76,19 +120,33 @@ def uses_bnpo(config: Any) -> bool:
     return algorithm is not None and algorithm.get("adv_estimator", None) in ESTIMATORS
 
 
+def patch(owner: Any, attribute: str, make_wrapper: Callable[[Any], Any]) -> Any:
+    """Set ``owner.<attribute>`` to ``make_wrapper(original)``, where original is verl's own: a plugin imported a
+    second time (a reloaded module, a purged ``sys.modules``) replaces its earlier wrapper instead of wrapping it."""
+    current = getattr(owner, attribute)
+    original = getattr(current, "_bnpo_original", current)
+    wrapper = make_wrapper(original)
+    wrapper._bnpo_original = original
+    wrapper._bnpo_wrapped = True
+    setattr(owner, attribute, wrapper)
+    return wrapper
+
+
 def gate(cls: type, error: BaseException) -> None:
     """Make ``cls(config, ...)`` refuse a bnpo / ad_bnpo config with ``error`` (other estimators run as usual)."""
-    original = cls.__init__
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        config = kwargs.get("config", args[0] if args else None)
-        if uses_bnpo(config):
-            raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
-                              f"{config.algorithm.adv_estimator}: {error}") from error
-        original(self, *args, **kwargs)
+    def gated(original):
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):
+            config = kwargs.get("config", args[0] if args else None)
+            if uses_bnpo(config):
+                raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
+                                  f"{config.algorithm.adv_estimator}: {error}") from error
+            original(self, *args, **kwargs)
 
-    cls.__init__ = __init__
+        return __init__
+
+    patch(cls, "__init__", gated)
 
 
 def gate_classes(module: Any, error: BaseException) -> None:
@@ -101,18 +159,42 @@ def gate_classes(module: Any, error: BaseException) -> None:
 
 
 def check_version() -> None:
-    """Warn when the installed verl is not the tested one (called at start-up of a bnpo run)."""
+    """Refuse a verl outside the supported versions (called at the start-up of a bnpo run)."""
     version = installed_verl()
-    if version != TESTED_VERL:
-        logger.warning(
-            "bnpo is tested with verl %s only; this is verl %s. bnpo checks at start-up that every verl place it "
-            "extends is there, but their behaviour may have changed.", TESTED_VERL, version,
-        )
+    if is_supported(version):
+        return
+    message = (f"bnpo supports {supported_text()}; this is verl {version}. Install a supported verl "
+               f"({INSTALL_SUPPORTED}, or pip install 'bnpo[verl]'), or a bnpo release that supports your verl")
+    if os.environ.get(ALLOW_UNSUPPORTED, "").strip().lower() in ("1", "true", "yes", "on"):
+        logger.warning("%s. %s is set: going on; bnpo checks every verl place it extends, but not their behaviour.",
+                       message, ALLOW_UNSUPPORTED)
+        return
+    raise VerlChanged(f"{message}. To try this verl anyway, set {ALLOW_UNSUPPORTED}=1.")
 
 
-def import_trainer_modules(config: Any) -> None:
-    """Import the verl trainer modules a main_ppo run of ``config`` will use, so their hooks run (and fail) here."""
+def selected_trainer(config: Any) -> str:
+    """The trainer a run of ``config`` uses, from the sections verl's entry points compose: fully_async_policy's
+    config has ``async_training``, one_step_off_policy's a top-level ``rollout`` (the rollout's own GPUs), and
+    main_ppo runs the v1 trainer unless ``trainer.use_v1=False``."""
+    if config.get("async_training", None) is not None:
+        return "fully_async_policy"
+    if config.get("rollout", None) is not None:
+        return "one_step_off_policy"
     trainer = config.get("trainer", None) or {}
-    importlib.import_module("verl.trainer.ppo.ray_trainer")
-    if trainer.get("use_v1", True):
-        importlib.import_module("verl.trainer.ppo.v1.trainer_base")
+    return "v1" if trainer.get("use_v1", True) else "legacy"
+
+
+def import_trainer_modules(trainer: str) -> None:
+    """Import, under the names bnpo hooks, the verl modules the ``trainer`` extends, so their hooks run (and fail)
+    here; a module that does not import under its name stops the run, naming it."""
+    for name in TRAINER_MODULES[trainer]:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            moved = err.name is not None and (name == err.name or name.startswith(err.name + "."))
+            why = "verl moved or renamed it" if moved else "one of its imports failed"
+            raise VerlChanged(
+                f"bnpo extends verl's {name} for the {trainer} trainer, but it does not import under that name "
+                f"({type(err).__name__}: {err}; {why}). bnpo hooks the module by its name, so this trainer would run "
+                f"without bnpo's extension. bnpo supports {supported_text()} ({INSTALL_SUPPORTED})."
+            ) from err

@@ -85,13 +85,20 @@ def fit_state_of(trainer: Any) -> FitState:
     return state
 
 
-def required_stats(scope: EstimatorScope, estimator: str) -> BNPOStats:
-    """The statistics bnpo's estimator left in ``scope``; an advantage step of a bnpo run must leave some."""
-    stats = scope.take_stats()
-    if stats is None:
-        raise RuntimeError(
-            f"algorithm.adv_estimator={estimator}: verl's advantage step ran without calling bnpo's estimator in "
-            "bnpo's scope (verl changed how it calls estimators?). Report this with your verl version (bnpo is "
-            "tested with verl 0.9.1)."
-        )
-    return stats
+# The verl trainer whose training loop (``fit``) is running in this context, if bnpo extends it (bnpo.verl.contract).
+_RUN: ContextVar[Optional[Any]] = ContextVar("bnpo_trainer_run", default=None)
+
+
+@contextmanager
+def trainer_run(trainer: Any) -> Iterator[None]:
+    """Mark the block as ``trainer``'s training loop: estimator calls inside it belong to that trainer's steps."""
+    token = _RUN.set(trainer)
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+def current_run() -> Optional[Any]:
+    """The trainer whose training loop is running here (None outside any, or in a trainer bnpo does not wrap)."""
+    return _RUN.get()

@@ -2,7 +2,9 @@
 
 Thin wrappers: the numbers come from ``bnpo.core``; what verl does not pass (the reward components, agent-loop
 sessions, the trainer's pooled fits) comes from the open ``bnpo.verl.context.EstimatorScope``, and each call's
-statistics are left there for the trainer integration to log. Never imports verl.
+statistics are left there for the trainer integration to log. They refuse to run in a process where part of bnpo's
+verl plugin failed, and inside the training loop of a trainer bnpo extends but outside the advantage step it
+extends (``bnpo.verl.contract``): both would train without what bnpo adds. Never imports verl.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import torch
 from ..core.advantage import compute_ad_bnpo_advantage, compute_bnpo_advantage
 from ..core.config import _key, config_from_algorithm
 from ..core.scores import component_rewards
-from .context import EstimatorScope, current_scope
+from . import hooks
+from .compat import VerlChanged, supported_text
+from .context import EstimatorScope, current_run, current_scope
 
 
 def _require_index(index: Any, name: str) -> Any:
@@ -26,6 +30,28 @@ def _require_index(index: Any, name: str) -> Any:
     return index
 
 
+def _scope(name: str) -> Optional[EstimatorScope]:
+    """The open estimator scope, after checking that this call is one bnpo's plugin and trainer extensions serve."""
+    if hooks.FAILED:
+        place, err = next(iter(hooks.FAILED.items()))
+        raise VerlChanged(
+            f"algorithm.adv_estimator={name}: bnpo's verl plugin did not load completely in this process: extending "
+            f"{place} failed ({type(err).__name__}: {err}). Without it bnpo would train with no start-up check, no "
+            f"bnpo/* metrics or no per-step checks. Install bnpo next to a verl it supports ({supported_text()})."
+        ) from err
+    scope = current_scope()
+    trainer = current_run()
+    if scope is None and trainer is not None:
+        cls = type(trainer)
+        raise VerlChanged(
+            f"algorithm.adv_estimator={name}: verl's {cls.__module__}.{cls.__qualname__} called bnpo's estimator in its "
+            "training loop but outside the advantage step bnpo extends (verl.trainer.ppo.ray_trainer.compute_advantage, "
+            "SeparateRayPPOTrainer._fit_compute_advantage): its metrics and pooled fits would be lost. The trainer, or "
+            "a verl module bnpo extends, computes advantages another way (moved or overridden?)."
+        )
+    return scope
+
+
 def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
     if scope is None or scope.final_row is None:
         return None
@@ -33,7 +59,7 @@ def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
         raise RuntimeError(
             f"bnpo: the batch has {len(index)} samples but the trainer described {len(scope.final_row)} agent-loop "
             "outputs; verl's _compute_advantage no longer hands the estimator its batch in TransferQueue key order. "
-            "Report this with your verl version (bnpo is tested with verl 0.9.1)."
+            "Report this with your verl version."
         )
     return scope.final_row
 
@@ -57,9 +83,9 @@ def compute_bnpo_outcome_advantage(
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
+    scope = _scope("bnpo")
     cfg = config_from_algorithm(config)
     index = _require_index(index, "bnpo")
-    scope = current_scope()
     advantages, returns, stats = compute_bnpo_advantage(
         token_level_rewards, response_mask, index, cfg, final_row=_final_row(scope, index),
         fit_state=scope.fit_state if scope else None,
@@ -92,9 +118,9 @@ def compute_ad_bnpo_outcome_advantage(
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
+    scope = _scope("ad_bnpo")
     cfg = config_from_algorithm(config)
     index = _require_index(index, "ad_bnpo")
-    scope = current_scope()
     fields = non_tensor_batch if non_tensor_batch is not None else (scope.fields if scope else None)
     if fields is None:
         raise ValueError(

@@ -2,7 +2,8 @@
 
 The plugin is imported by ``import verl`` in every process; importing verl's trainers there would cost
 seconds and pull in heavy dependencies in processes that never train. Instead the plugin asks to be
-called back when (and only if) a process imports them. A callback that raises is recorded in ``FAILED``.
+called back when (and only if) a process imports them. A callback that raises is recorded in ``FAILED``, with
+every other part of the plugin that failed.
 """
 
 from __future__ import annotations
@@ -19,18 +20,24 @@ logger = logging.getLogger(__name__)
 Callback = Callable[[ModuleType], None]
 
 
-# Hooks that raised in this process, by module name: a fact about this process's verl install, which the
-# start-up check of a bnpo run reports (bnpo.verl.startup) instead of training on without the extension.
+# What bnpo could not extend in this process, by verl place (a module, or a module attribute): a fact about this
+# process's verl install. The estimators refuse to run while it is not empty, and the start-up check of a bnpo run
+# reports it (bnpo.verl.startup), instead of training on without the extension.
 FAILED: dict[str, BaseException] = {}
+
+
+def record(place: str, err: BaseException) -> None:
+    """Record that bnpo could not extend verl's ``place`` (the first error per place is kept)."""
+    FAILED.setdefault(place, err)
+    logger.warning("bnpo: the verl plugin failed at %s (%s: %s); algorithm.adv_estimator=bnpo / ad_bnpo will stop in "
+                   "this process.", place, type(err).__name__, err, exc_info=(type(err), err, err.__traceback__))
 
 
 def _run(name: str, callback: Callback, module: ModuleType) -> None:
     try:
         callback(module)
     except Exception as err:  # a failing hook must not break verl's own import (other estimators still work)
-        FAILED[name] = err
-        logger.warning("bnpo: extending %s failed (%s); a bnpo / ad_bnpo run will stop at start-up.", name, err,
-                       exc_info=True)
+        record(name, err)
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):

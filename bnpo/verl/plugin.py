@@ -2,35 +2,44 @@
 
 Imported by verl itself in every process that runs ``import verl`` (driver, TaskRunner actor, Ray
 workers) through the ``verl.plugins`` entry point (verl >= 0.9), or through
-``VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin`` on older verl. verl hides a plugin's import errors
-(debug log), so nothing here raises: a failure is logged as a warning and recorded (``LOAD_ERROR`` for the
-registration, ``bnpo.verl.hooks.FAILED`` for a trainer extension), and the start-up check of a bnpo /
-ad_bnpo run (``bnpo.verl.startup``) stops that run with it. Runs of other estimators are untouched.
+``VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin``. verl hides a plugin's import errors (debug log), so nothing here
+raises: each part that fails (the start-up check's wrap of ``validate_config``, the registration, a trainer
+extension when its module is imported) is logged as a warning and recorded with its verl place in
+``bnpo.verl.hooks.FAILED``. While anything is recorded, bnpo's estimators raise with it and the start-up check of a
+bnpo / ad_bnpo run stops with it: a half-installed plugin never trains. Runs of other estimators are untouched.
+
+Importing the plugin a second time (a reloaded module) replaces its own registration and wrappers: no "already
+registered" error, no wrapper around a wrapper.
 
 The top of bnpo's verl layer: it imports the others, none imports it.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Optional
+from typing import Any, Optional
 
-from . import compat
+from . import compat, hooks
 from .estimators import ESTIMATOR_FUNCTIONS
 from .hooks import when_imported
+from .startup import install_startup_check
 
-logger = logging.getLogger(__name__)
 
-LOAD_ERROR: Optional[BaseException] = None
+def _ours(found: Any, fn: Any) -> bool:
+    """``found`` is bnpo's ``fn`` (from an earlier import of this plugin, or the same object)."""
+    return getattr(found, "__module__", None) == fn.__module__ and getattr(found, "__qualname__", None) == fn.__qualname__
 
 
 def _register_estimators() -> None:
     import verl.trainer.ppo.core_algos as core_algos
 
     register = compat.require(core_algos, "register_adv_est")
+    registry = compat.require(core_algos, "ADV_ESTIMATOR_REGISTRY")
     for name, fn in ESTIMATOR_FUNCTIONS.items():
+        if name in registry and _ours(registry[name], fn):
+            del registry[name]  # verl refuses a second function under one name, even bnpo's own reloaded one
         register(name)(fn)
 
 
@@ -39,8 +48,6 @@ def _extension(install_name: str) -> Callable[[ModuleType], None]:
     classes are gated (they refuse bnpo runs at construction) and the error is re-raised for the hook to record."""
 
     def extend(module: ModuleType) -> None:
-        import importlib
-
         try:
             importlib.import_module(f"bnpo.verl.{install_name}").install(module)
         except Exception as err:
@@ -59,26 +66,18 @@ EXTENSIONS = {
 }
 
 
-def _install_trainer_hooks() -> None:
-    from .startup import install_startup_check
-
-    install_startup_check(lambda: LOAD_ERROR)
-    for module_name, install_name in EXTENSIONS.items():
-        when_imported(module_name, _extension(install_name))
-
-
-def _load() -> None:
-    global LOAD_ERROR
-    # the check first: it reports a failed registration
-    for step in (_install_trainer_hooks, _register_estimators):
+def _load() -> Optional[BaseException]:
+    # the check first: it reports what fails after it
+    for place, step in (("verl.utils.config.validate_config", install_startup_check),
+                        ("verl.trainer.ppo.core_algos.register_adv_est", _register_estimators)):
         try:
             step()
         except Exception as err:
-            LOAD_ERROR = LOAD_ERROR or err
-            logger.warning(
-                "bnpo: the verl plugin failed (%s: %s); algorithm.adv_estimator=bnpo/ad_bnpo will not work in this "
-                "process. Reinstall bnpo next to verl %s.", type(err).__name__, err, compat.TESTED_VERL, exc_info=True
-            )
+            hooks.record(place, err)
+    for module_name, install_name in EXTENSIONS.items():
+        when_imported(module_name, _extension(install_name))
+    return next(iter(hooks.FAILED.values()), None)
 
 
-_load()
+# The first failure of the plugin in this process (bnpo 0.1's name; bnpo.verl.hooks.FAILED has every one).
+LOAD_ERROR: Optional[BaseException] = _load()

@@ -1,67 +1,94 @@
 """Start-up checks of a verl run that uses bnpo / ad_bnpo.
 
-``check_run_config`` runs on the whole verl config before Ray starts (the plugin wraps verl's
-``validate_config``, which ``main_ppo``, the legacy TaskRunner and one_step_off_policy's TaskRunner call
-first) and again at every advantage step of bnpo's trainer extensions, so a typo in ``algorithm.bnpo``, a
-setting bnpo cannot honour, or a verl that changed under bnpo fails at start-up, not after the first rollout.
+``check_run_config`` runs on the whole verl config before Ray starts (the plugin wraps verl's ``validate_config``,
+both ``verl.utils.config.validate_config`` and the package's copy ``verl.utils.validate_config``, which
+``main_ppo``, the legacy TaskRunner and one_step_off_policy's TaskRunner call first), when verl's fully_async
+trainer is built (its entry point skips ``validate_config``), and at the first advantage step of every trainer bnpo
+extends, in the process that trains (``bnpo.verl.contract``). So a typo in ``algorithm.bnpo``, a setting bnpo cannot
+honour, an unsupported verl, or a verl that changed under bnpo fails at start-up, not after the first rollout.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from typing import Any, Optional
 
 from ..core.config import ESTIMATORS, BNPOConfig, _key, check_estimator, config_from_algorithm
 from ..core.shaping import KL_ADVICE
 from . import compat, hooks
 from .estimators import ESTIMATOR_FUNCTIONS
+from .metrics import check_component_names
 
 logger = logging.getLogger(__name__)
 
 # Trainer modes of bnpo 0.1, when metrics and ad_bnpo needed a bnpo trainer class.
 REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async", "bnpo_separate_async": "separate_async"}
+REGISTRATION = "verl.trainer.ppo.core_algos.register_adv_est"  # the place bnpo.verl.plugin records a failed registration at
 
 
-def _check_registered(name: str, load_error: Optional[BaseException]) -> None:
-    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+def _check_registered(name: str) -> None:
+    import verl.trainer.ppo.core_algos as core_algos
 
-    found = ADV_ESTIMATOR_REGISTRY.get(name)
+    found = compat.require(core_algos, "ADV_ESTIMATOR_REGISTRY").get(name)
     if found is not ESTIMATOR_FUNCTIONS[name]:
         why = f"it is registered to {found.__module__}.{found.__qualname__}" if found else "it is not registered"
-        detail = f" The plugin failed with: {load_error!r}." if load_error else ""
+        error = hooks.FAILED.get(REGISTRATION)
+        detail = f" The plugin's registration failed with: {error!r}." if error else ""
         raise ValueError(
             f"algorithm.adv_estimator={name} was requested but {why}.{detail} Reinstall bnpo "
             "(pip install -e . / pip install bnpo) and check `python -c \"import verl\"` prints no bnpo warning."
         )
 
 
-def check_integration(config: Any, load_error: Optional[BaseException] = None) -> None:
-    """A bnpo run's start-up: the estimator registered, every trainer extension in place, verl's version."""
+def check_integration(config: Any, trainer: Optional[str] = None) -> None:
+    """A bnpo run's start-up in this process: verl's version supported; the verl modules of the run's trainer
+    (``trainer``, else the one ``config`` selects) importable under the names bnpo hooks, so their extensions run
+    here; bnpo's estimator registered; nothing of the plugin failed."""
     name = str(config.algorithm.adv_estimator)
-    _check_registered(name, load_error)
     compat.check_version()
-    try:
-        compat.import_trainer_modules(config)  # their hooks run now, in this process, if they had not yet
-    except ImportError as err:
-        raise compat.VerlChanged(f"bnpo cannot find verl's trainer: {err}") from err
+    compat.import_trainer_modules(trainer or compat.selected_trainer(config))
+    _check_registered(name)
     if hooks.FAILED:
-        module, err = next(iter(hooks.FAILED.items()))
+        place, err = next(iter(hooks.FAILED.items()))
         raise compat.VerlChanged(
-            f"algorithm.adv_estimator={name}: bnpo could not extend {module} ({err}). Without it bnpo would train with "
-            "no bnpo/* metrics, no ad_bnpo components and no per-step checks."
+            f"algorithm.adv_estimator={name}: bnpo could not extend {place} ({type(err).__name__}: {err}). Without it "
+            "bnpo would train with no start-up check, no bnpo/* metrics, no ad_bnpo components or no per-step checks."
         ) from err
 
 
-def check_run_config(config: Any, load_error: Optional[BaseException] = None, startup: bool = True) -> Optional[BNPOConfig]:
+def installation_problems() -> list[str]:
+    """What would stop any bnpo / ad_bnpo run in this process, whatever its config: an unsupported verl, a part of
+    bnpo's plugin that failed, an estimator that is not bnpo's; [] when none. ``import verl`` first (it loads bnpo's
+    plugin), or use ``node_problems``."""
+    problems = []
+    try:
+        compat.check_version()
+    except compat.VerlChanged as err:
+        problems.append(str(err))
+    for name in ESTIMATOR_FUNCTIONS:
+        try:
+            _check_registered(name)
+        except (ValueError, compat.VerlChanged) as err:
+            problems.append(str(err))
+    return problems + [f"bnpo could not extend {place} ({type(err).__name__}: {err})" for place, err in hooks.FAILED.items()]
+
+
+def node_problems() -> list[str]:
+    """``installation_problems`` of a fresh verl process, e.g. a Ray task pinned to each node of a cluster by a
+    pre-flight. On a node where bnpo does not import, Ray cannot even load this function: the task fails there."""
+    import verl  # noqa: F401  (loads bnpo's plugin, as in every verl worker)
+
+    return installation_problems()
+
+
+def check_run_config(config: Any, startup: bool = True, trainer: Optional[str] = None) -> Optional[BNPOConfig]:
     """Validate the bnpo parts of a full verl config; return the parsed block (None if bnpo is unused).
 
-    ``load_error``: why the plugin failed to load in this process, if it did (reported with the cause).
-    ``startup``: also check the integration (``check_integration``); the per-step calls skip that.
+    ``startup``: also check the integration (``check_integration``, for ``trainer`` or the one ``config`` selects).
     """
-    trainer = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
-    mode = str((trainer.get("v1", None) or {}).get("trainer_mode", "sync"))
+    section = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
+    mode = str((section.get("v1", None) or {}).get("trainer_mode", "sync"))
     if mode in REMOVED_TRAINER_MODES:
         raise ValueError(
             f"trainer.v1.trainer_mode={mode} was removed in bnpo 0.2: bnpo logs its metrics and feeds ad_bnpo in "
@@ -77,6 +104,7 @@ def check_run_config(config: Any, load_error: Optional[BaseException] = None, st
         return None
     cfg = config_from_algorithm(algorithm)
     check_estimator(str(name), cfg)
+    check_component_names(cfg.components or ())
     _check_reward_range(config, str(name), cfg)
     if algorithm.get("use_kl_in_reward", False):
         raise ValueError(
@@ -85,7 +113,7 @@ def check_run_config(config: Any, load_error: Optional[BaseException] = None, st
             f"p_hat (and which ad_bnpo's components would drop). {KL_ADVICE}"
         )
     if startup:
-        check_integration(config, load_error)
+        check_integration(config, trainer)
     return cfg
 
 
@@ -103,18 +131,23 @@ def _check_reward_range(config: Any, name: str, cfg: BNPOConfig) -> None:
         )
 
 
-def install_startup_check(load_error: Callable[[], Optional[BaseException]]) -> None:
-    """Make verl's ``validate_config`` (called first by main_ppo and the legacy TaskRunner) check bnpo too."""
+def install_startup_check() -> None:
+    """Make verl's ``validate_config`` (called first by main_ppo and the legacy TaskRunner) check bnpo too: the one in
+    ``verl.utils.config`` and the package's copy ``verl.utils.validate_config`` (bound before the plugin loads)."""
+    import verl.utils as verl_utils
     import verl.utils.config as verl_config
 
-    original = compat.require(verl_config, "validate_config")
-    if getattr(original, "_bnpo_checked", False):
-        return
+    compat.require(verl_config, "validate_config")  # VerlChanged naming the place, before anything is patched
+    package_copy = getattr(verl_utils, "validate_config", None)
 
-    @functools.wraps(original)
-    def validate_config(config, *args, **kwargs):
-        check_run_config(config, load_error())
-        return original(config, *args, **kwargs)
+    def checked(original):
+        @functools.wraps(original)
+        def validate_config(config, *args, **kwargs):
+            check_run_config(config)
+            return original(config, *args, **kwargs)
 
-    validate_config._bnpo_checked = True
-    verl_config.validate_config = validate_config
+        return validate_config
+
+    wrapper = compat.patch(verl_config, "validate_config", checked)
+    if package_copy is not None and getattr(package_copy, "_bnpo_original", package_copy) is wrapper._bnpo_original:
+        verl_utils.validate_config = wrapper

@@ -2,12 +2,13 @@
 
 One extension of verl: ``install`` wraps ``PPOTrainer._compute_advantage`` in
 ``verl/trainer/ppo/v1/trainer_base.py``, which every mode inherits and ``_step_once`` calls once per
-local update. For bnpo / ad_bnpo the wrapper
-- opens an estimator scope (``bnpo.verl.context``) with what verl's ``_compute_advantage`` does not hand the
-  estimator: the reward function's per-sample scores for ad_bnpo (kept in TransferQueue), the agent-loop
-  sessions, read from the TransferQueue keys ``{uid}_{session_id}_{index}`` that verl's agent loop writes,
-  and the trainer's own pooled fits;
-- adds the step's BNPO statistics to the metrics, which verl logs through its tracker.
+local update. For bnpo / ad_bnpo the wrapper is the trainer's advantage step of bnpo's trainer contract
+(``bnpo.verl.contract``: per-run check, scope, required statistics, metrics):
+- the scope holds what verl's ``_compute_advantage`` does not hand the estimator: the reward function's per-sample
+  scores for ad_bnpo (kept in TransferQueue), the agent-loop sessions, read from the TransferQueue keys
+  ``{uid}_{session_id}_{index}`` that verl's agent loop writes, and the trainer's own pooled fits;
+- the step's metrics go into the local update's metrics, which verl's ``MetricsAggregator`` reduces over the
+  step's local updates and logs through its tracker.
 ``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl.checkpoint``).
 Other estimators run verl's method untouched. ``tests/test_verl_ray.py`` runs each mode's ``step`` through it.
 """
@@ -22,10 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import transfer_queue as tq
 
-from ..core.config import ESTIMATORS
-from . import checkpoint, compat
-from .context import estimator_scope, fit_state_of, required_stats
-from .startup import check_run_config
+from . import checkpoint, compat, contract
 
 logger = logging.getLogger(__name__)
 
@@ -82,27 +80,28 @@ def final_rows(keys: list[str]) -> Optional[np.ndarray]:
     return final_of_session[code]
 
 
-def install(trainer_base: ModuleType) -> None:
-    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, and its checkpointing
-    (``bnpo.verl.checkpoint``) (idempotent; every place is checked before anything is patched)."""
-    places = compat.require_all(trainer_base)
-    trainer_cls = trainer_base.PPOTrainer
-    original = places["PPOTrainer._compute_advantage"]
-    checkpoint.install(trainer_cls)
-    if getattr(original, "_bnpo_wrapped", False):
-        return
+ADVANTAGE = "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage"
 
+
+def extend(original):
     @functools.wraps(original)
     def _compute_advantage(self, batch, metrics: dict):
-        algorithm = self.config.algorithm
-        if algorithm.adv_estimator not in ESTIMATORS:
+        if not compat.uses_bnpo(self.config):
             return original(self, batch, metrics)
-        cfg = check_run_config(self.config, startup=False)
-        fields = reward_fields(batch, list(cfg.components or [])) if algorithm.adv_estimator == "ad_bnpo" else {}
-        with estimator_scope(fit_state_of(self), fields, final_rows(list(batch.keys))) as scope:
+        cfg = contract.checked_config(self, "v1")
+        ad_bnpo = self.config.algorithm.adv_estimator == "ad_bnpo"
+        fields = reward_fields(batch, list(cfg.components or [])) if ad_bnpo else {}
+        with contract.advantage_step(self, "v1", ADVANTAGE, fields, final_rows(list(batch.keys))) as step:
             batch = original(self, batch, metrics)
-        metrics.update(required_stats(scope, algorithm.adv_estimator).to_metrics())
+        metrics.update(step.metrics)
         return batch
 
-    _compute_advantage._bnpo_wrapped = True
-    trainer_cls._compute_advantage = _compute_advantage
+    return _compute_advantage
+
+
+def install(trainer_base: ModuleType) -> None:
+    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, and its checkpointing
+    (``bnpo.verl.checkpoint``); every place is checked before anything is patched."""
+    compat.require_all(trainer_base)
+    checkpoint.install(trainer_base.PPOTrainer)
+    compat.patch(trainer_base.PPOTrainer, "_compute_advantage", extend)
