@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 
 from bnpo.verl import compat
@@ -37,6 +38,13 @@ def test_verls_recipe_extras_pin_the_whole_stack_and_the_docs_name_those_pins():
         assert f"{dist} {version}" in DOC, f"docs/gpu.md does not name {dist} {version}"
     assert f"torch=={pins['torch']}" in SCRIPT and f"flash-attn=={pins['flash-attn']}" in SCRIPT
     assert f"MIN_DRIVER={stack.MIN_DRIVER}" in SCRIPT and f"driver {stack.MIN_DRIVER}" in DOC
+
+
+def test_the_recipe_stack_is_verl_0_9_1s_pins_and_stands_in_where_verl_declares_none():
+    assert stack.wanted([]) == stack.RECIPE_STACK  # verl 0.9.0: no vllm / fsdp extras
+    if not stack.verl_pins():
+        pytest.skip("this verl declares no GPU stack (0.9.0): nothing to compare the recipe's table with")
+    assert stack.verl_pins() == stack.RECIPE_STACK
 
 
 def test_the_pins_are_read_through_verls_own_extra_references():
@@ -68,8 +76,9 @@ def test_stack_check_names_each_difference_and_whether_it_is_certain_to_stop_the
             "flash-attn": {"version": "2.8.3"}, "transformers": {"version": "5.9.0"}}
     assert stack.problems(pins, good) == []
     bad = {**good, "vllm": {"version": "0.23.1"}, "flash-attn": {"error": "ImportError: undefined symbol"}}
-    assert stack.problems(pins, bad) == [("vllm 0.23.1 is installed; verl 0.9.1 pins 0.24.0", False),
-                                         ("flash-attn 2.8.3 (verl's pin) does not import: ImportError: undefined symbol", True)]
+    who, whose = stack.pinned_by()  # ("verl 0.9.1", "verl's"); on verl 0.9.0, which declares no stack, the recipe's
+    assert stack.problems(pins, bad) == [(f"vllm 0.23.1 is installed; {who} pins 0.24.0", False),
+                                         (f"flash-attn 2.8.3 ({whose} pin) does not import: ImportError: undefined symbol", True)]
     assert stack.problems(pins, {**bad, "vllm": good["vllm"]}, need_flash_attn=False) == []
 
 

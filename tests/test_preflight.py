@@ -106,11 +106,12 @@ def test_version_differences_warn_what_does_not_import_stops_a_real_run(machine,
     other = verl_stack(vllm={"version": "0.24.1"}, torch={"version": "2.13.0+cu130", "cuda": "13.0", "cuda_available": True})
     rc, _, err = run(capsys, *machine(h100s(4), other))
     assert rc == 0, err[-3000:]
-    assert "warning: vllm 0.24.1 is installed; verl 0.9.1 pins 0.24.0" in err
-    assert "warning: torch 2.13.0+cu130 is installed; verl 0.9.1 pins 2.11.0" in err
+    who = stack.pinned_by()[0]  # verl 0.9.1's own pins; on verl 0.9.0, which declares none, the recipe's
+    assert f"warning: vllm 0.24.1 is installed; {who} pins 0.24.0" in err
+    assert f"warning: torch 2.13.0+cu130 is installed; {who} pins 2.11.0" in err
     overrides = machine(h100s(4), verl_stack(**NO_FLASH))
     rc, _, err = run(capsys, *overrides)
-    assert rc == 2 and "error: flash-attn 2.8.3 (verl's pin) does not import: ModuleNotFoundError" in err
+    assert rc == 2 and f"error: flash-attn 2.8.3 ({stack.pinned_by()[1]} pin) does not import: ModuleNotFoundError" in err
     rc, _, err = run(capsys, "--dry-run", *overrides)  # a dry run is meant for another machine
     assert rc == 0 and "not on this machine (a run here would stop): flash-attn 2.8.3" in err
 
@@ -211,3 +212,16 @@ def test_a_cluster_node_without_the_shared_checkpoint_folder_or_the_data_stops_a
     assert "error: node 10.0.0.2: /data/train.parquet is missing (data and a local model must be on every node)" in err
     rc, _, err = run(capsys, "--dry-run", *overrides)  # a dry run reports the same, as notes
     assert rc == 0 and "node 10.0.0.2 does not see" in err
+
+
+def test_a_cluster_node_where_bnpo_does_not_load_stops_a_real_run_naming_the_node(machine, capsys, monkeypatch):
+    overrides = machine(gpus.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    why = "node 10.0.0.3: bnpo does not import there (ModuleNotFoundError: No module named 'bnpo')"
+    monkeypatch.setattr(preflight.storage, "cluster_check", lambda address, folder, paths: storage.SharedCheck(
+        2, [], [], [why]))
+    rc, _, err = run(capsys, *overrides)
+    assert rc == 2 and f"error: {why}" in err and "register in verl on every node" not in err
+    monkeypatch.setattr(preflight.storage, "cluster_check", lambda address, folder, paths: storage.SharedCheck(2, [], []))
+    rc, _, err = run(capsys, *overrides)
+    assert "bnpo: its estimators register in verl on every node of the cluster (2)" in err

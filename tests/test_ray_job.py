@@ -69,6 +69,7 @@ IN_JOB = (
     "DRY_RUN=1 bash scripts/run_qwen_math_7b.sh 2>dry.err | python3 -c "
     "'import sys, yaml; print(\"BNPO_CKPT \" + yaml.safe_load(sys.stdin)[\"trainer\"][\"default_local_dir\"])'; "
     "grep -m1 'shared storage' dry.err | sed 's/^/BNPO_SHARED /'; "
+    "grep -m1 'register in verl on every node' dry.err | sed 's/^/BNPO_NODES /'; "
     "grep -m1 'train.parquet is missing' dry.err | sed 's/^/BNPO_NODE_DATA /'; "
     "bash scripts/run_qwen_math_7b.sh 2>real.err; echo \"BNPO_REAL_RC $?\"; "
     "grep -m1 'preflight: GPUs: ' real.err | sed 's/^/BNPO_GPUS /'; "
@@ -123,7 +124,7 @@ def ray_head():
                 break
             assert time.monotonic() < deadline, f"Ray dashboard did not come up: {probe.stderr[-2000:]}"
             time.sleep(2)
-        yield address, env, temp_dir
+        yield address, env, temp_dir, f"127.0.0.1:{port}"
     finally:
         # only what this test started: the head's process group, then anything left in its temp dir
         try:
@@ -142,8 +143,29 @@ def ray_head():
 
 
 @pytest.mark.slow
+def test_the_cluster_check_names_a_node_where_bnpo_does_not_import(ray_head, tmp_path):
+    """The pre-flight's probe on every node fails there, not here, and the node is named: its workers see a bnpo
+    that does not import (a PYTHONPATH entry ahead of the installed one, as a stale copy on a node would be)."""
+    _, env, _, gcs = ray_head
+    broken = tmp_path / "stale" / "bnpo"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a stale bnpo on this node')\n")
+    script = (
+        "import json, sys; from bnpo.verl.preflight import storage; "
+        f"check = storage.cluster_check({gcs!r}, {str(tmp_path / 'ckpt')!r}, [], "
+        f"runtime_env={{'env_vars': {{'PYTHONPATH': {str(broken.parent)!r}}}}}); print(json.dumps(check.bnpo)); "
+        f"good = storage.cluster_check({gcs!r}, {str(tmp_path / 'ckpt')!r}, []); print(json.dumps(good.bnpo))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bad, good = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert len(bad) == 1 and bad[0].startswith("node 127.0.0.1: bnpo does not import there") and "stale bnpo" in bad[0]
+    assert good == []
+
+
+@pytest.mark.slow
 def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
-    address, env, temp_dir = ray_head
+    address, env, temp_dir, _ = ray_head
     ckpt_dir = str(tmp_path / "shared_ckpt")
     env = {**env, "RAY_ADDRESS": address, "BNPO_JOB_ENTRYPOINT": f"python3 -c {shlex.quote(CHECK)} && {IN_JOB}",
            # entry points off in the job: registration must come from the runtime env alone
@@ -188,6 +210,9 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
     assert ckpt == ckpt_dir
     shared = next(ln for ln in out.splitlines() if ln.startswith("BNPO_SHARED ")).split(" ", 1)[1]
     assert shared == f"bnpo preflight: shared storage: every node of the cluster (1) sees {ckpt_dir}"
+    # bnpo imports and registers on every node, from the job's uploaded copy (plugin discovery is off there)
+    nodes = next(ln for ln in out.splitlines() if ln.startswith("BNPO_NODES ")).split(" ", 1)[1]
+    assert nodes == "bnpo preflight: bnpo: its estimators register in verl on every node of the cluster (1)"
     # each node is asked for the data the run reads: here none was prepared (a real run would stop)
     node_data = next(ln for ln in out.splitlines() if ln.startswith("BNPO_NODE_DATA ")).split(" ", 1)[1]
     assert re.search(r"not on this machine \(a run here would stop\): node \S+: /\S+/math_lighteval/train.parquet is "

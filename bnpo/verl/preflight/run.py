@@ -131,6 +131,8 @@ def files(cfg: Any, facts, ckpt: storage.Checkpoints, cluster: str, rep: Report)
     shared = storage.cluster_check(cluster, ckpt.folder, paths + ([os.path.expanduser(model)] if model.startswith(("/", "~")) else []))
     if not shared.unseen:
         rep.say(f"shared storage: every node of the cluster ({shared.nodes}) sees {ckpt.folder}")
+    if not shared.bnpo:
+        rep.say(f"bnpo: its estimators register in verl on every node of the cluster ({shared.nodes})")
     for text in shared.problems(ckpt.folder):
         rep.problem(text, machine=True)
 

@@ -38,8 +38,13 @@ def _extra_requirements(requires: list[str], extra: str, seen: set[str]) -> list
     return out
 
 
-def wanted(requires: Optional[list[str]] = None) -> dict[str, str]:
-    """{distribution: pinned version} of verl's recipe extras for the packages ``CHECKED`` names."""
+# The recipe's GPU stack where the installed verl declares none: verl 0.9.0 has no vllm / fsdp extras, and the
+# recipe's stack is verl 0.9.1's (bnpo[gpu] installs it; tests/test_gpu_install.py checks this table against 0.9.1).
+RECIPE_STACK = {"torch": "2.11.0", "vllm": "0.24.0", "transformers": "5.9.0", "flash-attn": "2.8.3"}
+
+
+def verl_pins(requires: Optional[list[str]] = None) -> dict[str, str]:
+    """{distribution: pinned version} of verl's recipe extras for the packages ``CHECKED`` names ({} without them)."""
     requires = metadata.requires("verl") if requires is None else requires
     pins = {}
     for extra in RECIPE_EXTRAS:
@@ -48,6 +53,19 @@ def wanted(requires: Optional[list[str]] = None) -> dict[str, str]:
             if req.name in CHECKED and spec is not None and spec.operator == "==":
                 pins[req.name] = spec.version
     return pins
+
+
+def wanted(requires: Optional[list[str]] = None) -> dict[str, str]:
+    """The GPU stack a run needs: verl's recipe-extra pins, or ``RECIPE_STACK`` where verl declares none."""
+    return verl_pins(requires) or dict(RECIPE_STACK)
+
+
+def pinned_by() -> tuple[str, str]:
+    """Who pins ``wanted()``'s versions, for the messages: (``"verl 0.9.1"``, ``"verl's"``) or the recipe's."""
+    version = metadata.version("verl")
+    if verl_pins():
+        return f"verl {version}", "verl's"
+    return f"the recipe (verl 0.9.1's stack; verl {version} declares none)", "the recipe's"
 
 
 _PROBE = """
@@ -85,13 +103,13 @@ def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool
     """(problem, certain) for each way the installed stack is not verl's; ``gpus``: nvidia-smi's (gpus.GPU)."""
     if not found:
         return []
-    verl, out = metadata.version("verl") if pins else "?", []
+    (who, whose), out = pinned_by() if pins else ("", ""), []
     for dist, version in pins.items():
         got = found.get(dist, {})
         if "error" in got and (dist != "flash-attn" or need_flash_attn):
-            out.append((f"{dist} {version} (verl's pin) does not import: {got['error']}", True))
+            out.append((f"{dist} {version} ({whose} pin) does not import: {got['error']}", True))
         elif "error" not in got and str(got.get("version")).split("+")[0] != version:
-            out.append((f"{dist} {got.get('version')} is installed; verl {verl} pins {version}", False))
+            out.append((f"{dist} {got.get('version')} is installed; {who} pins {version}", False))
     torch = found.get("torch", {})
     if "error" not in torch and not str(torch.get("cuda") or "").startswith(CUDA_MAJOR + "."):
         out.append((f"torch is built for CUDA {torch.get('cuda')}; verl's pins are CUDA {CUDA_MAJOR} builds", False))
@@ -110,7 +128,7 @@ def main() -> int:
     pins, found = wanted(), installed()
     for dist, version in pins.items():
         got = found.get(dist, {})
-        print(f"{dist:<14} verl pins {version:<10} installed {got.get('version', got.get('error'))}"
+        print(f"{dist:<14} wanted {version:<10} installed {got.get('version', got.get('error'))}"
               + (f" (CUDA {got['cuda']})" if got.get("cuda") else ""))
     trouble = problems(pins, found)
     for text, certain in trouble:
