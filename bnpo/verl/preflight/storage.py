@@ -55,10 +55,6 @@ def files(value: Any) -> list[str]:
     return [os.path.expanduser(str(v)) for v in items]
 
 
-def _node_sees(paths: list[str], marker: str) -> dict:
-    return {"missing": [p for p in paths if not os.path.exists(p)], "marker": os.path.exists(marker)}
-
-
 def _bnpo_problems_here() -> list[str]:
     """What would stop a bnpo run in a verl worker of this node (a Ray task cannot even load this function where
     bnpo does not import)."""
@@ -96,8 +92,13 @@ def cluster_check(address: str, ckpt_folder: str, paths: list[str], runtime_env:
     open(marker, "w").close()
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False,
              **({"runtime_env": runtime_env} if runtime_env else {}))
+    def node_sees(paths: list[str], marker: str) -> dict:  # nested: Ray ships it by value, so no node needs bnpo
+        import os
+
+        return {"missing": [p for p in paths if not os.path.exists(p)], "marker": os.path.exists(marker)}
+
     try:
-        sees, bnpo = ray.remote(num_cpus=0)(_node_sees), ray.remote(num_cpus=0, max_retries=0)(_bnpo_problems_here)
+        sees, bnpo = ray.remote(num_cpus=0)(node_sees), ray.remote(num_cpus=0, max_retries=0)(_bnpo_problems_here)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         on = [NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes]
         results = ray.get([sees.options(scheduling_strategy=s).remote(paths, marker) for s in on])
