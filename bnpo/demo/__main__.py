@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .plan import DEFAULT_ESTIMATORS, DemoSettings
 
-QUICK = {"steps": 10, "seeds": (0,), "test_freq": 5}  # for tests: one seed, about 3 minutes on 2 idle cores
+QUICK = {"steps": 10, "seeds": (0,), "test_freq": 5}  # for tests: seed 0 only, one run per estimator
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]:

@@ -2,7 +2,7 @@
 
 The demo trains with verl's ``main_ppo`` config; ``overrides`` turns ``DemoSettings`` into its Hydra overrides, so
 each setting below is one verl key a GPU run would set the same way. Defaults: 3 estimators x 2 seeds in about
-six minutes on 2 CPU cores (docs/demo.md has the measured times).
+seven minutes on 2 CPU cores (docs/demo.md has the measured times).
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ class DemoSettings:
     # experiment: every estimator trains from the same checkpoint with each seed's data order
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     seeds: tuple[int, ...] = (0, 1)
-    steps: int = 20
+    steps: int = 10
     # task: reverse 1..max_digits digits (longer strings are harder)
     task: ReversalTask = ReversalTask(min_digits=1, max_digits=6)
     train_questions: int = 2048
-    val_questions: int = 256
+    val_questions: int = 128
     # policy and its supervised warm start (a sloppy teacher: half its answers copy instead of reversing)
     policy: PolicySize = PolicySize()
     warm_start: WarmStart = WarmStart()
     # rollouts (the paper: 32 prompts x 16 samples at temperature 1.0)
-    prompts_per_step: int = 32  # data.train_batch_size
+    prompts_per_step: int = 16  # data.train_batch_size (rollout time is most of a CPU step)
     rollout_n: int = 8
     temperature: float = 1.0
     # PPO update: the paper's clip settings; the learning rate sized for this model
     lr: float = 5e-4
     lr_warmup_steps: int = 0
-    ppo_mini_batch_size: int = 16  # prompts per optimizer step: 2 updates per RL step
+    ppo_mini_batch_size: int = 8  # prompts per optimizer step: 2 updates per RL step
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     clip_ratio_c: float = 10.0
