@@ -206,6 +206,7 @@ def quick_run(tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "held-out accuracy" in proc.stdout  # the table
+    (out.parent / "console.txt").write_text(proc.stdout)
     return out
 
 
@@ -239,3 +240,7 @@ def test_the_quick_run_records_verls_metrics_and_the_machine(quick_run: Path):
     table = (quick_run / "table.md").read_text()
     assert summary["machine"]["cpu"] in table and "verl 0." in table
     assert (quick_run / "curves.png").stat().st_size > 10_000
+    console = (quick_run.parent / "console.txt").read_text()
+    for verl_says in ("validate_config", "WARNING", "Ray", "vLLM"):  # on the console only the table and the files
+        assert verl_says not in console, console[:3000]
+    assert "validate_config" in (quick_run / "logs" / "checks.log").read_text()

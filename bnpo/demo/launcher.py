@@ -1,13 +1,16 @@
 """Runs a demo: the warm start and data, then the verl session in a child process, with one progress bar.
 
 verl's output (Ray's, vLLM's and the trainer's logs) goes to ``logs/session.log``, split afterwards into
-``logs/startup.log`` and one ``logs/<run>.log`` per run; the console shows a single tqdm bar over every run's
-training steps, read from the metrics verl's file logger writes (``runs/<run>.jsonl``).
+``logs/startup.log`` and one ``logs/<run>.log`` per run; what verl prints during the checks before the session goes
+to ``logs/checks.log``, and the warm start's output to ``logs/warm_start.log``. The console shows a single tqdm bar over every run's training steps, read from the metrics
+verl's file logger writes (``runs/<run>.jsonl``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -154,20 +157,37 @@ def run(s: DemoSettings, out: Path, show_progress: bool = True) -> tuple[dict, l
     from .results import summarize, write_outputs
 
     require_cpu_port()
-    check_estimators(s.estimators)
     paths = Paths(out)
     for stale in (paths.runs, paths.logs, paths.error):  # a previous demo's runs must not be read as this one's
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
-    check_configs(write_plan(s, paths))
+    with _into(paths.logs / "checks.log"):  # verl logs as it loads and validates: to a file, not the console
+        check_estimators(s.estimators)
+        check_configs(write_plan(s, paths))
     start = time.perf_counter()
-    warm = prepare(s, paths)
+    with _into(paths.logs / "warm_start.log"):  # transformers' progress bars too
+        warm = prepare(s, paths)
     warm_start_s = time.perf_counter() - start
     wall_s = run_session(s, paths, show_progress=show_progress)
     summary = summarize(s, paths, {"wall_s": wall_s, "warm_start_s": warm_start_s, "warm_start": warm})
     return summary, write_outputs(summary, out)
+
+
+@contextlib.contextmanager
+def _into(log: Path):
+    """What this process prints (stdout, stderr, warnings) while inside, written to ``log``; a DemoError raised
+    inside names the file."""
+    text = io.StringIO()  # never closed: a logging handler made inside may still hold it
+    try:
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            yield
+    except DemoError as err:
+        raise DemoError(f"{err} (verl's output: {log})") from err
+    finally:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text.getvalue())
 
 
 def _tail(path: Path, lines: int = 30) -> str:

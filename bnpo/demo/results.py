@@ -101,6 +101,7 @@ def summarize(s: DemoSettings, paths: Paths, session: dict[str, Any]) -> dict[st
             "grad_norm_cv": float(np.mean([r["grad_norm_cv"] for r in mine])),
             "grad_norm_cv_per_seed": [r["grad_norm_cv"] for r in mine],
             "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
+            "step_s": float(np.median([r["median_timing_s"]["timing_s/step"] for r in mine])),
         }
     # what the session spent outside the runs: Ray, verl's workers, vLLM's engine, the initial checkpoint, shut-down
     session = {**session, "startup_s": session["wall_s"] - sum(r["wall_s"] for r in runs.values())}
@@ -122,19 +123,26 @@ def _settings_record(s: DemoSettings) -> dict[str, Any]:
     return record
 
 
+def _runs_wall(runs: dict[str, dict]) -> str:
+    walls = [run["wall_s"] for run in runs.values()]
+    if len(walls) == 1:
+        return f"one run of {walls[0]:.0f} s"
+    return f"runs of {min(walls):.0f}–{max(walls):.0f} s (the first also starts verl's agent-loop workers)"
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown: per estimator, held-out accuracy before and after, its gain (mean and per seed), the training
-    reward of the last five steps and the time of one run; then the machine and the session's times."""
+    reward of the last five steps and the median step time; then the machine and the session's times."""
     seeds = summary["settings"]["seeds"]
     lines = [
         f"| estimator | held-out accuracy, step 0 → {summary['settings']['steps']} | gain (mean) | gain per seed "
-        f"({', '.join(map(str, seeds))}) | training reward, last 5 steps | grad-norm CV | s per run |",
+        f"({', '.join(map(str, seeds))}) | training reward, last 5 steps | grad-norm CV | s per step |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, e in summary["estimators"].items():
         per_seed = ", ".join(f"{g:+.3f}" for g in e["gain_per_seed"])
         lines.append(f"| `{name}` | {e['val_start']:.3f} → {e['val_end']:.3f} | {e['gain']:+.3f} | {per_seed} | "
-                     f"{e['train_reward_last5']:.3f} | {e['grad_norm_cv']:.3f} | {e['wall_s_per_run']:.0f} |")
+                     f"{e['train_reward_last5']:.3f} | {e['grad_norm_cv']:.3f} | {e['step_s']:.2f} |")
     session, settings = summary["session"], summary["settings"]
     decoding = ("greedy" if settings["val_temperature"] == 0
                 else f"{settings['val_n']} samples at temperature {settings['val_temperature']}")
@@ -142,8 +150,9 @@ def format_table(summary: dict[str, Any]) -> str:
         "",
         f"Held-out accuracy: verl's `{summary['metric']}` ({settings['val_questions']} questions, {decoding}). "
         f"Grad-norm CV: std / mean of verl's `{GRAD_NORM}` over a run's steps, mean over seeds. "
-        f"{machine_line(summary['machine'])} verl session {session['wall_s']:.0f} s, of which "
-        f"{session['startup_s']:.0f} s start-up and shut-down; warm start {session['warm_start_s']:.0f} s.",
+        f"s per step: the median of verl's `timing_s/step`. {machine_line(summary['machine'])} "
+        f"verl session {session['wall_s']:.0f} s: {session['startup_s']:.0f} s start-up and shut-down, "
+        f"{_runs_wall(summary['runs'])}; warm start {session['warm_start_s']:.0f} s.",
     ]
     return "\n".join(lines)
 
