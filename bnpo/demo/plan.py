@@ -2,7 +2,7 @@
 
 The demo trains with verl's ``main_ppo`` config; ``overrides`` turns ``DemoSettings`` into its Hydra overrides, so
 each setting below is one verl key a GPU run would set the same way. Defaults: 3 estimators x 2 seeds in about
-seven minutes on 2 CPU cores (docs/demo.md has the measured times).
+five minutes on 2 CPU cores (docs/demo.md has the measured times).
 """
 
 from __future__ import annotations
