@@ -67,10 +67,17 @@ def test_rows_are_verl_rows_with_reproducible_questions():
 
 def test_prompt_tokens_are_the_ones_verls_agent_loop_builds():
     """The warm start trains on the ids verl's agent loop renders (its Continuous Token builder, Llama's family)."""
+    import inspect
+
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
     task, tokenizer = ReversalTask(), build_tokenizer()
-    builder = create_continuous_token_builder(tokenizer, hf_model_type="llama")
+    # the builder as verl's agent loop asks for it: 0.9.1 by the model's HF type; 0.9.0 (where the builder is
+    # opt-in, data.continuous_token) by its configured family, "auto" by default
+    if "hf_model_type" in inspect.signature(create_continuous_token_builder).parameters:
+        builder = create_continuous_token_builder(tokenizer, hf_model_type="llama")
+    else:
+        builder = create_continuous_token_builder(tokenizer, model_family="auto")
     for digits in task.questions(20, seed=0):
         messages = [{"role": "user", "content": task.prompt_text(digits)}]
         assert builder.build_initial_tokens(messages) == prompt_ids(tokenizer, task, digits)
