@@ -45,8 +45,10 @@ def test_named_tests_exist(doc):
 
 def test_no_file_refers_to_material_users_do_not_have():
     tracked = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".sh", ".yaml", ".toml"}
-               and ".venv" not in p.parts and ".git" not in p.parts and p.name != "test_docs.py"]
-    offenders = [str(p.relative_to(ROOT)) for p in tracked if re.search(r"BNPO_SPEC|spec §|spec section", p.read_text())]
+               and ".venv" not in p.parts and ".git" not in p.parts]
+    # the bracketed characters keep this pattern from naming what it looks for, so this file is checked too
+    offenders = [str(p.relative_to(ROOT)) for p in tracked
+                 if re.search(r"BNPO[_]SPEC|spec[ ]§|spec[ ]section", p.read_text())]
     assert not offenders
 
 

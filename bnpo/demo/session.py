@@ -8,11 +8,13 @@ which starts Ray and one TaskRunner. ``DemoRunner`` is verl's ``TaskRunnerV1`` w
 trainer once (verl's v1 sync ``PPOTrainer``: the FSDP actor, vLLM's async server, the agent loop, reward loop and
 weight sync) and then, for each (estimator, seed) of the plan:
 
-1. sets ``algorithm.adv_estimator`` (and its ``algorithm.bnpo`` block), ``data.seed`` and the experiment name;
+1. sets ``algorithm.adv_estimator``, ``data.seed`` and the experiment name (every other key, ``algorithm.bnpo``
+   included, is the same in every run);
 2. rebuilds verl's dataloaders (the seed's data order) and replay buffer;
 3. resumes verl's trainer from the run's initial checkpoint with verl's own ``_load_checkpoint``
    (``trainer.resume_mode=resume_path``): the actor's weights, optimizer, LR schedule and RNG as they were after
-   the warm start, saved once by verl's ``_save_checkpoint`` at step 0; then syncs the weights into vLLM;
+   the warm start, saved once by verl's ``_save_checkpoint`` at step 0 (bnpo's pooled fits, for ``fit_halflife``,
+   start empty: ``bnpo.verl.checkpoint``); then syncs the weights into vLLM;
 4. calls verl's ``fit``: validation before training and every ``trainer.test_freq`` steps, the training steps,
    metrics through verl's tracker (its ``file`` backend writes them to ``runs/<run>.jsonl``).
 
