@@ -1,8 +1,10 @@
 """Command line of the demo.
 
-``python -m bnpo.demo [--quick] [--estimators bnpo,grpo,rloo] [--seeds N] [--steps N] [--out DIR] [OVERRIDE ...]``:
-verl's ``main_ppo`` trainer on this CPU (vLLM rollout through bnpo's CPU port), once per estimator and seed, from
-one warm-started checkpoint; OVERRIDEs are Hydra overrides for every run (e.g. ``+algorithm.bnpo.fit_halflife=10``).
+``python -m bnpo.demo [--task reverse|reverse_format] [--quick] [--estimators ...] [--seeds N] [--steps N] [--out DIR]
+[OVERRIDE ...]``: verl's ``main_ppo`` trainer on this CPU (vLLM rollout through bnpo's CPU port), once per estimator
+and seed, from one warm-started checkpoint; OVERRIDEs are Hydra overrides for every run (e.g.
+``+algorithm.bnpo.fit_halflife=10``). ``--task reverse_format``: two rewards (acc, format); ad_bnpo, bnpo and grpo on
+the summed score, and gdpo_v1.
 ``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe (its own
 torch loop around verl's loss: it measures per-batch gradients, which verl's trainer does not expose).
 """
@@ -15,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .plan import DEFAULT_ESTIMATORS, DemoSettings
+from .plan import VARIANTS, DemoSettings
 
 QUICK = {"steps": 10, "seeds": (0,), "test_freq": 5}  # for tests: seed 0 only, one run per estimator
 
@@ -27,9 +29,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]
     parser.add_argument("--out", type=Path, default=Path("bnpo_demo_out"), help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help=f"a short run for tests: {QUICK['steps']} steps, seed 0, validation every {QUICK['test_freq']}")
-    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
-                        help="comma-separated names of verl's estimator registry (default: %(default)s); one "
-                             "registered through VERL_USE_EXTERNAL_MODULES works too")
+    parser.add_argument("--task", choices=sorted(VARIANTS), default=defaults.variant,
+                        help="reverse: one binary reward; reverse_format: two, acc and format (default: %(default)s)")
+    parser.add_argument("--estimators",
+                        help="comma-separated names of verl's estimator registry (default: "
+                             + "; ".join(f"{v.name}: {','.join(v.estimators)}" for v in VARIANTS.values())
+                             + "); one registered through VERL_USE_EXTERNAL_MODULES works too")
     parser.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default: {len(defaults.seeds)})")
     parser.add_argument("--steps", type=int, help=f"training steps per run (default: {defaults.steps})")
     parser.add_argument("--test-freq", type=int, help=f"validate every N steps (default: {defaults.test_freq})")
@@ -49,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]
         parser.error(f"--steps {changes['steps']}: need at least 1 step")
     if changes.get("test_freq", defaults.test_freq) < 1:
         parser.error(f"--test-freq {changes['test_freq']}: validate at least every N >= 1 steps")
-    estimators = tuple(dict.fromkeys(name.strip() for name in args.estimators.split(",") if name.strip()))
+    changes["variant"] = args.task
+    names = args.estimators if args.estimators is not None else ",".join(VARIANTS[args.task].estimators)
+    estimators = tuple(dict.fromkeys(name.strip() for name in names.split(",") if name.strip()))
     if not estimators:
         parser.error("--estimators: name at least one estimator, e.g. --estimators bnpo,grpo")
     changes["estimators"] = estimators
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     from .results import format_table
 
     print(format_table(summary))
-    what = f"{len(settings.estimators)} estimators x {len(settings.seeds)} seeds x {settings.steps} steps"
+    what = (f"{settings.variant}: {len(settings.estimators)} estimators x {len(settings.seeds)} seeds x "
+            f"{settings.steps} steps")
     print(f"\n{what} in {time.perf_counter() - start:.0f} s; wrote")
     for path in [*written, out / "logs"]:
         print(f"  {path}")

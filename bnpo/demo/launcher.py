@@ -23,6 +23,8 @@ from .plan import DemoSettings, Paths, overrides
 from .session import MARK
 
 INSTALL = "bash scripts/install_cpu_e2e.sh"
+STARTING = "bnpo demo: starting verl (Ray, vLLM, FSDP)"
+TRAINING = "bnpo demo: training steps"
 
 
 class DemoError(RuntimeError):
@@ -44,8 +46,11 @@ def require_cpu_port() -> None:
 
 
 def registered_estimators() -> dict:
-    """verl's estimator registry as a run will see it (the plugins and VERL_USE_EXTERNAL_MODULES loaded)."""
+    """verl's estimator registry as a run will see it (the plugins, VERL_USE_EXTERNAL_MODULES and the demo's
+    ``gdpo_v1`` loaded)."""
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+    from . import gdpo  # noqa: F401 -- registers gdpo_v1
 
     return dict(ADV_ESTIMATOR_REGISTRY)
 
@@ -62,6 +67,10 @@ def check_estimators(names: tuple[str, ...]) -> None:
             f"{', '.join(sorted(registry))}. An estimator of your own: register it with "
             "verl.trainer.ppo.core_algos.register_adv_est in a module and set VERL_USE_EXTERNAL_MODULES=<module>."
         )
+    if "gdpo" in names:
+        raise DemoError("--estimators gdpo: verl's v1 trainer, which the demo runs, does not hand gdpo the reward "
+                        "components (it fails with KeyError: 'prompts'); use gdpo_v1, verl's gdpo fed the components "
+                        "by the demo (bnpo/demo/gdpo.py), with --task reverse_format.")
     if "gae" in names:
         raise DemoError("--estimators gae: GAE needs a critic, which the demo does not train; compare outcome "
                         "estimators (bnpo, grpo, rloo, reinforce_plus_plus, ...).")
@@ -79,14 +88,19 @@ def check_configs(plan: dict) -> None:
             raise DemoError(f"verl refused the config of run {run['name']}: {type(err).__name__}: {err}") from err
 
 
+def write_data(s: DemoSettings, paths: Paths) -> None:
+    """The train and held-out parquet files; the held-out split shares no question with the training split nor
+    with the warm start's (``ReversalTask.held_out``)."""
+    s.task.write_split(paths.train_file, s.train_questions, seed=1, split="train", data_source=s.spec.data_source)
+    s.task.write_split(paths.val_file, s.val_questions, seed=2, split="val", data_source=s.spec.data_source)
+
+
 def prepare(s: DemoSettings, paths: Paths) -> dict:
-    """The warm-started model and the train / held-out parquet files; returns the warm start's record."""
+    """The warm-started model and the data; returns the warm start's record."""
     from .warm_start import warm_start
 
-    info = warm_start(s.task, s.policy, s.warm_start, paths.model)
-    # the held-out questions are drawn apart from the training stream (and from the warm start's)
-    s.task.write_split(paths.train_file, s.train_questions, seed=1, split="train")
-    s.task.write_split(paths.val_file, s.val_questions, seed=2, split="val")
+    info = warm_start(s.task, s.policy, s.spec.warm_start, paths.model)
+    write_data(s, paths)
     return info
 
 
@@ -131,11 +145,15 @@ def run_session(s: DemoSettings, paths: Paths, show_progress: bool = True, timeo
             [sys.executable, "-m", "bnpo.demo.session", str(paths.plan)], stdout=log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
         )
-        bar = tqdm(total=s.total_steps, desc="bnpo demo: training steps", unit="step", disable=not show_progress)
+        # nothing is logged while verl starts (Ray, its workers, vLLM's engine): the bar says so instead of 0/N
+        bar = tqdm(total=s.total_steps, desc=STARTING, unit="step", disable=not show_progress)
         try:
             while child.poll() is None:
                 time.sleep(1.0)
-                bar.update(_steps_done(paths, s.runs) - bar.n)
+                done = _steps_done(paths, s.runs)
+                if done and bar.desc.startswith(STARTING):
+                    bar.set_description(TRAINING)
+                bar.update(done - bar.n)
                 if timeout_s is not None and time.perf_counter() - start > timeout_s:
                     raise DemoError(f"the verl session ran past {timeout_s:.0f} s; its log: {log_path}")
             bar.update(_steps_done(paths, s.runs) - bar.n)

@@ -2,7 +2,8 @@
 
 The demo trains with verl's ``main_ppo`` config; ``overrides`` turns ``DemoSettings`` into its Hydra overrides, so
 each setting below is one verl key a GPU run would set the same way. Defaults: 3 estimators x 2 seeds in about
-five minutes on 2 CPU cores (docs/demo.md has the measured times).
+five minutes on 2 CPU cores (docs/demo.md has the measured times). ``VARIANTS`` holds what differs between the
+reversal task and the two-reward task (``--task reverse_format``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,41 @@ from pathlib import Path
 from .reversal import DATA_SOURCE, PolicySize, ReversalTask
 from .warm_start import WarmStart
 
-DEFAULT_ESTIMATORS = ("bnpo", "grpo", "rloo")
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the demo's two tasks: the reward, the warm start's teacher, the estimators compared and
+    the keys each estimator needs. ``components``: the reward's binary components, reported per component."""
+
+    name: str
+    data_source: str
+    reward: str  # a function of bnpo.demo.reward
+    components: tuple[str, ...]
+    estimators: tuple[str, ...]
+    warm_start: WarmStart
+    estimator_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+VARIANTS = {
+    "reverse": Variant("reverse", DATA_SOURCE, "compute_score", ("acc",), ("bnpo", "grpo", "rloo"), WarmStart()),
+    # two rewards: format is mostly learned by the warm start and saturates early; accuracy starts low
+    "reverse_format": Variant(
+        "reverse_format", "bnpo_demo/reverse_format", "compute_score_format", ("acc", "format"),
+        ("ad_bnpo", "bnpo", "grpo", "gdpo_v1"), WarmStart(copy_share=0.5, prefix_share=0.3),
+        {
+            "ad_bnpo": ("+algorithm.bnpo.components=[acc,format]",),
+            "bnpo": ("+algorithm.bnpo.reward_max=2",),  # the summed score, acc + format, in [0, 2]
+            "gdpo_v1": ("+algorithm.gdpo_reward_keys=[acc,format]",),
+        },
+    ),
+}
+DEFAULT_ESTIMATORS = VARIANTS["reverse"].estimators
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     # experiment: every estimator trains from the same checkpoint with each seed's data order
+    variant: str = "reverse"  # a key of VARIANTS
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 10
@@ -26,9 +56,8 @@ class DemoSettings:
     task: ReversalTask = ReversalTask(min_digits=1, max_digits=6)
     train_questions: int = 2048
     val_questions: int = 128
-    # policy and its supervised warm start (a sloppy teacher: half its answers copy instead of reversing)
+    # policy (its supervised warm start, a sloppy teacher, is the variant's: VARIANTS)
     policy: PolicySize = PolicySize()
-    warm_start: WarmStart = WarmStart()
     # rollouts (the paper: 32 prompts x 16 samples at temperature 1.0)
     prompts_per_step: int = 16  # data.train_batch_size (rollout time is most of a CPU step)
     rollout_n: int = 8
@@ -49,6 +78,10 @@ class DemoSettings:
     val_temperature: float = 0.0
     # more Hydra overrides for every run (e.g. "+algorithm.bnpo.fit_halflife=10")
     extra_overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def spec(self) -> Variant:
+        return VARIANTS[self.variant]
 
     @property
     def runs(self) -> list[dict]:
@@ -104,6 +137,11 @@ class Paths:
     def logs(self) -> Path:
         return self.out / "logs"
 
+    def validations(self, run: str) -> Path:
+        """verl's dump of a run's validations (``trainer.validation_data_dir``): ``<step>.jsonl``, one line per
+        held-out question with its output, ground truth, score and the reward's components."""
+        return self.runs / f"{run}.val"
+
 
 def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
     """verl's Hydra overrides of a run of ``estimator`` (the CPU port's overrides come first, at launch)."""
@@ -136,7 +174,7 @@ def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
         f"actor_rollout_ref.rollout.val_kwargs.do_sample={s.val_temperature > 0}",
         f"actor_rollout_ref.rollout.val_kwargs.temperature={s.val_temperature}",
         "reward.custom_reward_function.path=pkg://bnpo.demo.reward",
-        "reward.custom_reward_function.name=compute_score",
+        f"reward.custom_reward_function.name={s.spec.reward}",
         # verl's v1 sampler polls for finished rollouts every 2 s; bnpo's fast_poll checks every 0.05 s
         "trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer",
         "trainer.v1.sampler.custom_sampler.name=fast_poll",
@@ -149,11 +187,12 @@ def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
         "trainer.val_before_train=True",
         f"trainer.test_freq={s.test_freq}",
         "trainer.save_freq=-1",
+        *s.spec.estimator_overrides.get(estimator, ()),
         *s.extra_overrides,
     ]
 
 
 def val_metric(s: DemoSettings) -> str:
-    """verl's name of the held-out accuracy: mean@val_n of the score over the validation set (verl names the
-    score ``acc`` when the reward function returns a float)."""
-    return f"val-core/{DATA_SOURCE}/acc/mean@{s.val_n}"
+    """verl's name of the held-out accuracy: mean@val_n of ``acc`` over the validation set (the score itself when
+    the reward function returns a float, the ``acc`` component of a dict)."""
+    return f"val-core/{s.spec.data_source}/acc/mean@{s.val_n}"

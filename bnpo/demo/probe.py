@@ -73,16 +73,18 @@ from .theory import (
 )
 from .task import response_log_probs
 
-# Two regimes of per-question success rates, as overrides of the training demo's Settings (measured a, b: README).
+# Two regimes of per-question success rates, as overrides of the probe loop's Settings (bnpo.demo.probe_loop; measured
+# a, b: README). The probe trains its own policy in its own loop (its warm start, batch size and loss aggregation),
+# not the verl demo's (python -m bnpo.demo).
 REGIMES: dict[str, dict[str, Any]] = {
-    # the training demo as it is: strings of 1..6 digits, so p(q) is near 0 or 1 for most questions (a, b < 1)
+    # the probe loop's defaults: strings of 1..6 digits, so p(q) is near 0 or 1 for most questions (a, b < 1)
     "u_shaped": {},
     # every string has 6 digits and a longer warm start makes the policy nearly always right at temperature 1;
     # sampling (and scoring) at temperature 2 then puts every question's success rate near 0.5 (a, b > 1)
     "unimodal": {"min_digits": 6, "max_digits": 6, "warm_start_steps": 600, "temperature": 2.0},
 }
 REGIME_DESCRIPTIONS = {
-    "u_shaped": "the training demo: 1-6 digits, 200-step warm start, temperature 1",
+    "u_shaped": "the probe loop's defaults: 1-6 digits, 200-step warm start, temperature 1",
     "unimodal": "6 digits, 600-step warm start, temperature 2",
 }
 FIT_KEYS = ("a", "b", "alpha", "beta")
@@ -124,7 +126,7 @@ class ProbeSettings:
             raise ValueError(f"need at least one seed and snapshots >= 0, got {self.seeds} and {self.snapshots}.")
 
     def demo_settings(self, regime: str) -> Settings:
-        """The training demo's Settings of a regime, run up to the last snapshot."""
+        """The probe loop's Settings of a regime, run up to the last snapshot."""
         s = replace(Settings(), **{**REGIMES[regime], **dict(self.demo_overrides)})
         return replace(s, steps=max(self.snapshots))
 

@@ -1,7 +1,7 @@
 """The gradient-noise probe's torch loop: warm-start a tiny policy, train it with RL, score batches at fixed policies.
 
 The probe (``bnpo.demo.probe``) measures per-batch policy gradients at fixed policies, which verl's trainer does
-not expose, so it keeps this loop of its own around verl's pieces; the training demo (``python -m bnpo.demo``)
+not expose, so it keeps this loop of its own around verl's pieces; the verl demo (``python -m bnpo.demo``)
 runs verl's trainer itself. For every seed the initial weights, the question stream and the sampler's random
 state are the same for every estimator. Each RL step follows verl's data flow: rollouts into a ``DataProto``
 (``repeat`` with a ``uid`` per question), a verifiable outcome reward on the last response token,

@@ -5,18 +5,24 @@ the end-of-turn token. Longer strings are harder, so a partly trained policy has
 spread across (0, 1). Everything is built locally (no download) and saved as verl reads it: a Hugging Face
 model folder with its tokenizer and chat template, and parquet files in verl's RL row schema.
 
+Held out means held out: a digit string belongs to the held-out split iff a hash of it says so (one string in
+``heldout_every``), whatever its length, so no training or warm-start question can equal a held-out one; the
+held-out questions are distinct and none is a palindrome (a palindrome's reversal is its copy, which the warm
+start's wrong habit already answers).
+
 Sizes fit vLLM's CPU backend: attention head size 32 (it takes 32, 64, 80, ..., not 16).
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_SOURCE = "bnpo_demo/reverse_digits"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|user|>", "<|assistant|>"]
-WORDS = ["reverse"]
+WORDS = ["reverse", "answer"]  # "answer": the prefix of a chatty answer (the two-reward task's format failure)
 DIGITS = [str(d) for d in range(10)]
 # "<|user|> reverse 3 1 4 <|end|> <|assistant|>" for the prompt; the model's own <|end|> (its EOS) ends the answer.
 CHAT_TEMPLATE = (
@@ -31,6 +37,7 @@ class ReversalTask:
 
     min_digits: int = 1
     max_digits: int = 6
+    heldout_every: int = 8  # one digit string in 8 is held out (by its hash)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -39,15 +46,39 @@ class ReversalTask:
 
     @property
     def max_response_tokens(self) -> int:
-        """The reversed digits and the end-of-turn token."""
-        return self.max_digits + 1
+        """The reversed digits, one more word (a chatty answer's "answer") and the end-of-turn token."""
+        return self.max_digits + 2
 
-    def questions(self, n: int, seed: int) -> list[list[str]]:
-        """``n`` digit strings, each a list of digit words; the same seed gives the same questions."""
+    def held_out(self, digits: list[str]) -> bool:
+        """Whether a digit string belongs to the held-out split (a stable hash of the string, not of its draw)."""
+        return zlib.crc32("".join(digits).encode()) % self.heldout_every == 0
+
+    def questions(self, n: int, seed: int, split: str = "train") -> list[list[str]]:
+        """``n`` digit strings, each a list of digit words; the same seed gives the same questions.
+
+        ``split="train"`` (training and warm start): drawn with replacement among the strings not held out.
+        ``split="val"``: distinct held-out strings of 2 or more digits that are not palindromes; a length whose
+        strings run out (11 of the 100 two-digit strings qualify) is drawn less often."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split={split!r}: 'train' or 'val'")
         rng = random.Random(seed)
-        return [
-            [rng.choice(DIGITS) for _ in range(rng.randint(self.min_digits, self.max_digits))] for _ in range(n)
-        ]
+        val = split == "val"
+        lengths = range(max(self.min_digits, 2) if val else self.min_digits, self.max_digits + 1)
+        chosen: list[list[str]] = []
+        seen: set[str] = set()
+        for _ in range(1000 * n):
+            if len(chosen) == n:
+                break
+            digits = [rng.choice(DIGITS) for _ in range(rng.choice(lengths))]
+            text = "".join(digits)
+            if self.held_out(digits) != val or (val and (text in seen or text == text[::-1])):
+                continue
+            seen.add(text)
+            chosen.append(digits)
+        if len(chosen) < n:
+            raise ValueError(f"only {len(chosen)} distinct {split} questions of {self.min_digits}-{self.max_digits} "
+                             f"digits found for the {n} asked: ask for fewer, or allow longer strings")
+        return chosen
 
     @staticmethod
     def prompt_text(digits: list[str]) -> str:
@@ -57,24 +88,24 @@ class ReversalTask:
     def answer_text(digits: list[str]) -> str:
         return " ".join(reversed(digits))
 
-    def rows(self, n: int, seed: int, split: str) -> list[dict]:
+    def rows(self, n: int, seed: int, split: str, data_source: str = DATA_SOURCE) -> list[dict]:
         """verl's RL rows: data_source, prompt (chat messages), ability, reward_model (ground truth), extra_info."""
         return [
             {
-                "data_source": DATA_SOURCE,
+                "data_source": data_source,
                 "prompt": [{"role": "user", "content": self.prompt_text(digits)}],
                 "ability": "reversal",
                 "reward_model": {"style": "rule", "ground_truth": self.answer_text(digits)},
                 "extra_info": {"split": split, "index": index, "num_digits": len(digits)},
             }
-            for index, digits in enumerate(self.questions(n, seed))
+            for index, digits in enumerate(self.questions(n, seed, split))
         ]
 
-    def write_split(self, path: Path, n: int, seed: int, split: str) -> Path:
+    def write_split(self, path: Path, n: int, seed: int, split: str, data_source: str = DATA_SOURCE) -> Path:
         import pandas as pd
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(self.rows(n, seed, split)).to_parquet(path)
+        pd.DataFrame(self.rows(n, seed, split, data_source)).to_parquet(path)
         return path
 
 

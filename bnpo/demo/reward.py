@@ -1,6 +1,7 @@
 """The demo's verifiable reward, as verl calls it (``reward.custom_reward_function.path=pkg://bnpo.demo.reward``).
 
-verl's reward loop decodes each response without special tokens and calls ``compute_score`` from its reward
+verl's reward loop decodes each response without special tokens and calls ``compute_score`` (the reversal task) or
+``compute_score_format`` (the two-reward task) from its reward
 workers' threads. The answer to "reverse 3 1 4" is "4 1 3": the reward is 1.0 iff the response's words are
 exactly the prompt's digits reversed (nothing before, nothing after: an answer that runs on to the length limit
 instead of ending scores 0), else 0.0. Imports nothing heavy: it runs in every reward worker.
@@ -16,3 +17,21 @@ def compute_score(
 ) -> float:
     """1.0 iff ``solution_str``'s words are ``ground_truth``'s (the reversed digits, space-separated), else 0.0."""
     return float(solution_str.split() == str(ground_truth).split())
+
+
+def compute_score_format(
+    data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None, **kwargs: Any
+) -> dict[str, float]:
+    """The two-reward task's reward, a dict as ``bnpo.rewards`` returns it: ``{"score": acc + format, "acc",
+    "format"}``, each component 0.0 or 1.0.
+
+    - ``acc``: the response's digits, its other words ignored, are exactly ``ground_truth``'s ("answer 4 1 3" is
+      accurate);
+    - ``format``: the response is digits only, as many as the answer's, so it ended on time (verl decodes without
+      special tokens, so the end-of-turn token itself is not seen; a run-on adds words). "3 1 4" is well formed.
+    """
+    words = solution_str.split()
+    truth = str(ground_truth).split()
+    acc = float([w for w in words if w.isdigit()] == truth)
+    well_formed = float(len(words) == len(truth) and all(w.isdigit() for w in words))
+    return {"score": acc + well_formed, "acc": acc, "format": well_formed}

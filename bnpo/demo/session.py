@@ -8,15 +8,22 @@ which starts Ray and one TaskRunner. ``DemoRunner`` is verl's ``TaskRunnerV1`` w
 trainer once (verl's v1 sync ``PPOTrainer``: the FSDP actor, vLLM's async server, the agent loop, reward loop and
 weight sync) and then, for each (estimator, seed) of the plan:
 
-1. sets ``algorithm.adv_estimator``, ``data.seed`` and the experiment name (every other key, ``algorithm.bnpo``
-   included, is the same in every run);
+1. sets the run's ``algorithm`` block (its estimator and the keys that estimator needs, e.g. ``algorithm.bnpo.
+   components`` for ad_bnpo), ``data.seed``, the experiment name and the folder verl dumps validations to (every
+   other key is the same in every run), and has bnpo check the new block;
 2. rebuilds verl's dataloaders (the seed's data order) and replay buffer;
 3. resumes verl's trainer from the run's initial checkpoint with verl's own ``_load_checkpoint``
    (``trainer.resume_mode=resume_path``): the actor's weights, optimizer, LR schedule and RNG as they were after
    the warm start, saved once by verl's ``_save_checkpoint`` at step 0 (bnpo's pooled fits, for ``fit_halflife``,
    start empty: ``bnpo.verl.checkpoint``); then syncs the weights into vLLM;
 4. calls verl's ``fit``: validation before training and every ``trainer.test_freq`` steps, the training steps,
-   metrics through verl's tracker (its ``file`` backend writes them to ``runs/<run>.jsonl``).
+   metrics through verl's tracker (its ``file`` backend writes them to ``runs/<run>.jsonl``), each validation's
+   per-question results through verl's ``trainer.validation_data_dir`` (``runs/<run>.val/<step>.jsonl``).
+
+Around verl's ``_compute_advantage`` the runner adds two things of the demo's own (``advantage_step``): the RMS of
+the step's advantages over response tokens (``demo/advantage_rms``: at one learning rate, a different advantage
+scale is a different step size), and, for ``gdpo_v1``, the reward components verl's v1 trainer does not hand any
+estimator (``bnpo.demo.gdpo``).
 
 Why one session and not one ``main_ppo`` process per run: starting one costs about two minutes on two cores (Ray,
 ten processes importing torch, verl and vLLM, vLLM's engine), more than the run itself; a run here is what a
@@ -49,10 +56,45 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
 
 
+ADVANTAGE_RMS = "demo/advantage_rms"
+
+
+def advantage_step(trainer):
+    """The trainer's ``_compute_advantage`` (verl's, with bnpo's extension) with the demo's additions: the advantages'
+    RMS over response tokens in the step's metrics; for ``gdpo_v1``, the reward components in an estimator scope."""
+    import contextlib
+
+    import torch
+    import transfer_queue as tq
+
+    from bnpo.verl.context import estimator_scope
+    from bnpo.verl.trainer_v1 import reward_fields
+
+    from .gdpo import NAME as GDPO_V1
+
+    compute = trainer._compute_advantage
+
+    def _compute_advantage(batch, metrics):
+        algorithm = trainer.config.algorithm
+        scope = contextlib.nullcontext()
+        if algorithm.adv_estimator == GDPO_V1:
+            scope = estimator_scope(fields=reward_fields(batch, list(algorithm.get("gdpo_reward_keys") or [])))
+        with scope:
+            batch = compute(batch, metrics)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages"])
+        tokens = torch.cat([row.float() for row in data["advantages"].unbind(0)])  # nested: response tokens only
+        metrics[ADVANTAGE_RMS] = float(tokens.pow(2).mean().sqrt())
+        return batch
+
+    return _compute_advantage
+
+
 def _runner_class():
     """``DemoRunner``: verl's TaskRunnerV1 whose ``run`` trains the plan's runs one after another."""
     from omegaconf import OmegaConf, open_dict
     from verl.trainer.main_ppo import TaskRunnerV1
+
+    from . import gdpo  # noqa: F401 -- registers gdpo_v1 in this process, the one that computes advantages
 
     class DemoRunner(TaskRunnerV1.__ray_actor_class__):
         def run(self, config):
@@ -69,6 +111,7 @@ def _runner_class():
             try:
                 self.trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
                 self.trainer.init()
+                self.trainer._compute_advantage = advantage_step(self.trainer)
                 self.init_agent_loop_manager()
                 initial = self._save_initial_checkpoint()
                 for run in plan["runs"]:
@@ -89,11 +132,15 @@ def _runner_class():
         def _train(self, run: dict, initial: str, runs_dir: Path) -> None:
             trainer, config = self.trainer, self.trainer.config
             with open_dict(config):
-                config.algorithm.adv_estimator = run["estimator"]
+                config.algorithm = OmegaConf.create(run["algorithm"])
                 config.data.seed = run["seed"]
                 config.trainer.experiment_name = run["name"]
+                config.trainer.validation_data_dir = str(runs_dir / f"{run['name']}.val")
                 config.trainer.resume_mode = "resume_path"
                 config.trainer.resume_from_path = initial
+            from bnpo.verl.contract import _CHECKED  # where bnpo keeps a trainer's checked algorithm.bnpo block
+
+            vars(trainer).pop(_CHECKED, None)  # bnpo checks the new block at the run's first step
             os.environ["VERL_FILE_LOGGER_PATH"] = str(runs_dir / f"{run['name']}.jsonl")
             print(f"{MARK} run {run['name']} begins", flush=True)
             start = time.perf_counter()
@@ -129,6 +176,8 @@ def main(plan_path: str) -> int:
     import ray
     from verl.trainer.main_ppo import run_ppo
 
+    from . import gdpo  # noqa: F401 -- registers gdpo_v1 for the config check
+
     plan = json.loads(Path(plan_path).read_text())
     os.environ[PLAN_ENV] = str(Path(plan_path).resolve())
     shutil.rmtree(plan["checkpoint_dir"], ignore_errors=True)  # verl's auto-resume must find nothing
@@ -137,6 +186,11 @@ def main(plan_path: str) -> int:
     except Exception as err:  # noqa: BLE001 -- handed to the launcher, which prints it as the demo's error
         Path(plan["error_file"]).write_text(f"verl refused the run's config: {type(err).__name__}: {err}")
         raise
+    from omegaconf import OmegaConf
+
+    for run, config in zip(plan["runs"], configs):  # each run's algorithm block, for the runner to set
+        run["algorithm"] = OmegaConf.to_container(config.algorithm, resolve=True)
+    Path(plan_path).write_text(json.dumps(plan, indent=1))
     run_ppo(configs[0], task_runner_class=ray.remote(num_cpus=1)(_runner_class()))
     print(f"{MARK} session ends", flush=True)
     return 0

@@ -7,6 +7,8 @@ and, stopped early, it still fails some long strings. Per-question success rates
 estimator has signal from the first step, and RL has something it can learn in minutes: which habit the reward
 pays for. The prompts are tokenized with the tokenizer's chat template, as verl's agent loop does, so the policy
 is trained on the token ids it will see in RL. Every estimator and seed of a demo starts from this one checkpoint.
+For the two-reward task the teacher is also chatty: a share ``prefix_share`` of its answers starts with the word
+"answer", which the format reward refuses. Its questions are drawn from the training split (never a held-out one).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class WarmStart:
     batch_size: int = 64
     lr: float = 3e-3
     copy_share: float = 0.5  # answers that copy the digits instead of reversing them
+    prefix_share: float = 0.0  # answers that begin with "answer" (drawn independently of copy_share)
     seed: int = 0
 
 
@@ -35,19 +38,24 @@ def prompt_ids(tokenizer, task: ReversalTask, digits: list[str]) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def answer_ids(tokenizer, task: ReversalTask, digits: list[str], copy: bool = False) -> list[int]:
-    """The reference answer's token ids (``copy``: the sloppy teacher's, the digits in the prompt's order), then EOS."""
+def answer_ids(tokenizer, task: ReversalTask, digits: list[str], copy: bool = False, prefix: bool = False) -> list[int]:
+    """The reference answer's token ids, then EOS; the sloppy teacher's: ``copy``, the digits in the prompt's order;
+    ``prefix``, "answer" before the digits."""
     text = " ".join(digits) if copy else task.answer_text(digits)
+    text = f"answer {text}" if prefix else text
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def supervised_batch(tokenizer, task: ReversalTask, questions: list[list[str]], copies: list[bool] | None = None):
+def supervised_batch(tokenizer, task: ReversalTask, questions: list[list[str]], copies: list[bool] | None = None,
+                     prefixes: list[bool] | None = None):
     """(input_ids, attention_mask, labels), each (n, T) long: right-padded; labels -100 outside the answers.
-    ``copies``: which answers are the sloppy teacher's copies (default: none)."""
+    ``copies`` / ``prefixes``: which answers are the sloppy teacher's copies / chatty answers (default: none)."""
     import torch
 
     copies = copies or [False] * len(questions)
-    sequences = [(prompt_ids(tokenizer, task, q), answer_ids(tokenizer, task, q, c)) for q, c in zip(questions, copies)]
+    prefixes = prefixes or [False] * len(questions)
+    sequences = [(prompt_ids(tokenizer, task, q), answer_ids(tokenizer, task, q, c, p))
+                 for q, c, p in zip(questions, copies, prefixes)]
     width = max(len(p) + len(a) for p, a in sequences)
     input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full_like(input_ids, -100)
@@ -60,6 +68,11 @@ def supervised_batch(tokenizer, task: ReversalTask, questions: list[list[str]], 
     return input_ids, attention_mask, labels
 
 
+def warm_start_questions(task: ReversalTask, settings: WarmStart) -> list[list[str]]:
+    """The warm start's questions: the training split, from a stream apart from the RL data's seed."""
+    return task.questions(settings.steps * settings.batch_size, seed=1_000_003 + settings.seed, split="train")
+
+
 def warm_start(task: ReversalTask, size: PolicySize, settings: WarmStart, out_dir: Path) -> dict:
     """Train, save model and tokenizer into ``out_dir``; returns {"loss_first", "loss_last", "parameters"}."""
     import torch
@@ -67,15 +80,16 @@ def warm_start(task: ReversalTask, size: PolicySize, settings: WarmStart, out_di
     tokenizer = build_tokenizer()
     model = build_policy(tokenizer, size, settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    # the warm start's own questions: a stream apart from the RL and held-out sets' seeds
-    questions = task.questions(settings.steps * settings.batch_size, seed=1_000_003 + settings.seed)
+    questions = warm_start_questions(task, settings)
     rng = random.Random(2_000_003 + settings.seed)
     copies = [rng.random() < settings.copy_share for _ in questions]
+    prefixes = [rng.random() < settings.prefix_share for _ in questions]
     losses = []
     model.train()
     for step in range(settings.steps):
         rows = slice(step * settings.batch_size, (step + 1) * settings.batch_size)
-        input_ids, attention_mask, labels = supervised_batch(tokenizer, task, questions[rows], copies[rows])
+        input_ids, attention_mask, labels = supervised_batch(tokenizer, task, questions[rows], copies[rows],
+                                                             prefixes[rows])
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

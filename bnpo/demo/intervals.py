@@ -1,0 +1,85 @@
+"""Intervals for the demo's held-out comparisons: a paired bootstrap over seeds and questions.
+
+Every estimator of a demo trains from the same checkpoint with the same seeds and is scored on the same held-out
+questions, so the comparison is paired twice over: a bootstrap sample draws seeds (with replacement) and questions
+(with replacement) once, and every estimator's gain, and every difference of two, is computed on that same draw.
+Both levels are resampled because both are noise here: another seed is another training run, another question set
+another test. With ``S`` seeds and ``Q`` questions an outcome array is ``(S, Q)``: one held-out result (0 or 1,
+or a rate in [0, 1]) per run and question.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+LEVEL = 0.95
+Z = 1.959963984540054  # the standard normal's 97.5% quantile, for the seeds a gap needs
+
+
+def resample_weights(seeds: int, questions: int, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """How often each seed and each question is drawn in each bootstrap sample: (draws, S) and (draws, Q) counts."""
+    return (rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=draws),
+            rng.multinomial(questions, np.full(questions, 1 / questions), size=draws))
+
+
+def resampled_means(values: np.ndarray, seed_w: np.ndarray, question_w: np.ndarray) -> np.ndarray:
+    """(draws,) mean of ``values`` (S, Q) over each bootstrap sample's seeds and questions."""
+    seeds, questions = values.shape
+    return np.einsum("bs,sq,bq->b", seed_w, values, question_w) / (seeds * questions)
+
+
+def interval(point: float, draws: np.ndarray) -> dict[str, float | bool]:
+    """The point estimate, its percentile interval and whether the interval holds 0 (``separable`` is False then)."""
+    low, high = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return {"mean": float(point), "low": float(low), "high": float(high), "separable": bool(low > 0 or high < 0)}
+
+
+def seeds_for_gap(diff: np.ndarray, gap: float = 0.05) -> float | None:
+    """Seeds a difference ``diff`` (S, Q) would need for its interval's half-width to fall to ``gap`` on these
+    questions, from its measured variance components: SE(S')^2 ~ var_seed / S' + var_question / Q, where var_seed is
+    the variance of one seed's mean over the questions and var_question that of one question's mean over the seeds
+    (conservative: it still holds the seed-question interaction / S). inf when the questions' share alone is wider
+    than ``gap`` (more questions needed, not seeds); None with one seed (no seed variance measured)."""
+    seeds, questions = diff.shape
+    if seeds < 2:
+        return None
+    var_seed = float(np.var(diff.mean(axis=1), ddof=1))
+    var_question = float(np.var(diff.mean(axis=0), ddof=1)) / questions
+    room = (gap / Z) ** 2 - var_question
+    if room <= 0:
+        return float("inf")
+    return float(max(1.0, np.ceil(var_seed / room)))
+
+
+def compare(start: np.ndarray, end: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0,
+            gap: float = 0.05) -> dict[str, dict]:
+    """Gains and paired differences with 95% intervals.
+
+    Args:
+        start: (Q,) or (S, Q) held-out outcomes before training (the same checkpoint for every estimator).
+        end: estimator -> (S, Q) held-out outcomes after training, seeds and questions in the same order for all.
+
+    Returns:
+        {"gains": {estimator: interval of mean(end - start)},
+         "differences": {"a - b": interval of mean(end_a - end_b), with "seeds_for_gap" (``seeds_for_gap``)}}
+    """
+    names = list(end)
+    seeds, questions = end[names[0]].shape
+    for name in names:
+        if end[name].shape != (seeds, questions):
+            raise ValueError(f"{name}: outcomes of shape {end[name].shape}, expected {(seeds, questions)} like {names[0]}")
+    start = np.broadcast_to(np.asarray(start, dtype=float), (seeds, questions))
+    seed_w, question_w = resample_weights(seeds, questions, draws, np.random.default_rng(seed))
+    gains = {name: end[name] - start for name in names}
+    out = {"gains": {}, "differences": {}}
+    for name, gain in gains.items():
+        out["gains"][name] = interval(gain.mean(), resampled_means(gain, seed_w, question_w))
+    for a, b in combinations(names, 2):
+        diff = end[a] - end[b]
+        out["differences"][f"{a} - {b}"] = {
+            **interval(diff.mean(), resampled_means(diff, seed_w, question_w)),
+            "seeds_for_gap": seeds_for_gap(diff, gap),
+        }
+    return out
