@@ -47,7 +47,7 @@ def reference_advantages(
     fixed: tuple[float, float] | None = None,
     max_weight: float = 1e6,
 ) -> tuple[list[float], dict]:
-    """Scalar advantage per sample, and the fit, following the spec's reference behaviour."""
+    """Scalar advantage per sample, and the fit, following the paper's formulas and the published code's behaviour."""
     s = [(r - reward_min) / (reward_max - reward_min) for r in rewards]
     groups: dict = {}
     for value, uid in zip(s, uids):
@@ -67,7 +67,8 @@ def reference_advantages(
 
 
 def reference_ad_bnpo(components: dict[str, list[float]], uids: list, weights=None) -> list[float]:
-    """Spec §5: the (weighted) mean of each component's own BNPO advantage, range [0, 1]."""
+    """AD-BNPO (the paper's advantage decomposition): the (weighted) mean of each component's own BNPO advantage,
+    each component's rewards in [0, 1]."""
     keys = list(components)
     weights = weights or [1.0] * len(keys)
     total = sum(weights)

@@ -285,3 +285,40 @@ def test_ckpt_dir_reaches_the_composed_config():
     import yaml
 
     assert yaml.safe_load(proc.stdout)["trainer"]["default_local_dir"] == "/shared/ckpt/run1"
+
+
+def _documented_runtime_env() -> dict:
+    """The runtime env docs/verl.md gives for shipping bnpo with a job (the section's YAML block)."""
+    import yaml
+
+    section = (ROOT / "docs/verl.md").read_text().split("### Shipping bnpo with a Ray job\n", 1)[1]
+    return yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+
+
+REGISTERED = ("import verl, bnpo; from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R; "
+              "print('PROBE', bnpo.__file__, [n for n in ('bnpo', 'ad_bnpo') if n in R])")
+
+
+def test_the_documented_runtime_env_ships_bnpo_with_a_job(tmp_path):
+    documented = _documented_runtime_env()
+    assert documented["working_dir"] == "."
+    assert documented["env_vars"] == {"VERL_USE_EXTERNAL_MODULES": "bnpo.verl.plugin"}
+    # what scripts/submit_ray_job.sh sends: the same variable, and at least the documented excludes
+    script = _runtime_env(_submit(DRY_RUN="1", BNPO_JOB_ENTRYPOINT="true", RAY_ADDRESS="http://10.0.0.1:8265",
+                                  CKPT_DIR="/shared/ckpt"))
+    assert documented["env_vars"].items() <= script["env_vars"].items()
+    assert set(documented["excludes"]) <= set(script["excludes"])
+    readme = (ROOT / "README.md").read_text()
+    assert "VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin" in readme
+    assert "docs/verl.md#shipping-bnpo-with-a-ray-job" in readme
+    # a process of such a job: bnpo only as the uploaded copy on sys.path, entry points off (the copy declares none)
+    copy = tmp_path / "working_dir"
+    shutil.copytree(ROOT / "bnpo", copy / "bnpo", ignore=shutil.ignore_patterns("__pycache__"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    for env_vars, expected in ((documented["env_vars"], "['bnpo', 'ad_bnpo']"), ({}, "[]")):
+        proc = subprocess.run([sys.executable, "-c", REGISTERED], cwd=copy, capture_output=True, text=True,
+                              env={**base, "VERL_USE_EXTERNAL_PLUGINS": "none", **env_vars}, timeout=240)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")), None)
+        assert line is not None, proc.stderr[-3000:]
+        _, bnpo_file, registered = line.split(" ", 2)
+        assert bnpo_file.startswith(str(copy) + os.sep) and registered == expected, (env_vars, line)

@@ -1,9 +1,12 @@
-"""The recipe as an installed bnpo has it: a wheel built from this checkout, installed into a fresh venv, run from a
-folder outside the checkout (the dependencies come from this venv, bnpo from the wheel alone)."""
+"""bnpo as a user installs it (it is not on PyPI: from a clone, a git URL or a wheel built from either): a wheel built
+from this checkout, installed into a fresh venv, run from a folder outside the checkout (the dependencies come from
+this venv, bnpo from the wheel alone). The README's install commands and its check, then the recipe it ships."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +25,9 @@ def installed(tmp_path_factory) -> tuple:
                     str(tmp / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp / "dist").glob("bnpo-*.whl")
     assert "bnpo/recipe/bnpo_trainer.yaml" in zipfile.ZipFile(wheel).namelist()
+    # verl finds bnpo through this entry point; the wheel must carry it, not only this checkout's editable install
+    (entry_points,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/entry_points.txt")]
+    assert "[verl.plugins]\nbnpo = bnpo.verl.plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, capture_output=True, timeout=300)
     python = str(tmp / "venv" / "bin" / "python")
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True,
@@ -40,6 +46,34 @@ def _run(installed: tuple, *args: str, timeout: int = 300) -> subprocess.Complet
     python, cwd = installed
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _readme_install_commands() -> list[list[str]]:
+    """The commands of the README's "Install next to your verl" block, split as the shell would (comments dropped)."""
+    section = (ROOT / "README.md").read_text().split("## Install next to your verl", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_installs_bnpo_from_a_clone_a_git_url_or_a_wheel_not_from_pypi():
+    """No bnpo is published on PyPI: a bare ``pip install bnpo`` would fail, or install someone else's package."""
+    targets = [arg for command in _readme_install_commands() if command[:2] == ["pip", "install"]
+               for arg in command[2:] if not arg.startswith("-")]
+    assert targets
+    for target in targets:
+        assert target.startswith((".", "/")) or " @ git+" in target or target.endswith(".whl"), target
+
+
+def test_an_installed_wheel_passes_the_readmes_install_check(installed):
+    """The README's check after installing, run in the fresh venv: verl finds both estimators through the wheel's
+    entry point, and they are the wheel's."""
+    (check,) = [command for command in _readme_install_commands() if command[0] == "python"]
+    proc = _run(installed, *check[1:])
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+    where = _run(installed, "-c", "import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn as f; "
+                                  "print(f('bnpo').__module__, f('ad_bnpo').__code__.co_filename)")
+    assert where.stdout.split()[0] == "bnpo.verl.estimators", where.stderr[-2000:]
+    assert where.stdout.split()[1].startswith(os.path.dirname(os.path.dirname(installed[0]))), where.stdout
 
 
 def test_an_installed_bnpo_plans_the_recipe_it_ships(installed):

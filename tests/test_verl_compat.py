@@ -10,8 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
-from batches import outcome_batch
+import torch
+from batches import grouped, outcome_batch, scalar
+from oracle import reference_ad_bnpo
 from verl_helpers import ROOT, run_python, verl_config
 
 from bnpo.verl import compat
@@ -68,8 +71,11 @@ def test_other_estimators_still_start_with_a_changed_verl(renamed):
 
 @pytest.mark.parametrize("version, supported", [
     ("0.9.0", True), ("0.9.1", True), ("0.9.2rc1", True), ("0.9.1+internal", True), ("0.10.0.dev", True),
-    ("0.10.0.dev3", True), ("0.8.0", False), ("0.9.0.dev", False), ("0.10.0rc1", False), ("0.10.0", False),
-    ("1.0.0", False), (None, False), ("unknown", False),
+    # upstream main: any dev or pre-release build of 0.10.0, so main moving on locks no user out; not 0.10.0 itself
+    ("0.10.0.dev0", True), ("0.10.0.dev3", True), ("0.10.0.dev20261201", True), ("0.10.0.dev0+g1dda039", True),
+    ("0.10.0a2", True), ("0.10.0b1.dev3", True), ("0.10.0rc1", True), ("0.10.0", False), ("0.10.0+internal", False),
+    ("0.10.0.post1.dev0", False), ("0.10.1.dev0", False), ("0.11.0.dev0", False),
+    ("0.8.0", False), ("0.9.0.dev", False), ("1.0.0", False), (None, False), ("unknown", False),
 ])
 def test_the_supported_verl_versions(version, supported):
     assert compat.is_supported(version) is supported
@@ -79,8 +85,8 @@ def test_a_verl_outside_the_supported_range_is_refused_at_startup_naming_the_ran
     config = verl_config("algorithm.adv_estimator=bnpo")
     monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")
     with pytest.raises(compat.VerlChanged, match=re.escape(
-            "bnpo supports verl >=0.9.0,<0.10 and upstream main (0.10.0.dev); this is verl 0.8.0. Install a supported "
-            "verl (pip install 'verl[verl-core]>=0.9.0,<0.10'")):
+            "bnpo supports verl >=0.9.0,<0.10 and upstream main (0.10.0 dev and pre-release builds); this is verl "
+            "0.8.0. Install a supported verl (pip install 'verl[verl-core]>=0.9.0,<0.10'")):
         check_run_config(config)
     assert check_run_config(verl_config("algorithm.adv_estimator=grpo")) is None  # other estimators: not bnpo's call
     monkeypatch.setenv(compat.ALLOW_UNSUPPORTED, "1")  # a team trying a newer verl: a warning, every place still checked
@@ -88,7 +94,7 @@ def test_a_verl_outside_the_supported_range_is_refused_at_startup_naming_the_ran
         assert check_run_config(config) is not None
     assert "this is verl 0.8.0" in caplog.text and "BNPO_ALLOW_UNSUPPORTED_VERL is set" in caplog.text
     monkeypatch.delenv(compat.ALLOW_UNSUPPORTED)
-    for version in ("0.9.0", "0.9.1", "0.10.0.dev"):
+    for version in ("0.9.0", "0.9.1", "0.10.0.dev", "0.10.0.dev20261201", "0.10.0rc1"):
         monkeypatch.setattr(compat, "installed_verl", lambda v=version: v)
         assert check_run_config(config) is not None
 
@@ -285,3 +291,75 @@ def test_building_the_fully_async_trainer_imports_nothing_of_the_v1_trainer():
     )
     out = run_python("-c", probe, env={"PYTHONPATH": str(ROOT / "tests")})
     assert "V1 False" in out.stdout, out.stdout[-1000:] + out.stderr[-3000:]
+
+
+# ---- verl's open pull requests, simulated against the installed verl ----
+
+def _accepts_kwarg(fn, name: str) -> bool:
+    """verl PR #7473's test: a declared parameter, or ``**kwargs``."""
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def test_ad_bnpo_keeps_the_scopes_components_when_verl_passes_every_estimator_its_non_tensor_batch():
+    """verl PR #7473 hands ``non_tensor_batch`` (and ``batch``) to every estimator that accepts them. In the v1
+    trainer that dict holds only ``uid``: the components bnpo's integration put in the scope must still be read,
+    those the dict holds overlay them, and a component in neither is the usual error naming the keys there are."""
+    from tensordict import TensorDict
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from bnpo.verl import estimator_scope
+
+    acc, uids = grouped([0.25, 0.5, 0.75], group_size=8)
+    fmt = [float(x) for x in np.random.default_rng(1).integers(0, 2, size=len(acc))]
+    trl, mask, index = outcome_batch(acc, uids)
+    estimator = get_adv_estimator_fn("ad_bnpo")
+    assert _accepts_kwarg(estimator, "non_tensor_batch") and _accepts_kwarg(estimator, "batch")
+    config = {"bnpo": {"components": ["acc", "format"]}}
+    tensors = TensorDict({"token_level_rewards": trl, "response_mask": mask}, batch_size=[len(acc)])
+    pr_kwargs = {"non_tensor_batch": {"uid": index}, "batch": tensors}  # what the PR passes in the v1 trainer
+    expected = torch.tensor(reference_ad_bnpo({"acc": acc, "format": fmt}, uids), dtype=torch.float64)
+    scope_fields = {"acc": np.array(acc, dtype=object), "format": np.array(fmt, dtype=object)}
+    with estimator_scope(fields=scope_fields):
+        advantages, _ = estimator(trl, mask, index=index, config=config, **pr_kwargs)
+    torch.testing.assert_close(scalar(advantages, mask), expected, rtol=1e-4, atol=1e-6)
+    with estimator_scope(fields={"acc": scope_fields["acc"]}):  # format only in non_tensor_batch: read from there
+        advantages, _ = estimator(trl, mask, index=index, config=config,
+                                  non_tensor_batch={"uid": index, "format": scope_fields["format"]})
+    torch.testing.assert_close(scalar(advantages, mask), expected, rtol=1e-4, atol=1e-6)
+    with estimator_scope(fields={"acc": scope_fields["acc"]}), pytest.raises(
+            ValueError, match=re.escape("ad_bnpo component 'format' (from algorithm.bnpo.components) is not among the "
+                                        "per-sample batch fields ['acc', 'uid']")):
+        estimator(trl, mask, index=index, config=config, **pr_kwargs)
+
+
+@pytest.mark.parametrize("backend", ["another backend's batch", "TransferQueue without kv_batch_get"])
+@pytest.mark.parametrize("estimator", ["bnpo", "ad_bnpo"])
+def test_a_v1_trainer_on_another_rollout_data_backend_stops_saying_what_bnpo_needs(monkeypatch, backend, estimator):
+    """verl PR #7415 makes the v1 trainer's rollout-data backend pluggable; bnpo reads the reward scores and the
+    agent-loop sessions through TransferQueue's kv_batch_get. A batch of another backend (or a TransferQueue without
+    kv_batch_get) stops the advantage step with what bnpo needs and the fix, before anything reaches TransferQueue."""
+    from types import SimpleNamespace
+
+    tq = pytest.importorskip("transfer_queue")
+    from bnpo.verl import trainer_v1
+
+    if backend == "another backend's batch":
+        batch = SimpleNamespace(keys=["u_0_0"], partition_id="train_0")  # e.g. a Mooncake handle, not a KVBatchMeta
+        found = "the step's batch is a types.SimpleNamespace, not TransferQueue's KVBatchMeta"
+    else:
+        batch = tq.KVBatchMeta(partition_id="train_0", keys=["u_0_0"], tags=[{}])
+        monkeypatch.delattr(tq, "kv_batch_get")
+        found = "has no kv_batch_get"
+    overrides = ["+algorithm.bnpo.components=[acc]"] if estimator == "ad_bnpo" else []
+    trainer = SimpleNamespace(config=verl_config(f"algorithm.adv_estimator={estimator}", *overrides))
+    verl_step = []
+    step = trainer_v1.extend(lambda self, batch, metrics: verl_step.append(batch))
+    with pytest.raises(compat.VerlChanged, match=re.escape(found)) as raised:
+        step(trainer, batch, {})
+    assert "reads each sample's reward scores and agent-loop session from TransferQueue" in str(raised.value)
+    assert "Use verl's TransferQueue rollout-data backend" in str(raised.value) and "trainer.use_v1=False" in str(
+        raised.value)
+    assert not verl_step

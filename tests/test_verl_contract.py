@@ -10,6 +10,7 @@ own legacy ``fit`` in the CPU end-to-end run (``test_cpu_smoke.py``).
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from verl_helpers import legacy_batch, verl_config
 import verl.trainer.ppo.core_algos as core_algos
 import verl.trainer.ppo.ray_trainer as ray_trainer
 from bnpo.verl import compat
+from bnpo.verl import estimator_scope as bnpo_scope
 from bnpo.verl.compat import VerlChanged
 from bnpo.verl.startup import check_run_config
 from verl.experimental.fully_async_policy.fully_async_trainer import FullyAsyncTrainer
@@ -35,6 +37,7 @@ class RecipeTrainer(ray_trainer.RayPPOTrainer):
     batches) and logs each one's metrics through verl's module functions, as ``RayPPOTrainer.fit`` does."""
 
     log_metrics = True
+    unlogged_steps = ()  # steps whose metrics this recipe does not log (a recipe that skips logging now and then)
     compute_advantage = None  # None: verl's module function, looked up at each call as RayPPOTrainer.fit does
 
     def fit(self, steps):
@@ -45,7 +48,7 @@ class RecipeTrainer(ray_trainer.RayPPOTrainer):
                 advantage = type(self).compute_advantage or ray_trainer.compute_advantage
                 data = advantage(batch, adv_estimator=self.config.algorithm.adv_estimator,
                                  num_repeat=8, config=self.config.algorithm)
-                if self.log_metrics:
+                if self.log_metrics and self.global_steps not in self.unlogged_steps:
                     logged.append(ray_trainer.compute_data_metrics(batch=data, use_critic=False))
         return logged
 
@@ -164,6 +167,163 @@ def test_an_estimator_called_in_a_training_loop_outside_the_advantage_step_bnpo_
 def test_other_estimators_run_verls_code_untouched(tmp_path, kind):
     logged = run_steps(kind, trainer_of(kind, tmp_path, "algorithm.adv_estimator=grpo"), [[[0.25, 0.5]], [[0.5]]])
     assert len(logged) == 2 and not any(key.startswith("bnpo/") for metrics in logged for key in metrics)
+
+
+# ---- a process that cannot run bnpo refuses to build the trainer: verl's TaskRunners, before any generation ----
+
+
+def _stale_bnpo(monkeypatch, why):
+    """This process (a TaskRunner's node) cannot run bnpo, as on a node whose bnpo is stale: ``why`` it cannot."""
+    from bnpo.verl import hooks
+
+    if why == "unsupported verl":
+        monkeypatch.setattr(compat, "installed_verl", lambda: "0.8.0")
+    elif why == "failed plugin part":
+        monkeypatch.setattr(hooks, "FAILED", {"verl.trainer.ppo.ray_trainer": VerlChanged("a stale bnpo's extension")})
+    else:  # the estimator is missing: the node's verl never loaded bnpo's registration
+        monkeypatch.delitem(core_algos.ADV_ESTIMATOR_REGISTRY, "bnpo")
+
+
+STALE = {"unsupported verl": r"this is verl 0\.8\.0", "failed plugin part": r"a stale bnpo's extension",
+         "missing estimator": r"algorithm\.adv_estimator=bnpo was requested but it is not registered"}
+
+
+def _record(monkeypatch, calls, owner, *names):
+    for name in names:
+        monkeypatch.setattr(owner, name, lambda self, *a, _name=name, **k: calls.append(_name))
+
+
+def run_v1_task_runner(monkeypatch, config, calls: list) -> None:
+    """verl's own v1 TaskRunner ``run`` in this process (TransferQueue stubbed); ``calls`` records what it reached of
+    the trainer's init, the agent loop (generation), validation and training."""
+    import transfer_queue
+
+    import verl.trainer.main_ppo as main_ppo
+    from verl.trainer.ppo.v1 import trainer_base
+
+    monkeypatch.setattr(transfer_queue, "init", lambda *a, **k: None)
+    monkeypatch.setattr(transfer_queue, "close", lambda *a, **k: None)
+    _record(monkeypatch, calls, trainer_base.PPOTrainer, "init", "fit", "_validate")
+    runner_cls = main_ppo.TaskRunnerV1.__ray_actor_class__
+    _record(monkeypatch, calls, runner_cls, "init_agent_loop_manager")
+    try:
+        runner_cls().run(config)
+    finally:
+        monkeypatch.undo()  # the recorders and the stale state go with the run
+
+
+def run_legacy_task_runner(monkeypatch, config, calls: list) -> None:
+    """verl's own legacy TaskRunner ``run`` in this process (tokenizer, datasets and verl's config checks stubbed:
+    they need a model, data and GPUs); ``calls`` records what it reached of the workers, validation and training."""
+    import verl.trainer.main_ppo_v0 as main_ppo_v0
+    import verl.utils.config as verl_config_module
+
+    real = verl_config_module.omega_conf_to_dataclass
+    model = SimpleNamespace(tokenizer=None, processor=None)
+    monkeypatch.setattr(verl_config_module, "omega_conf_to_dataclass", lambda cfg, *a, **k: model
+                        if cfg.get("_target_") == "verl.workers.config.HFModelConfig" else real(cfg, *a, **k))
+    monkeypatch.setattr(main_ppo_v0, "create_rl_dataset", lambda *a, **k: [{"prompt": "q"}] * 4)
+    monkeypatch.setattr(main_ppo_v0, "create_rl_sampler", lambda *a, **k: None)
+    # bnpo's check in the TaskRunner's validate_config is left out (as where the plugin's wrap of it failed): the
+    # trainer's construction is what must refuse
+    monkeypatch.setattr(main_ppo_v0, "validate_config", lambda *a, **k: None)
+    _record(monkeypatch, calls, ray_trainer.RayPPOTrainer, "init_workers", "fit", "_validate")
+    try:
+        main_ppo_v0.TaskRunner.__ray_actor_class__().run(config)
+    finally:
+        monkeypatch.undo()
+
+
+TASK_RUNNERS = {
+    "v1": (run_v1_task_runner, ()),
+    "legacy": (run_legacy_task_runner, ("trainer.use_v1=False", "data.train_batch_size=2", "data.val_batch_size=2",
+                                        "data.dataloader_num_workers=0")),
+}
+
+
+@pytest.mark.parametrize("why", STALE)
+@pytest.mark.parametrize("runner", TASK_RUNNERS)
+def test_a_task_runner_whose_bnpo_is_stale_refuses_the_trainer_before_anything_is_generated(monkeypatch, runner, why):
+    run, overrides = TASK_RUNNERS[runner]
+    config = verl_config("algorithm.adv_estimator=bnpo", *overrides)
+    _stale_bnpo(monkeypatch, why)
+    calls = []
+    with pytest.raises((VerlChanged, ValueError), match=STALE[why]):
+        run(monkeypatch, config, calls)
+    assert calls == []  # no worker, agent loop, validation or rollout was reached
+
+
+@pytest.mark.parametrize("runner", TASK_RUNNERS)
+def test_the_same_task_runner_goes_on_to_generate_for_other_estimators(monkeypatch, runner):
+    """The recorders above are where verl's TaskRunner goes next: a grpo run on the same stale node reaches them."""
+    run, overrides = TASK_RUNNERS[runner]
+    _stale_bnpo(monkeypatch, "failed plugin part")
+    calls = []
+    run(monkeypatch, verl_config("algorithm.adv_estimator=grpo", *overrides), calls)
+    assert calls == (["init", "init_agent_loop_manager", "fit"] if runner == "v1" else ["init_workers", "fit"])
+
+
+# ---- a step without statistics after the first: a warning once per run and a counter, not the end of the run ----
+
+
+def _warnings_about_missing_stats(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "bnpo/steps_without_stats" in
+            r.getMessage()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_later_step_without_bnpos_estimator_warns_once_and_counts_it(tmp_path, kind, monkeypatch, caplog):
+    trainer = trainer_of(kind, tmp_path, *BNPO)
+    real = core_algos.get_adv_estimator_fn
+    # steps 2 and 3 do not reach bnpo's estimator (a recipe or a verl code path that computes advantages another way)
+    monkeypatch.setattr(core_algos, "get_adv_estimator_fn", lambda name: core_algos.compute_grpo_outcome_advantage
+                        if trainer.global_steps > 1 else real(name))
+    with caplog.at_level("WARNING"):
+        logged = run_steps(kind, trainer, [[[0.25, 0.5]], [[0.5, 0.75]], [[0.125, 0.5]]])
+    assert len(logged) == 3 and "bnpo/alpha" in logged[0] and "bnpo/steps_without_stats" not in logged[0]
+    assert [m.get("bnpo/steps_without_stats") for m in logged[1:]] == [1.0, 2.0]
+    assert not any(key.startswith("bnpo/") and key != "bnpo/steps_without_stats" for m in logged[1:] for key in m)
+    warned = _warnings_about_missing_stats(caplog)
+    assert len(warned) == 1 and "ran without calling bnpo's estimator" in warned[0] and "step 2 " in warned[0]
+
+
+def test_a_recipe_that_skips_logging_at_a_later_step_goes_on_and_counts_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(RecipeTrainer, "unlogged_steps", (2,))
+    with caplog.at_level("WARNING"):
+        logged = run_steps("legacy", trainer_of("legacy", tmp_path, *BNPO), [[[0.25, 0.5]], [[0.5, 0.75]], [[0.5]]])
+    first, third = logged  # step 2 logged nothing
+    assert "bnpo/steps_without_stats" not in first
+    assert third["bnpo/steps_without_stats"] == 1.0 and third["bnpo/num_questions"] == 1  # step 3's own statistics
+    warned = _warnings_about_missing_stats(caplog)
+    assert len(warned) == 1 and "metrics of step 2 were never logged" in warned[0]
+
+
+def test_a_recipe_whose_last_step_is_not_logged_returns_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(RecipeTrainer, "unlogged_steps", (2,))
+    with caplog.at_level("WARNING"):
+        logged = run_steps("legacy", trainer_of("legacy", tmp_path, *BNPO), [[[0.25, 0.5]], [[0.5, 0.75]]])
+    assert len(logged) == 1
+    assert ["metrics of step 2 were never logged" in w for w in _warnings_about_missing_stats(caplog)] == [True]
+
+
+def test_a_later_step_that_logs_without_a_bnpo_advantage_step_counts_it(tmp_path, monkeypatch, caplog):
+    # from step 2 on, the recipe computes advantages with verl's unwrapped function (no bnpo advantage step there)
+    trainer = trainer_of("legacy", tmp_path, *BNPO)
+    original = ray_trainer.compute_advantage._bnpo_original
+    wrapped = ray_trainer.compute_advantage
+
+    def advantage(*args, **kwargs):
+        if trainer.global_steps == 1:
+            return wrapped(*args, **kwargs)
+        with bnpo_scope():  # the recipe's own scope: its statistics are not the trainer's step's
+            return original(*args, **kwargs)
+
+    monkeypatch.setattr(RecipeTrainer, "compute_advantage", staticmethod(advantage))
+    with caplog.at_level("WARNING"):
+        logged = run_steps("legacy", trainer, [[[0.25, 0.5]], [[0.5, 0.75]]])
+    assert logged[1]["bnpo/steps_without_stats"] == 1.0
+    assert ["step 2 reached verl.trainer.ppo.ray_trainer.compute_data_metrics without a bnpo advantage step" in w
+            for w in _warnings_about_missing_stats(caplog)] == [True]
 
 
 

@@ -351,6 +351,30 @@ def test_a_step_without_bnpos_estimator_raises_naming_the_verl_place(transfer_qu
         trainer_for("sync", keys, "algorithm.adv_estimator=bnpo").step({}, timing_raw={})
 
 
+def test_a_later_step_without_bnpos_estimator_warns_once_and_counts_it(transfer_queue, monkeypatch, caplog):
+    """After the first step, a step without statistics is counted (through verl's MetricsAggregator), not fatal."""
+    import verl.trainer.ppo.core_algos as core_algos
+
+    def batch_keys(seed):
+        rewards, uids, k, rng = sessions_batch(seed=seed, multi_output=False)
+        return write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
+
+    trainer = trainer_for("sync", [], "algorithm.adv_estimator=bnpo")
+    real = core_algos.get_adv_estimator_fn
+    monkeypatch.setattr(core_algos, "get_adv_estimator_fn", lambda name: core_algos.compute_grpo_outcome_advantage
+                        if trainer.global_steps > 1 else real(name))
+    logged = []
+    with caplog.at_level("WARNING"):
+        for step, seed in enumerate((43, 44, 45), start=1):
+            trainer.global_steps, trainer.replay_buffer, metrics = step, ReplayBufferStub(batch_keys(seed)), {}
+            trainer.step(metrics, timing_raw={})
+            logged.append(metrics)
+    assert "bnpo/alpha" in logged[0] and "bnpo/steps_without_stats" not in logged[0]
+    assert [m["bnpo/steps_without_stats"] for m in logged[1:]] == [1.0, 2.0]
+    warned = [r.getMessage() for r in caplog.records if "bnpo/steps_without_stats" in r.getMessage()]
+    assert len(warned) == 1 and "PPOTrainer._compute_advantage ran without calling bnpo's estimator" in warned[0]
+
+
 def another_plugins_bnpo(**kwargs):
     raise AssertionError("bnpo's start-up check must stop the run before this runs")
 

@@ -7,9 +7,10 @@ Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separatio
 rollouts with no ``bnpo/*`` metrics.
 
 Version policy: bnpo supports verl ``SUPPORTED_VERL`` and upstream main while it develops the next minor release
-(``MAIN_VERL``); the start-up of a bnpo run refuses any other verl, naming the range and the fix
-(``BNPO_ALLOW_UNSUPPORTED_VERL=1`` turns that into a warning, for trying a newer verl: every place is still checked).
-``TESTED_VERL`` is the release the recipe's GPU stack and the CPU end-to-end runs use.
+(``MAIN_VERL``: every dev and pre-release build of it, so main moving on to its next build locks no user out; not the
+final release, which bnpo has not checked); the start-up of a bnpo run refuses any other verl, naming the range and
+the fix (``BNPO_ALLOW_UNSUPPORTED_VERL=1`` turns that into a warning, for trying a newer verl: every place is still
+checked). ``TESTED_VERL`` is the release the recipe's GPU stack and the CPU end-to-end runs use.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 TESTED_VERL = "0.9.1"
 SUPPORTED_VERL = ">=0.9.0,<0.10"
-MAIN_VERL = "0.10.0.dev"  # what upstream main reports (verl/version/version) until 0.10.0 is released
+MAIN_VERL = "0.10.0"  # the release upstream main develops: its dev and pre-release builds are supported, not itself
 ALLOW_UNSUPPORTED = "BNPO_ALLOW_UNSUPPORTED_VERL"
 INSTALL_SUPPORTED = "pip install 'verl[verl-core]>=0.9.0,<0.10'"
 
@@ -78,7 +79,9 @@ def installed_verl() -> Optional[str]:
 
 
 def is_supported(version: Optional[str]) -> bool:
-    """``version`` in ``SUPPORTED_VERL`` (its pre-releases included), or a development release of upstream main."""
+    """``version`` in ``SUPPORTED_VERL`` (its pre-releases included), or a development or pre-release build of the
+    release upstream main develops (``MAIN_VERL``): compared as versions, since main's builds differ in their suffix
+    (0.10.0.dev0, 0.10.0.dev20261201, 0.10.0a2, 0.10.0rc1) and a final 0.10.0 is a release bnpo has not checked."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
@@ -86,14 +89,14 @@ def is_supported(version: Optional[str]) -> bool:
         parsed = Version(str(version))
     except InvalidVersion:
         return False
+    # X.Y.Z.dev0 is the earliest build of X.Y.Z; not SpecifierSet("<X.Y.Z"): PEP 440 keeps X.Y.Z's own
+    # pre-releases out of an exclusive "<X.Y.Z"
     main = Version(MAIN_VERL)
-    return SpecifierSet(SUPPORTED_VERL).contains(parsed, prereleases=True) or (
-        parsed.release == main.release and parsed.is_devrelease and parsed.pre is None
-    )
+    return SpecifierSet(SUPPORTED_VERL).contains(parsed, prereleases=True) or Version(f"{main}.dev0") <= parsed < main
 
 
 def supported_text() -> str:
-    return f"verl {SUPPORTED_VERL} and upstream main ({MAIN_VERL})"
+    return f"verl {SUPPORTED_VERL} and upstream main ({MAIN_VERL} dev and pre-release builds)"
 
 
 def require(module: Any, dotted: str) -> Any:
@@ -164,7 +167,8 @@ def check_version() -> None:
     if is_supported(version):
         return
     message = (f"bnpo supports {supported_text()}; this is verl {version}. Install a supported verl "
-               f"({INSTALL_SUPPORTED}, or pip install 'bnpo[verl]'), or a bnpo release that supports your verl")
+               f"({INSTALL_SUPPORTED}, or pip install '.[verl]' in a bnpo checkout), or a bnpo release that supports "
+               "your verl")
     if os.environ.get(ALLOW_UNSUPPORTED, "").strip().lower() in ("1", "true", "yes", "on"):
         logger.warning("%s. %s is set: going on; bnpo checks every verl place it extends, but not their behaviour.",
                        message, ALLOW_UNSUPPORTED)

@@ -64,6 +64,18 @@ def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
     return scope.final_row
 
 
+def _component_fields(non_tensor_batch: Optional[dict], scope: Optional[EstimatorScope]) -> Optional[dict]:
+    """The per-sample fields ad_bnpo reads its components from: the open scope's, overlaid by ``non_tensor_batch``.
+
+    Merged, not either-or: verl PR #7473 hands ``non_tensor_batch`` to every estimator that accepts it, and in the v1
+    trainer that dict holds only ``uid`` (the reward function's scores stay in TransferQueue, where bnpo's trainer
+    integration read them into the scope); preferring it would hide every component. None when neither exists.
+    """
+    if non_tensor_batch is None:
+        return scope.fields if scope else None
+    return {**(scope.fields if scope else {}), **non_tensor_batch}
+
+
 def compute_bnpo_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -111,9 +123,9 @@ def compute_ad_bnpo_outcome_advantage(
         response_mask: (bs, L).
         index: (bs,) question uids.
         config: verl's algorithm config; ``bnpo.components`` names the reward keys.
-        non_tensor_batch: per-sample fields, ``non_tensor_batch[key]`` (bs,) per component. verl passes
-            it to no estimator but gdpo; when absent, the fields of the open scope (bnpo's trainer
-            integration) are used.
+        non_tensor_batch: per-sample fields, ``non_tensor_batch[key]`` (bs,) per component. verl 0.9 passes
+            it to no estimator but gdpo; the fields of the open scope (bnpo's trainer integration) are used,
+            overlaid by the keys it holds (a component in neither is an error naming the keys there are).
 
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
@@ -121,7 +133,7 @@ def compute_ad_bnpo_outcome_advantage(
     scope = _scope("ad_bnpo")
     cfg = config_from_algorithm(config)
     index = _require_index(index, "ad_bnpo")
-    fields = non_tensor_batch if non_tensor_batch is not None else (scope.fields if scope else None)
+    fields = _component_fields(non_tensor_batch, scope)
     if fields is None:
         raise ValueError(
             "ad_bnpo got no per-sample reward fields: verl hands them to no estimator but gdpo, and bnpo's trainer "

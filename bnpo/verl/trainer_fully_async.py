@@ -4,8 +4,8 @@
 advantages through ``SeparateRayPPOTrainer._fit_compute_advantage``, which ``bnpo.verl.trainer_separation``
 extends (metrics, components). Two things differ from the other trainers:
 - its entry point (``fully_async_main``) never calls verl's ``validate_config``, where bnpo's start-up check
-  runs, so the trainer's construction runs that check instead, for this trainer's verl modules only (none of the
-  v1 trainer's);
+  runs, and its ``__init__`` does not call ``RayPPOTrainer``'s, so its own construction runs bnpo's per-run check
+  (``bnpo.verl.contract``), for this trainer's verl modules only (none of the v1 trainer's);
 - it overrides ``_save_checkpoint`` and numbers its checkpoints by parameter version, with its own
   ``load_checkpoint``; bnpo does not extend them, so ``algorithm.bnpo.fit_halflife`` (whose pooled fit must
   be saved with the checkpoint) is refused at construction rather than silently lost on resume.
@@ -16,9 +16,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
-from ..core.config import _key, config_from_algorithm
-from . import compat
-from .startup import check_run_config
+from ..core.config import _key
+from . import compat, contract
 
 
 def install(fully_async_trainer: ModuleType) -> None:
@@ -30,8 +29,7 @@ def install(fully_async_trainer: ModuleType) -> None:
         @functools.wraps(original)
         def __init__(self, config, *args, **kwargs):
             if compat.uses_bnpo(config):
-                check_run_config(config, trainer="fully_async_policy")
-                halflife = config_from_algorithm(config.algorithm).fit_halflife
+                halflife = contract.checked_config(self, "fully_async_policy", config).fit_halflife
                 if halflife is not None:
                     raise ValueError(
                         f"{_key('fit_halflife')}={halflife} is not supported by verl's fully_async trainer: it saves "

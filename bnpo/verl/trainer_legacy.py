@@ -10,7 +10,9 @@ wraps in ``verl.trainer.ppo.ray_trainer``:
   batch's per-sample fields, required statistics), and its metrics are held for the step's ``compute_data_metrics``;
   called inside another advantage step or a scope the caller opened, it publishes the batch's fields to the
   estimator and hands the statistics to that scope;
-- ``compute_data_metrics`` adds the held metrics (a bnpo step without them raises).
+- ``compute_data_metrics`` adds the held metrics (a bnpo step without them is a step without statistics).
+Building ``RayPPOTrainer``, or a subclass with its own ``__init__``, for a bnpo config runs the per-run check first
+(``contract.checked_at_construction``): the legacy TaskRunner refuses the trainer before ``init_workers`` and ``fit``.
 Other estimators pass through. ``RayPPOTrainer``'s checkpointing, which its subclasses inherit, also keeps the pooled
 fits of ``fit_halflife`` (``bnpo.verl.checkpoint``).
 """
@@ -70,8 +72,14 @@ def wrap_compute_data_metrics(compute_data_metrics):
 
 
 def _wrap_fit(cls: type) -> None:
+    """Extend what ``cls`` defines itself: its ``fit`` runs as the trainer's run, its ``__init__`` checks a bnpo run
+    before verl builds anything (verl's TaskRunners build the trainer before any rollout or validation)."""
     if "fit" in cls.__dict__:
         compat.patch(cls, "fit", contract.fit_in_run)
+    # fully_async's __init__ is bnpo.verl.trainer_fully_async's to extend (it also refuses fit_halflife): wrapping it
+    # here would replace that wrapper whenever this install runs after that one (a plugin imported again)
+    if "__init__" in cls.__dict__ and cls.__name__ != "FullyAsyncTrainer":
+        compat.patch(cls, "__init__", contract.checked_at_construction(contract.legacy_kind))
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -23,18 +23,12 @@ from .trainer_legacy import wrap_compute_advantage
 ADVANTAGE = "verl.experimental.separation.ray_trainer.SeparateRayPPOTrainer._fit_compute_advantage"
 
 
-def _kind(trainer) -> str:
-    """The trainer's key in ``bnpo.verl.compat.TRAINER_MODULES`` (fully_async's trainer derives from this one)."""
-    return "fully_async_policy" if any(c.__name__ == "FullyAsyncTrainer" for c in type(trainer).__mro__) \
-        else "one_step_off_policy"
-
-
 def extend(original):
     @functools.wraps(original)
     def _fit_compute_advantage(self, batch):
         if not compat.uses_bnpo(self.config):
             return original(self, batch)
-        with contract.advantage_step(self, _kind(self), ADVANTAGE) as step:
+        with contract.advantage_step(self, contract.legacy_kind(self), ADVANTAGE) as step:
             batch = original(self, batch)
         self.metrics.update(step.metrics)
         return batch

@@ -9,7 +9,9 @@ local update. For bnpo / ad_bnpo the wrapper is the trainer's advantage step of 
   ``{uid}_{session_id}_{index}`` that verl's agent loop writes, and the trainer's own pooled fits;
 - the step's metrics go into the local update's metrics, which verl's ``MetricsAggregator`` reduces over the
   step's local updates and logs through its tracker.
-``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl.checkpoint``).
+``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl.checkpoint``),
+and ``PPOTrainer.__init__`` runs the contract's per-run check for a bnpo config, so verl's TaskRunner refuses the
+trainer before any rollout or validation.
 Other estimators run verl's method untouched. ``tests/test_verl_ray.py`` runs each mode's ``step`` through it.
 """
 
@@ -33,6 +35,29 @@ def _object_array(values: list) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
+
+
+def require_transfer_queue(batch: Any, estimator: str) -> None:
+    """Stop the advantage step, saying what bnpo needs, unless ``batch`` is TransferQueue's and TransferQueue can
+    read it.
+
+    bnpo reads each sample's reward scores (ad_bnpo) and agent-loop session (its key) from TransferQueue, where
+    verl 0.9's v1 trainer keeps its rollout data. verl PR #7415 makes that rollout-data backend pluggable: another
+    backend's batch would otherwise fail deep inside TransferQueue or verl, naming neither bnpo nor the fix.
+    """
+    if not isinstance(batch, tq.KVBatchMeta):
+        kind = type(batch)
+        found = f"the step's batch is a {kind.__module__}.{kind.__qualname__}, not TransferQueue's KVBatchMeta"
+    elif not callable(getattr(tq, "kv_batch_get", None)):
+        found = f"the installed TransferQueue ({getattr(tq, '__version__', 'unknown version')}) has no kv_batch_get"
+    else:
+        return
+    raise compat.VerlChanged(
+        f"algorithm.adv_estimator={estimator} in verl's v1 trainer reads each sample's reward scores and agent-loop "
+        f"session from TransferQueue (transfer_queue.kv_batch_get on the batch's KVBatchMeta), but {found}: the "
+        "trainer keeps its rollout data in another backend. Use verl's TransferQueue rollout-data backend (the "
+        "default), or the legacy trainer (trainer.use_v1=False), which hands the advantage step its data itself."
+    )
 
 
 def reward_fields(batch: Any, components: list[str]) -> dict[str, np.ndarray]:
@@ -89,6 +114,7 @@ def extend(original):
         if not compat.uses_bnpo(self.config):
             return original(self, batch, metrics)
         cfg = contract.checked_config(self, "v1")
+        require_transfer_queue(batch, self.config.algorithm.adv_estimator)
         ad_bnpo = self.config.algorithm.adv_estimator == "ad_bnpo"
         fields = reward_fields(batch, list(cfg.components or [])) if ad_bnpo else {}
         with contract.advantage_step(self, "v1", ADVANTAGE, fields, final_rows(list(batch.keys))) as step:
@@ -100,8 +126,10 @@ def extend(original):
 
 
 def install(trainer_base: ModuleType) -> None:
-    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, and its checkpointing
-    (``bnpo.verl.checkpoint``); every place is checked before anything is patched."""
+    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, its checkpointing
+    (``bnpo.verl.checkpoint``) and its ``__init__`` (the per-run check, before verl's TaskRunner calls ``init`` and
+    ``fit``: every mode's ``__init__`` calls it); every place is checked before anything is patched."""
     compat.require_all(trainer_base)
     checkpoint.install(trainer_base.PPOTrainer)
     compat.patch(trainer_base.PPOTrainer, "_compute_advantage", extend)
+    compat.patch(trainer_base.PPOTrainer, "__init__", contract.checked_at_construction(lambda trainer: "v1"))
