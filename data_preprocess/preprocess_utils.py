@@ -80,7 +80,10 @@ def _braced(text: str, start: int) -> Optional[str]:
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last ``\\boxed{…}`` (or ``\\fbox{…}``, or ``\\boxed 5``) in ``text``; None if absent.
 
-    Braces are balanced (escaped ones skipped); a box that never closes is passed over.
+    Braces are balanced (escaped ones skipped); a box that never closes is passed over. Not verl's
+    last_boxed_only_string + remove_boxed: they agree on a well-formed ``\\boxed{…}`` (all of MATH-500's and
+    AIME 2024's solutions, but for one trailing space), not on the other forms above, and importing them loads
+    torch and Ray (tests/test_preprocess.py, ``test_last_boxed_against_verls_own_functions``).
     """
     for match in reversed(list(_BOXED.finditer(text))):
         rest = match.end()

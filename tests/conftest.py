@@ -6,6 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(ROOT))  # the checkout's tools that are not part of the bnpo distribution (bnpo_probe)
 
 
 def pytest_addoption(parser):

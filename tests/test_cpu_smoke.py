@@ -351,17 +351,9 @@ def _session_pids(sid: int) -> list[int]:
 
 
 def _kill_session(sid: int) -> None:
-    for _ in range(3):
-        pids = _session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(1)
-    assert not _session_pids(sid), "processes of the killed run survived"
+    from ray_cluster import kill_until_gone
+
+    assert not kill_until_gone(lambda: _session_pids(sid), rounds=3), "processes of the killed run survived"
 
 
 def _run_until_checkpoint(out_dir: Path, ckpt: Path, *overrides: str) -> str:

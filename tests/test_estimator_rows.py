@@ -201,7 +201,7 @@ def test_all_solved_or_all_failed_batch_is_zero_with_a_fallback(reward):
 
 
 def test_empty_responses_and_the_cheap_shaping_test():
-    from bnpo.core.shaping import shaped_rows
+    from bnpo.core.scores import shaped_rows
 
     adv, _, stats = compute_bnpo_advantage(torch.zeros(3, 0), torch.zeros(3, 0), np.array(["a", "a", "b"]), BNPOConfig())
     assert adv.shape == (3, 0) and stats.num_excluded == 3

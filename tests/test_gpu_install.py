@@ -29,6 +29,7 @@ def test_the_gpu_extra_is_verls_recipe_extras_at_the_tested_version():
     gpu = _extra("gpu")
     assert gpu["verl"].extras == set(stack.RECIPE_EXTRAS) and str(gpu["verl"].specifier) == f"=={compat.TESTED_VERL}"
     assert gpu["math-verify"] == _extra("rewards")["math-verify"]  # the paper's reward
+    assert gpu["pebble"] == _extra("rewards")["pebble"]  # its worker pool
 
 
 def test_verls_recipe_extras_pin_the_whole_stack_and_the_docs_name_those_pins():
@@ -58,7 +59,7 @@ def test_the_pins_are_read_through_verls_own_extra_references():
 
 
 def test_pip_resolves_the_gpu_extra_of_this_project(tmp_path):
-    """pip reads bnpo[gpu] as the two requirements above (metadata only: --dry-run, --no-deps, no download)."""
+    """pip reads bnpo[gpu] as the three requirements above (metadata only: --dry-run, --no-deps, no download)."""
     report = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",
                            "--ignore-installed", "--quiet", "--report", str(report), f"{ROOT}[gpu]"],
@@ -67,7 +68,7 @@ def test_pip_resolves_the_gpu_extra_of_this_project(tmp_path):
     (install,) = json.loads(report.read_text())["install"]
     assert install["requested_extras"] == ["gpu"]
     gpu = sorted(r for r in install["metadata"]["requires_dist"] if r.endswith('extra == "gpu"'))
-    assert [Requirement(r).name for r in gpu] == ["math-verify", "verl"]
+    assert [Requirement(r).name for r in gpu] == ["math-verify", "pebble", "verl"]
 
 
 def test_stack_check_names_each_difference_and_whether_it_is_certain_to_stop_the_run():

@@ -136,6 +136,59 @@ def test_last_boxed(text, expected):
     assert pu.last_boxed(text) == expected
 
 
+def _verls_last_boxed(text: str):
+    """verl's own extraction (verl/utils/reward_score/math_reward.py), as its compute_score uses it."""
+    from verl.utils.reward_score.math_reward import last_boxed_only_string, remove_boxed
+
+    boxed = last_boxed_only_string(text)
+    try:
+        return None if boxed is None else remove_boxed(boxed)
+    except AssertionError:
+        return AssertionError
+
+
+@pytest.mark.parametrize(
+    "text, verls",
+    [
+        # the same answer: a well-formed \boxed{...} (nested and escaped-pair braces), the bare form, no box
+        ("so $\\boxed{\\frac{1}{2}}$.", "same"),
+        ("\\boxed{1} then \\boxed{\\sqrt{\\frac{a}{b}}}", "same"),
+        ("set \\boxed{\\{1, 2\\}}", "same"),
+        ("MATH's bare form $\\boxed 5$.", "same"),
+        ("empty \\boxed{}", "same"),
+        ("no box here", "same"),
+        ("unbalanced \\boxed{\\frac{1}{2}", "same"),
+        # where verl's differs, and why ours is kept
+        ("escaped close \\boxed{a\\}b}", "a\\"),  # counts the escaped brace
+        ("spaced \\boxed {7}", "{7}"),  # reads "\\boxed " as the bare form
+        ("\\boxed 5 then \\boxed{6}", "5 then \\boxed{6}"),  # any bare form anywhere wins over the last box
+        ("framed \\fbox{8}", AssertionError),  # finds \\fbox, then remove_boxed refuses it
+        ("not a box: \\boxedtext{3}", AssertionError),
+        ("unbalanced last \\boxed{3} and \\boxed{4", None),  # no fall-back to the last closed box
+        ("padded \\boxed{ 3 }", " 3 "),  # no strip
+    ],
+)
+def test_last_boxed_against_verls_own_functions(text, verls):
+    """verl's last_boxed_only_string + remove_boxed give ours for a well-formed box; ours stays for the rest."""
+    pytest.importorskip("verl")
+    ours, theirs = pu.last_boxed(text), _verls_last_boxed(text)
+    if verls == "same":
+        assert theirs == ours
+    else:
+        assert theirs == verls != ours
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+def test_last_boxed_equals_verls_on_the_real_solutions_but_for_spaces():
+    """The 530 MATH-500 and AIME 2024 solutions: verl's functions find the same answer, one with a trailing space."""
+    pytest.importorskip("verl")
+    texts = [json.loads(line)["solution"] for f in ("math500_test.jsonl", "aime24_test.jsonl")
+             for line in (SHARED_DATA / f).open()]
+    verls = [_verls_last_boxed(t) for t in texts]
+    assert [pu.last_boxed(t) for t in texts] == [v.strip() if isinstance(v, str) else v for v in verls]
+    assert sum(isinstance(v, str) and v != v.strip() for v in verls) == 1
+
+
 def test_gsm8k_answer():
     assert pu.gsm8k_answer({"answer": "work\n#### 1,234,567"}) == "1234567"
     assert pu.gsm8k_answer({"answer": "#### -3.5"}) == "-3.5"

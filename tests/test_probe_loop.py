@@ -1,11 +1,11 @@
-"""The gradient-noise probe's torch loop (``bnpo.demo.probe_loop``): its task, reward and estimator set-ups."""
+"""The gradient-noise probe's torch loop (``bnpo_probe.loop``): its task, reward and estimator set-ups."""
 
 from __future__ import annotations
 
 import torch
 
-from bnpo.demo.probe_loop import ESTIMATORS, Settings, algorithm_config, rollout
-from bnpo.demo.task import EOS, PAD, SEP, ReverseTask, build_policy
+from bnpo_probe.loop import ESTIMATORS, Settings, algorithm_config, rollout
+from bnpo_probe.task import EOS, PAD, SEP, ReverseTask, build_policy
 
 
 # ------------------------------------------------------------------------------------------- the task

@@ -1,5 +1,5 @@
-"""The probe's measures and theory (``bnpo.demo.measures``, ``bnpo.demo.theory``, the summary of
-``bnpo.demo.probe_report``) against known answers: hand-made gradients, simulated ones with a known mean and
+"""The probe's measures and theory (``bnpo_probe.measures``, ``bnpo_probe.theory``, the summary of
+``bnpo_probe.report``) against known answers: hand-made gradients, simulated ones with a known mean and
 noise, and simulated success rates with a known distribution."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnpo.demo.measures import (
+from bnpo_probe.measures import (
     GradientSums,
     cosines,
     kappa_by_level,
@@ -19,8 +19,8 @@ from bnpo.demo.measures import (
     trace_covariance,
     unbiased_cosine,
 )
-from bnpo.demo.probe_report import summarize_estimator
-from bnpo.demo import theory
+from bnpo_probe.report import summarize_estimator
+from bnpo_probe import theory
 
 # ------------------------------------------------------------------------------------------ noise
 
@@ -228,7 +228,7 @@ def test_reweighting_bound_by_hand():
 
 
 def test_the_sweep_predicts_from_the_measured_levels_and_the_deconvolved_beta():
-    from bnpo.demo.probe import ProbeSettings, theorem_sweep
+    from bnpo_probe.probe import ProbeSettings, theorem_sweep
 
     m, questions = 4, 100
     entry = {"variance": 2.0, "signal": 1.0, "per_batch_noise": 2.0}

@@ -231,7 +231,7 @@ def test_submit_ray_job_registers_plugin_on_workers(ray_head, tmp_path):
 def _submit(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("RAY_ADDRESS", "CKPT_DIR", "NNODES", "FORWARD_ENV", "DRY_RUN", "BNPO_JOB_ENTRYPOINT",
-                          "WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "PYTHON")}
+                          "WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "MODEL_PATH", "PYTHON", "VERL_USE_EXTERNAL_MODULES")}
     clean["PATH"] = VENV_BIN + os.pathsep + clean.get("PATH", "")
     return subprocess.run(["bash", str(ROOT / "scripts/submit_ray_job.sh"), *args], env={**clean, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -277,6 +277,19 @@ def test_only_named_variables_are_forwarded_and_secrets_are_masked():
     # the submit command reads the runtime env from a file: no values on its command line
     submit = next(ln for ln in named.stderr.splitlines() if ln.startswith("ray job submit"))
     assert "--runtime-env /" in submit and "--runtime-env-json" not in submit
+
+
+def test_other_verl_plugin_modules_are_kept_before_bnpos():
+    """Where entry points are off, other verl plugins (here the CPU port's, tests/test_ray_cluster.py) are loaded by
+    name too: the job imports them, then bnpo's plugin, once."""
+    entry = {"DRY_RUN": "1", "BNPO_JOB_ENTRYPOINT": "true", "RAY_ADDRESS": "http://10.0.0.1:8265",
+             "CKPT_DIR": "/shared/ckpt"}
+    for given, expected in (("my_plugin", "my_plugin,bnpo.verl.plugin"),
+                            ("bnpo.verl.plugin, a.plugin,b.plugin", "a.plugin,b.plugin,bnpo.verl.plugin"),
+                            ("", "bnpo.verl.plugin")):
+        proc = _submit(**entry, VERL_USE_EXTERNAL_MODULES=given)
+        assert proc.returncode == 0, proc.stderr
+        assert _runtime_env(proc)["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == expected, given
 
 
 def test_ckpt_dir_reaches_the_composed_config():

@@ -7,23 +7,42 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
 
+from pathlib import Path
+
 import pytest
+from packaging.requirements import Requirement
 
 from recipe_helpers import ROOT
+from test_verl_footprint import check, footprint
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple:
+def wheel(tmp_path_factory) -> Path:
+    """bnpo's wheel, built from this checkout's files as git sees them (a stale ``build/`` folder would add files that
+    are gone)."""
+    dist, source = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("source")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    str(dist), str(source)], check=True, capture_output=True, timeout=600)
+    (found,) = dist.glob("bnpo-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> tuple:
     """(python of a fresh venv with bnpo's wheel, a folder outside the checkout)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
-    (wheel,) = (tmp / "dist").glob("bnpo-*.whl")
     assert "bnpo/recipe/bnpo_trainer.yaml" in zipfile.ZipFile(wheel).namelist()
     # verl finds bnpo through this entry point; the wheel must carry it, not only this checkout's editable install
     (entry_points,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/entry_points.txt")]
@@ -74,6 +93,24 @@ def test_an_installed_wheel_passes_the_readmes_install_check(installed):
                                   "print(f('bnpo').__module__, f('ad_bnpo').__code__.co_filename)")
     assert where.stdout.split()[0] == "bnpo.verl.estimators", where.stderr[-2000:]
     assert where.stdout.split()[1].startswith(os.path.dirname(os.path.dirname(installed[0]))), where.stdout
+
+
+def test_the_wheel_is_bnpo_alone_and_needs_what_the_plugin_imports(wheel):
+    """``pip install bnpo`` brings the package and only what a training process imports: the probe, the CPU port and
+    the benchmarks stay in the repository; a dependency outside the extras is one the core or the verl layer imports."""
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"bnpo"}
+    assert not [name for name in names if "probe" in name or "portable" in name], names
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    plain = [Requirement(line.split(":", 1)[1]).name for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+             if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    layer = [p for folder in ("core", "verl") for p in (ROOT / "bnpo" / folder).rglob("*.py") if "preflight" not in p.parts]
+    for name in plain:
+        assert any(re.search(rf"^\s*(import|from) {name}\b", p.read_text(), re.M) for p in layer), name
+
+
+def test_import_verl_in_an_installed_bnpo_loads_the_plugin_core_and_verl_layer_only(installed):
+    check(footprint(*installed))
 
 
 def test_an_installed_bnpo_plans_the_recipe_it_ships(installed):

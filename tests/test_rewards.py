@@ -316,6 +316,22 @@ def test_calls_waiting_for_a_busy_pool_stay_within_their_deadline():
         pool.close()
 
 
+def test_parallel_memory_bombs_are_cut_off_and_the_workers_are_capped():
+    """8 outputs at once whose comparison has sympy build a 2^(2^34) (its memory grows until it is stopped): each call
+    ends at timeout_s, and the workers run under the address-space cap (BNPO_REWARD_WORKER_MEM_MB, 8 GiB)."""
+    import resource
+
+    acc("\\boxed{1}", "1")
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        results = list(threads.map(lambda _: _timed(("\\boxed{2^{2^{34}}}", "1"), 1.0), range(8)))
+    print(f"max {max(t for t, _ in results):.3f} s at timeout_s=1")
+    assert all(t < 1.0 + SLACK_S and a == 0.0 for t, a in results)
+    pool = rewards._POOL._ensure_pool()  # the workers' own limit, asked of them
+    limits = [pool.schedule(resource.getrlimit, (resource.RLIMIT_AS,)).result(timeout=30) for _ in range(8)]
+    cap = reward_verify._WORKER_MEM_MB * 2**20
+    assert reward_verify._WORKER_MEM_MB > 0 and set(limits) == {(cap, cap)}
+
+
 def test_a_forked_caller_gets_its_own_workers():
     acc("\\boxed{1}", "1")
     pid = os.fork()

@@ -224,6 +224,46 @@ def test_importing_the_plugin_again_replaces_its_registration_and_wrappers():
     assert "already been registered" not in out.stderr and "plugin failed" not in out.stderr
 
 
+def test_post_import_hooks_are_wrapts_and_record_a_failing_extension(tmp_path, monkeypatch):
+    """bnpo adds no import finder of its own (wrapt's post-import hooks); a hook runs when its module is first
+    imported, and one that fails is recorded instead of breaking that import."""
+    import bnpo.verl.plugin  # noqa: F401
+    from bnpo.verl import hooks
+
+    assert not any(type(finder).__module__.startswith("bnpo") for finder in sys.meta_path)
+    (tmp_path / "hooked_late.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(hooks, "FAILED", {})
+    seen = []
+    hooks.when_imported("hooked_late", lambda module: seen.append(module.VALUE))
+    hooks.when_imported("hooked_late", lambda module: 1 / 0)
+    assert seen == []
+    try:
+        assert importlib.import_module("hooked_late").VALUE == 1
+    finally:
+        sys.modules.pop("hooked_late", None)
+    assert seen == [1] and isinstance(hooks.FAILED["hooked_late"], ZeroDivisionError)
+
+
+def test_a_hook_still_fires_after_something_resets_the_import_machinery(tmp_path, monkeypatch):
+    """Code that restores sys.meta_path to a copy taken before wrapt added its finder must not leave bnpo's later
+    hooks unfired (a trainer module imported after that would train without bnpo's extension)."""
+    import wrapt.importer
+
+    from bnpo.verl import hooks
+
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, wrapt.importer.ImportHookFinder)])
+    (tmp_path / "hooked_after_reset.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    hooks.when_imported("hooked_after_reset", lambda module: seen.append(module.VALUE))
+    try:
+        importlib.import_module("hooked_after_reset")
+    finally:
+        sys.modules.pop("hooked_after_reset", None)
+    assert seen == [2]
+
+
 # ---- the trainer a run selects: its verl modules must import under the names bnpo hooks ----
 
 

@@ -1,9 +1,8 @@
 """BNPO and AD-BNPO outcome advantages of a batch (pure torch; never imports verl).
 
-``compute_bnpo_advantage`` normalises the outcome reward (``bnpo.core.normalize``); ``compute_ad_bnpo_advantage``
-normalises each reward component with its own Beta fit and takes their weighted mean. Both first decide
-which samples enter the groups (``bnpo.core.rows``: verl's padding rows, multi-output sessions) and check and
-map the rewards (``bnpo.core.scores``); the scalar advantage is then spread over each response's tokens.
+Both decide which samples enter the groups (``groups``), check and map the rewards (``scores``), normalise them
+(``normalize``: AD-BNPO each component with its own Beta fit, then their weighted mean) and spread the scalar
+advantage over each response's tokens.
 """
 
 from __future__ import annotations
@@ -14,12 +13,13 @@ from typing import Any, Optional
 import torch
 
 from .config import BNPOConfig, _key, check_estimator
-from .groups import group_inverse
+from .groups import group_inverse, select_rows
 from .normalize import normalized_outcome
 from .pooling import FitState, MomentPool
-from .rows import select_rows
-from .scores import advantage_dtype, check_tensors, map_rewards, outcome_rewards
-from .shaping import check_components_explain_outcome, check_outcome_only, range_hint
+from .scores import (
+    advantage_dtype, check_components_explain_outcome, check_outcome_only, check_tensors, map_rewards, outcome_rewards,
+    range_hint,
+)
 from .stats import FIT_NAMES, BNPOStats
 
 
@@ -37,18 +37,17 @@ def _pool(cfg: BNPOConfig, fit_state: Optional[FitState], name: str) -> Optional
     return fit_state.pool(name, cfg.fit_halflife)
 
 
-# Output bytes per block of the CPU broadcast: a block (about 2 MiB) stays in the CPU's caches between the mask's
-# copy into it and its scaling, so the output goes to memory once, as a plain copy's would. (Measured on a 2-vCPU
-# AMD EPYC: 1-2 MiB blocks cost 1.2x a plain copy, one pass over the whole output 1.35x, 128 KiB blocks 1.5x.)
+# Output bytes per block of the CPU broadcast: a block stays in the CPU's caches between the mask's copy into it and
+# its scaling, so the output goes to memory once (2-vCPU AMD EPYC: 1-2 MiB blocks cost 1.2x a plain copy, one pass
+# 1.35x, 128 KiB blocks 1.5x).
 _BLOCK_BYTES = 2 << 20
 
 
 def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Outcome scalar (bs,) over the response tokens: (bs, L) in ``dtype``, zero outside the mask.
 
-    The mask (verl's is int64) is copied into the one output buffer and scaled in place: a mixed-dtype
-    product would first convert the whole mask into a (bs, L) temporary. On CPU this goes block by block of
-    rows (a loop over memory blocks, not samples).
+    The mask (verl's is int64) is copied into the output and scaled in place: a mixed-dtype product would first
+    convert the whole mask into a (bs, L) temporary. On CPU block by block of rows (memory blocks, not samples).
     """
     out = torch.empty(response_mask.shape, dtype=dtype, device=response_mask.device)
     factor = scalar.to(dtype).unsqueeze(-1)
@@ -89,8 +88,7 @@ def compute_bnpo_advantage(
         fit_state: the run's pooled fits; needed with ``cfg.fit_halflife`` (pool "bnpo").
 
     Returns:
-        advantages: (bs, L) in ``advantage_dtype`` of the rewards, zero outside the mask.
-        returns: (bs, L), equal to advantages.
+        advantages, returns: (bs, L), equal, in ``advantage_dtype`` of the rewards, zero outside the mask.
         stats: what the normalisation saw (see BNPOStats).
     """
     check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
@@ -130,9 +128,8 @@ def compute_ad_bnpo_advantage(
         cfg: settings; ``component_weights`` (default equal) are normalised to sum to 1.
         dtype: dtype of the rewards; the advantages come in ``advantage_dtype(dtype)``.
         final_row: optional (bs,) row of each sample's session's final output (see ``select_rows``).
-        token_level_rewards: optional (bs, L), the rewards the trainer would otherwise use; ValueError if they
-            carry something the components do not: reward on several tokens (token-level shaping) or an
-            outcome that is not a function of the components (see ``bnpo.core.shaping``).
+        token_level_rewards: optional (bs, L), the trainer's rewards; ValueError if they carry something the
+            components do not: reward on several tokens, or an outcome that is not a function of the components.
         fit_state: the run's pooled fits; needed with ``cfg.fit_halflife`` (a pool "ad_bnpo/<component>" each).
 
     Returns:

@@ -1,26 +1,38 @@
-"""The ``bnpo`` block of verl's algorithm config, parsed and validated.
+"""The ``bnpo`` block of verl's algorithm config: a frozen dataclass, coerced and validated once, when it is built.
 
-Every error names the full Hydra key (``algorithm.bnpo.<key>``), the offending value and
-what is allowed, so a typo fails at start-up rather than after the first rollout.
+Every error names the full Hydra key (``algorithm.bnpo.<key>``), the offending value and what is allowed, so a typo
+fails at start-up rather than after the first rollout.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from typing import Any, Optional
 
 CONFIG_PREFIX = "algorithm.bnpo"
-
-# Magnitudes beyond these make the arithmetic meaningless rather than merely unusual: a reward range
-# whose width overflows maps every reward to 0; log B(alpha, beta) from lgamma differences loses its
-# digits (1e6 keeps about 9); a weight beyond 1e30 can make float32 advantages overflow.
+ESTIMATORS = ("bnpo", "ad_bnpo")
+BASELINES = ("group_mean", "posterior_mean", "eb_loo")
+# Magnitudes beyond these make the arithmetic meaningless rather than merely unusual: a reward range whose width
+# overflows maps every reward to 0; log B(alpha, beta) from lgamma differences loses its digits (1e6 keeps about 9);
+# a weight beyond 1e30 can make float32 advantages overflow.
 REWARD_LIMIT = 1e30
 BETA_PARAM_LIMIT = 1e6
 WEIGHT_LIMIT = 1e30
 HALFLIFE_LIMIT = 1e6
-BASELINES = ("group_mean", "posterior_mean", "eb_loo")
+_BETA_PARAM = (BETA_PARAM_LIMIT, "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
+# the numbers that must lie in (0, bound], with why
+_BOUNDS = {
+    "fixed_alpha": _BETA_PARAM,
+    "fixed_beta": _BETA_PARAM,
+    "max_weight": (WEIGHT_LIMIT, "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow"),
+    "fit_halflife": (HALFLIFE_LIMIT, "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)"),
+}
+
+
+def _key(name: str) -> str:
+    return f"{CONFIG_PREFIX}.{name}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class BNPOConfig:
     baseline: "group_mean" (the paper: p_hat); "posterior_mean", the mean of p(q) under a Beta prior with the
         fit's mean and deconvolved variance, at which the weight is also evaluated; or "eb_loo", the credibility
         (empirical-Bayes) estimate of p(q) from the question's other samples (``bnpo.core.baselines``).
+    Numbers may be given as numeric strings (not booleans), lists as any sequence (not a string or a mapping).
     """
 
     reward_min: float = 0.0
@@ -51,6 +64,8 @@ class BNPOConfig:
     baseline: str = "group_mean"
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # frozen: the coerced values go in through object.__setattr__
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
         _validate(self)
 
     @property
@@ -59,10 +74,6 @@ class BNPOConfig:
 
 
 KEYS = tuple(f.name for f in fields(BNPOConfig))
-
-
-def _key(name: str) -> str:
-    return f"{CONFIG_PREFIX}.{name}"
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -78,62 +89,6 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
-def _check_bound(name: str, value: float, low: float, high: float, why: str) -> None:
-    if not low < value <= high:
-        raise ValueError(f"{_key(name)}={value} must be in ({low:g}, {high:g}]: {why}.")
-
-
-def _validate(cfg: BNPOConfig) -> None:
-    for name in ("reward_min", "reward_max"):
-        value = getattr(cfg, name)
-        if not abs(value) <= REWARD_LIMIT:
-            raise ValueError(f"{_key(name)}={value} is beyond ±{REWARD_LIMIT:g}; declare the range your reward returns.")
-    if not cfg.reward_max > cfg.reward_min:
-        raise ValueError(
-            f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}={cfg.reward_min}: "
-            "they declare the range of the outcome reward, which is mapped affinely to [0, 1]."
-        )
-    if (cfg.fixed_alpha is None) != (cfg.fixed_beta is None):
-        raise ValueError(
-            f"{_key('fixed_alpha')}={cfg.fixed_alpha} and {_key('fixed_beta')}={cfg.fixed_beta}: set both "
-            "(a fixed Beta normaliser, e.g. 1 and 1 for REINFORCE with baseline) or neither (adaptive BNPO)."
-        )
-    for name in ("fixed_alpha", "fixed_beta"):
-        value = getattr(cfg, name)
-        if value is not None:
-            _check_bound(name, value, 0.0, BETA_PARAM_LIMIT,
-                         "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
-    _check_bound("max_weight", cfg.max_weight, 0.0, WEIGHT_LIMIT,
-                 "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow")
-    if cfg.fit_halflife is not None:
-        _check_bound("fit_halflife", cfg.fit_halflife, 0.0, HALFLIFE_LIMIT,
-                     "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)")
-    if cfg.baseline not in BASELINES:
-        raise ValueError(f"{_key('baseline')}={cfg.baseline!r} must be one of {list(BASELINES)}.")
-    if cfg.components is not None:
-        if len(cfg.components) == 0:
-            raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
-        if len(set(cfg.components)) != len(cfg.components):
-            raise ValueError(f"{_key('components')}={list(cfg.components)} has duplicates; list each reward key once.")
-    if cfg.component_weights is not None:
-        weights = list(cfg.component_weights)
-        if cfg.components is None:
-            raise ValueError(
-                f"{_key('component_weights')}={weights} is set but {_key('components')} is not; "
-                "list the AD-BNPO reward keys first."
-            )
-        if len(weights) != len(cfg.components):
-            raise ValueError(
-                f"{_key('component_weights')}={weights} has {len(weights)} entries but "
-                f"{_key('components')}={list(cfg.components)} has {len(cfg.components)}; give one weight per component."
-            )
-        if any(not 0 <= w <= WEIGHT_LIMIT for w in weights) or not sum(weights) > 0:
-            raise ValueError(
-                f"{_key('component_weights')}={weights} must be non-negative (at most {WEIGHT_LIMIT:g}; only their "
-                "ratios matter) with a positive sum."
-            )
-
-
 def _as_list(name: str, value: Any, example: str) -> list:
     """A YAML / Hydra list; strings and mappings are refused (their parts would be guessed)."""
     if isinstance(value, (str, bytes)):
@@ -145,50 +100,84 @@ def _as_list(name: str, value: Any, example: str) -> list:
     return list(value)
 
 
-def _as_str_tuple(name: str, value: Any) -> Optional[tuple[str, ...]]:
-    if value is None:
-        return None
-    items = _as_list(name, value, "[acc,format]")
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise ValueError(f"{_key(name)}={items!r}: every entry must be a non-empty string (a reward key).")
-    return tuple(items)
+def _coerce(f: Field, value: Any) -> Any:
+    """``value`` of field ``f`` in the field's type (None stays None where that is the default)."""
+    if (value is None and f.default is None) or f.name == "baseline":
+        return value
+    if f.name == "components":
+        items = _as_list(f.name, value, "[acc,format]")
+        if not all(isinstance(item, str) and item for item in items):
+            raise ValueError(f"{_key(f.name)}={items!r}: every entry must be a non-empty string (a reward key).")
+        return tuple(items)
+    if f.name == "component_weights":
+        return tuple(_as_float(f.name, v) for v in _as_list(f.name, value, "[1,1]"))
+    return _as_float(f.name, value)
 
 
-def _as_float_tuple(name: str, value: Any) -> Optional[tuple[float, ...]]:
-    if value is None:
-        return None
-    return tuple(_as_float(name, v) for v in _as_list(name, value, "[1,1]"))
+def _validate(cfg: BNPOConfig) -> None:
+    for name in ("reward_min", "reward_max"):
+        if not abs(getattr(cfg, name)) <= REWARD_LIMIT:
+            raise ValueError(f"{_key(name)}={getattr(cfg, name)} is beyond ±{REWARD_LIMIT:g}; declare the range your "
+                             "reward returns.")
+    if not cfg.reward_max > cfg.reward_min:
+        raise ValueError(
+            f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}={cfg.reward_min}: "
+            "they declare the range of the outcome reward, which is mapped affinely to [0, 1]."
+        )
+    if (cfg.fixed_alpha is None) != (cfg.fixed_beta is None):
+        raise ValueError(
+            f"{_key('fixed_alpha')}={cfg.fixed_alpha} and {_key('fixed_beta')}={cfg.fixed_beta}: set both "
+            "(a fixed Beta normaliser, e.g. 1 and 1 for REINFORCE with baseline) or neither (adaptive BNPO)."
+        )
+    for name, (high, why) in _BOUNDS.items():
+        value = getattr(cfg, name)
+        if value is not None and not 0 < value <= high:
+            raise ValueError(f"{_key(name)}={value} must be in (0, {high:g}]: {why}.")
+    if cfg.baseline not in BASELINES:
+        raise ValueError(f"{_key('baseline')}={cfg.baseline!r} must be one of {list(BASELINES)}.")
+    components, weights = cfg.components, cfg.component_weights
+    if components is not None and not components:
+        raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
+    if components is not None and len(set(components)) != len(components):
+        raise ValueError(f"{_key('components')}={list(components)} has duplicates; list each reward key once.")
+    if weights is None:
+        return
+    if components is None:
+        raise ValueError(f"{_key('component_weights')}={list(weights)} is set but {_key('components')} is not; "
+                         "list the AD-BNPO reward keys first.")
+    if len(weights) != len(components):
+        raise ValueError(
+            f"{_key('component_weights')}={list(weights)} has {len(weights)} entries but "
+            f"{_key('components')}={list(components)} has {len(components)}; give one weight per component."
+        )
+    if any(not 0 <= w <= WEIGHT_LIMIT for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"{_key('component_weights')}={list(weights)} must be non-negative (at most {WEIGHT_LIMIT:g}; "
+                         "only their ratios matter) with a positive sum.")
 
 
 def parse_bnpo_block(block: Any) -> BNPOConfig:
-    """Build a BNPOConfig from the ``bnpo`` block (dict, DictConfig or None); unknown keys raise."""
-    if block is None:
-        return BNPOConfig()
-    if isinstance(block, BNPOConfig):
-        return block
+    """Build a BNPOConfig from the ``bnpo`` block (dict, DictConfig or None); unknown keys raise, null is the default."""
+    if block is None or isinstance(block, BNPOConfig):
+        return block or BNPOConfig()
     if isinstance(block, (str, bytes)) or not hasattr(block, "items"):
         raise ValueError(f"{CONFIG_PREFIX} must be a mapping of {list(KEYS)}, got {type(block).__name__}: {block!r}.")
     raw = {str(k): v for k, v in block.items()}
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
+        raise ValueError(f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}.")
+    return BNPOConfig(**{k: v for k, v in raw.items() if v is not None})
+
+
+def config_from_algorithm(config: Any) -> BNPOConfig:
+    """Read the ``bnpo`` block of verl's algorithm config (DictConfig, AlgoConfig, dict, BNPOConfig or None)."""
+    if config is None or isinstance(config, BNPOConfig):
+        return config or BNPOConfig()
+    if isinstance(config, (str, bytes)) or not hasattr(config, "get"):
         raise ValueError(
-            f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}."
+            f"config must be verl's algorithm config (a DictConfig, verl's AlgoConfig or a dict with an optional "
+            f"'bnpo' block), a bnpo.BNPOConfig, or None; got {type(config).__name__}: {config!r}."
         )
-    kwargs: dict[str, Any] = {}
-    for name in ("reward_min", "reward_max", "max_weight", "fixed_alpha", "fixed_beta", "fit_halflife"):
-        if raw.get(name) is not None:
-            kwargs[name] = _as_float(name, raw[name])
-    if raw.get("baseline") is not None:
-        if not isinstance(raw["baseline"], str):
-            raise ValueError(f"{_key('baseline')}={raw['baseline']!r} must be one of {list(BASELINES)}.")
-        kwargs["baseline"] = raw["baseline"]
-    kwargs["components"] = _as_str_tuple("components", raw.get("components"))
-    kwargs["component_weights"] = _as_float_tuple("component_weights", raw.get("component_weights"))
-    return BNPOConfig(**kwargs)
-
-
-ESTIMATORS = ("bnpo", "ad_bnpo")
+    return parse_bnpo_block(config.get("bnpo", None))
 
 
 def check_estimator(name: str, cfg: BNPOConfig) -> None:
@@ -204,17 +193,3 @@ def check_estimator(name: str, cfg: BNPOConfig) -> None:
             f"algorithm.adv_estimator=ad_bnpo to decompose the reward, or remove {_key('components')} and "
             f"{_key('component_weights')}."
         )
-
-
-def config_from_algorithm(config: Any) -> BNPOConfig:
-    """Read the ``bnpo`` block of verl's algorithm config (DictConfig, AlgoConfig, dict, BNPOConfig or None)."""
-    if config is None:
-        return BNPOConfig()
-    if isinstance(config, BNPOConfig):
-        return config
-    if isinstance(config, (str, bytes)) or not hasattr(config, "get"):
-        raise ValueError(
-            f"config must be verl's algorithm config (a DictConfig, verl's AlgoConfig or a dict with an optional "
-            f"'bnpo' block), a bnpo.BNPOConfig, or None; got {type(config).__name__}: {config!r}."
-        )
-    return parse_bnpo_block(config.get("bnpo", None))

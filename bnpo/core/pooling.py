@@ -1,16 +1,11 @@
-"""``algorithm.bnpo.fit_halflife``: the Beta fit's moments pooled across steps (pure torch).
+"""``algorithm.bnpo.fit_halflife``: the Beta fit's moments pooled across training steps (pure torch).
 
-The paper fits Beta(a, b) to the p_hat of one batch (32 questions per step in its recipe), so the
-normaliser moves with that batch's sampling noise. With a half-life of H steps, each fit instead uses
-the exponentially weighted moment sums of every batch so far (a batch k steps back weighs 0.5^(k/H)),
-and the first step is exactly the paper's fit. Steps are training steps when the caller numbers them
-(``FitState.step``, set by bnpo's verl integration): the batches of one step (verl's local updates with
-``parameter_sync_step > 1``) weigh alike. Without step numbers every batch counts as one step.
-
-State: one ``MomentPool`` per estimator (``bnpo``, or ``ad_bnpo/<component>``), gathered in a ``FitState``
-that the caller owns (bnpo's verl integration: one per trainer). It is saved beside verl's checkpoints
-(``global_step_<N>/bnpo_state.json``, by ``bnpo.verl.checkpoint``) and restored on resume, so a resumed
-run normalises exactly as the uninterrupted one would have.
+The paper fits Beta(a, b) to one batch's p_hat, so the normaliser moves with that batch's sampling noise. With a
+half-life of H steps each fit uses the exponentially weighted moment sums of every batch so far (k steps back weighs
+0.5^(k/H)); the first step is exactly the paper's fit. Steps are training steps when the caller numbers them
+(``FitState.step``): the local updates of one step weigh alike; otherwise each batch counts as one step. A
+``FitState`` (one ``MomentPool`` per estimator) belongs to the run; bnpo's verl layer keeps one per trainer and saves it
+beside verl's checkpoints (``bnpo.verl.checkpoint``), so a resumed run normalises as the uninterrupted one would.
 """
 
 from __future__ import annotations

@@ -9,22 +9,8 @@ from typing import Optional
 # (each component's are under bnpo/<component>/).
 FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight", "eb_lambda", "eb_tau2")
 METRIC_NAMES = (
-    "mu",
-    "var",
-    "a",
-    "b",
-    "alpha",
-    "beta",
-    "num_questions",
-    "num_singleton",
-    "num_degenerate",
-    "num_excluded",
-    "num_broadcast",
-    "fit_weight",
-    "weight_max",
-    "clamped_frac",
-    "eb_lambda",
-    "eb_tau2",
+    "mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_singleton", "num_degenerate", "num_excluded",
+    "num_broadcast", "fit_weight", "weight_max", "clamped_frac", "eb_lambda", "eb_tau2",
 )
 
 
@@ -47,7 +33,7 @@ class BNPOStats:
     fallback: None, or why (alpha, beta) fell back to (1, 1).
     eb_lambda, eb_tau2: ``baseline: eb_loo`` and ``posterior_mean`` only (None otherwise, and not logged): the
         mean weight lambda of the batch / prior mean in the baseline, over the questions with >= 2 samples, and
-        the deconvolved variance tau^2 of the success rates it was computed from (``bnpo.core.credibility``).
+        the deconvolved variance tau^2 of the success rates it was computed from (``bnpo.core.baselines``).
     components: AD-BNPO only: the statistics of each component, by reward key. The top level then holds
         the counts, the maxima of weight_max / clamped_frac and the first fallback, and None for the fit's
         numbers (FIT_NAMES): an average of different components' fits describes no distribution.

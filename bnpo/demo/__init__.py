@@ -8,9 +8,8 @@ from the same verl checkpoint; the held-out accuracy is verl's validation metric
 
 Modules: ``reversal`` (the task, tokenizer and policy), ``reward`` (verl's reward function), ``warm_start``,
 ``plan`` (every hyperparameter and the verl overrides they become), ``session`` (the verl session),
-``launcher`` (progress and logs), ``results`` (summary, table, curves). ``python -m bnpo.demo probe`` is the
-gradient-noise probe, which keeps a torch loop of its own (``probe_loop``): it measures per-batch gradients at
-fixed policies, which verl's trainer does not expose.
+``launcher`` (progress and logs), ``results`` (summary, table, curves). The gradient-noise probe is a package of
+its own in this repository (``python -m bnpo_probe``).
 """
 
 from .plan import DEFAULT_ESTIMATORS, DemoSettings

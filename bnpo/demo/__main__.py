@@ -4,9 +4,7 @@
 [OVERRIDE ...]``: verl's ``main_ppo`` trainer on this CPU (vLLM rollout through bnpo's CPU port), once per estimator
 and seed, from one warm-started checkpoint; OVERRIDEs are Hydra overrides for every run (e.g.
 ``+algorithm.bnpo.fit_halflife=10``). ``--task reverse_format``: two rewards (acc, format); ad_bnpo, bnpo and grpo on
-the summed score, and gdpo_v1.
-``python -m bnpo.demo probe [--quick] [--regime u_shaped|unimodal|both] ...``: the gradient-noise probe (its own
-torch loop around verl's loss: it measures per-batch gradients, which verl's trainer does not expose).
+the summed score, and gdpo_v1. (The gradient-noise probe is ``python -m bnpo_probe``.)
 """
 
 from __future__ import annotations
@@ -39,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]
     parser.add_argument("--steps", type=int, help=f"training steps per run (default: {defaults.steps})")
     parser.add_argument("--test-freq", type=int, help=f"validate every N steps (default: {defaults.test_freq})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="train nothing: summarize a finished demo in --out again (same options as its run)")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                         help="Hydra overrides of verl's config for every run, e.g. +algorithm.bnpo.fixed_alpha=1")
     args = parser.parse_args(argv)
@@ -69,15 +69,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[DemoSettings, Path, bool]
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["probe"]:
-        probe_main(argv[1:])
-        return
     settings, out, show_progress = parse_args(argv)
-    from .launcher import DemoError, run
+    from .launcher import DemoError, resummarize, run
 
     start = time.perf_counter()
     try:
-        summary, written = run(settings, out, show_progress=show_progress)
+        if "--summarize-only" in argv:
+            summary, written = resummarize(settings, out)
+        else:
+            summary, written = run(settings, out, show_progress=show_progress)
     except DemoError as err:
         sys.exit(f"python -m bnpo.demo: {err}")
     from .results import format_table
@@ -88,24 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{what} in {time.perf_counter() - start:.0f} s; wrote")
     for path in [*written, out / "logs"]:
         print(f"  {path}")
-
-
-def probe_main(argv: list[str]) -> None:
-    """``python -m bnpo.demo probe ...``: the gradient-noise probe (options: bnpo/demo/probe_cli.py)."""
-    from .portable import ensure_portable
-    from .probe import run_probe
-    from .probe_cli import parse_args as parse_probe_args
-    from .probe_report import OUTPUTS, format_tables, write_outputs
-
-    ensure_portable(["probe", *argv])
-    settings, out, show_progress = parse_probe_args(argv)
-    start = time.perf_counter()
-    points = run_probe(settings, show_progress=show_progress)
-    summary = write_outputs(points, settings, out)
-    print(format_tables(summary))
-    print(f"\nprobe in {time.perf_counter() - start:.0f} s; wrote")
-    for name in OUTPUTS:
-        print(f"  {out / name}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ def resample_weights(seeds: int, questions: int, draws: int, rng: np.random.Gene
 
 
 def resampled_means(values: np.ndarray, seed_w: np.ndarray, question_w: np.ndarray) -> np.ndarray:
-    """(draws,) mean of ``values`` (S, Q) over each bootstrap sample's seeds and questions."""
+    """(draws,) mean of ``values`` (S, Q) over each bootstrap sample's seeds and questions.
+
+    Resampling S seeds gives the seed mean a variance (S - 1) / S of the unbiased one: half of it with 2 seeds, an
+    interval too narrow by 1/sqrt(2) where seeds dominate. Each seed's deviation from the seeds' mean is scaled by
+    sqrt(S / (S - 1)) first, which removes that bias (the questions' factor, sqrt(Q / (Q - 1)), is left: Q >= 100)."""
     seeds, questions = values.shape
+    if seeds > 1:
+        across = values.mean(axis=0, keepdims=True)
+        values = across + np.sqrt(seeds / (seeds - 1)) * (values - across)
     return np.einsum("bs,sq,bq->b", seed_w, values, question_w) / (seeds * questions)
 
 
@@ -36,21 +43,33 @@ def interval(point: float, draws: np.ndarray) -> dict[str, float | bool]:
     return {"mean": float(point), "low": float(low), "high": float(high), "separable": bool(low > 0 or high < 0)}
 
 
+def variance_components(diff: np.ndarray) -> tuple[float, float, float]:
+    """(seed, question, residual) variances of ``diff`` (S, Q) under d[s, q] = mu + seed_s + question_q + e_sq, from
+    the two-way analysis of variance without replication (method of moments, negative estimates set to 0)."""
+    seeds, questions = diff.shape
+    seed_means, question_means = diff.mean(axis=1), diff.mean(axis=0)
+    residual = diff - seed_means[:, None] - question_means[None, :] + diff.mean()
+    ms_error = float((residual ** 2).sum() / ((seeds - 1) * (questions - 1)))
+    ms_seed = questions * float(np.var(seed_means, ddof=1))
+    ms_question = seeds * float(np.var(question_means, ddof=1))
+    return max(0.0, (ms_seed - ms_error) / questions), max(0.0, (ms_question - ms_error) / seeds), ms_error
+
+
 def seeds_for_gap(diff: np.ndarray, gap: float = 0.05) -> float | None:
-    """Seeds a difference ``diff`` (S, Q) would need for its interval's half-width to fall to ``gap`` on these
-    questions, from its measured variance components: SE(S')^2 ~ var_seed / S' + var_question / Q, where var_seed is
-    the variance of one seed's mean over the questions and var_question that of one question's mean over the seeds
-    (conservative: it still holds the seed-question interaction / S). inf when the questions' share alone is wider
-    than ``gap`` (more questions needed, not seeds); None with one seed (no seed variance measured)."""
+    """Seeds a difference ``diff`` (S, Q) would need for the half-width of ``compare``'s 95% interval to fall to
+    ``gap`` on these Q questions: the smallest S' with Z^2 (var_seed / S' + var_question / Q + 3 var_residual / (S' Q))
+    <= gap^2, from the measured ``variance_components``. Resampling both seeds and questions counts the seed x question
+    noise about three times where the experiment holds it once (Owen 2007, the pigeonhole bootstrap), so the interval
+    is conservative there, and this is the seeds for that interval. inf when the questions' share alone is wider than
+    ``gap`` (more questions needed, not seeds); None with one seed (no seed variance measured)."""
     seeds, questions = diff.shape
     if seeds < 2:
         return None
-    var_seed = float(np.var(diff.mean(axis=1), ddof=1))
-    var_question = float(np.var(diff.mean(axis=0), ddof=1)) / questions
-    room = (gap / Z) ** 2 - var_question
+    var_seed, var_question, var_residual = variance_components(diff)
+    room = (gap / Z) ** 2 - var_question / questions
     if room <= 0:
         return float("inf")
-    return float(max(1.0, np.ceil(var_seed / room)))
+    return float(max(1.0, np.ceil((var_seed + 3 * var_residual / questions) / room)))
 
 
 def compare(start: np.ndarray, end: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0,

@@ -147,11 +147,13 @@ def run_session(s: DemoSettings, paths: Paths, show_progress: bool = True, timeo
         )
         # nothing is logged while verl starts (Ray, its workers, vLLM's engine): the bar says so instead of 0/N
         bar = tqdm(total=s.total_steps, desc=STARTING, unit="step", disable=not show_progress)
+        started = False
         try:
             while child.poll() is None:
                 time.sleep(1.0)
                 done = _steps_done(paths, s.runs)
-                if done and bar.desc.startswith(STARTING):
+                if done and not started:
+                    started = True
                     bar.set_description(TRAINING)
                 bar.update(done - bar.n)
                 if timeout_s is not None and time.perf_counter() - start > timeout_s:
@@ -190,6 +192,18 @@ def run(s: DemoSettings, out: Path, show_progress: bool = True) -> tuple[dict, l
     warm_start_s = time.perf_counter() - start
     wall_s = run_session(s, paths, show_progress=show_progress)
     summary = summarize(s, paths, {"wall_s": wall_s, "warm_start_s": warm_start_s, "warm_start": warm})
+    return summary, write_outputs(summary, out)
+
+
+def resummarize(s: DemoSettings, out: Path) -> tuple[dict, list[Path]]:
+    """A finished demo's outputs written again from its runs (verl's metrics and validation dumps) and its recorded
+    session times: for a changed analysis, without training again."""
+    from .results import summarize, write_outputs
+
+    path = out / "summary.json"
+    if not path.exists():
+        raise DemoError(f"--summarize-only: no finished demo in {out} ({path} is missing)")
+    summary = summarize(s, Paths(out), json.loads(path.read_text())["session"])
     return summary, write_outputs(summary, out)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,23 @@ import numpy as np
 from .intervals import compare
 from .plan import DemoSettings, Paths, val_metric
 from .session import ADVANTAGE_RMS
-from .portable import cpu_name
 
 TRAIN_REWARD = "critic/score/mean"
 GRAD_NORM = "actor/grad_norm"  # verl's norm of the policy gradient before clipping, per step
 BOTH = "both"  # acc and format together, in the two-reward task
 GAP = 0.05  # the gap whose seeds the table reports
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what the platform says)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 
 def machine() -> dict[str, Any]:
     """What the run's numbers and times depend on."""
@@ -226,7 +238,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"palindrome, {decoding}, per question from verl's validation dumps (their mean is verl's "
         f"`{summary['metric']}`). Intervals: 95%, paired bootstrap over {len(seeds)} seeds and the questions; "
         f"'not separable' where an interval holds 0. Seeds for a {GAP} gap: the seeds at which this pair's interval "
-        f"half-width would reach {GAP}, from its measured seed and question variances. Advantage RMS and grad norm: "
+        f"half-width would reach {GAP} on these questions, from its measured variance components (docs/demo.md). Advantage RMS and grad norm: "
         f"medians over steps and seeds of the advantages' RMS over response tokens and of verl's `{GRAD_NORM}` "
         f"(the update's scale at one learning rate). s per step: the median of verl's `timing_s/step`. "
         f"{machine_line(summary['machine'])} verl session {session['wall_s']:.0f} s: {session['startup_s']:.0f} s "

@@ -3,8 +3,9 @@
     reward.custom_reward_function.path=pkg://bnpo.rewards
     reward.custom_reward_function.name=compute_score
 
-``score`` holds ``compute_score``; ``verify`` the authors' math-verify settings and the server process that
-runs them; ``pool`` the worker processes that bound each call's time. Needs math-verify (``bnpo[rewards]``).
+``score`` holds ``compute_score``; ``verify`` the authors' math-verify settings and what a worker runs;
+``pool`` the worker processes (pebble's) that bound each call's time. Needs math-verify and pebble
+(``bnpo[rewards]``).
 """
 
 from .score import DEFAULT_TIMEOUT_S, TAIL_CHARS, compute_score, r1_format_score, stats, verify_answer

@@ -1,225 +1,146 @@
-"""Caller side of the accuracy check: verification workers with a deadline per call.
+"""Caller side of the accuracy check: pebble's process pool, with a deadline per call.
 
-``Pool.check(ground_truth, output, timeout_s)`` returns within ``timeout_s`` of the moment it is
-called, from any number of threads: waiting for a free worker and the check itself count against
-the same deadline, and a worker that overruns it is killed (SIGKILL) and forgotten. Workers are
-forked from the server of bnpo/rewards/verify.py, which has math-verify imported already, so a new
-or replacement worker costs a few milliseconds (the fork itself is not interrupted; that is the
-only slack past the deadline), not a Python start-up.
+``Pool.check(ground_truth, output, timeout_s)`` returns within ``timeout_s`` of the moment it is called, from any
+number of threads (verl calls the reward function from several): waiting for a free worker and the check itself
+count against the same deadline, and pebble kills the worker of a check still running then and starts another. A call
+takes one of ``size`` slots first, held until pebble is done with its check, so that checks wait for a worker here,
+where the wait counts against the deadline, rather than in pebble's queue (pebble would still run one whose caller
+had given up, and cancelling it there kills whichever worker picks it up).
 
-The one exception to the deadline: calls made while the server itself is starting (once per
-process, a second or two for ``import sympy``) wait for it first, up to ``BNPO_REWARD_STARTUP_TIMEOUT``
-seconds, so that no answer scores 0 because the process has just started.
+Workers are forked by multiprocessing's fork server, which imports and warms math-verify once (bnpo/rewards/_warm.py):
+a replacement costs a fork of that small single-threaded process, not a Python start-up and not a fork of verl's
+many-threaded reward worker (a check right after a killed one waits about 0.06 s, pebble's 0.1 s poll included). Like every child multiprocessing starts so, it also re-imports the caller's
+``__main__`` (in verl, Ray's worker script: about 0.5 s), so a script that scores outputs keeps its work under
+``if __name__ == "__main__":``. Each worker's memory is capped (``BNPO_REWARD_WORKER_MEM_MB``, verify.py).
 
-Only the standard library is imported here.
+The one exception to the deadline: the first call of a process starts the pool and math-verify's self-test (a second
+or two for ``import sympy``) and waits for it, up to ``BNPO_REWARD_STARTUP_TIMEOUT`` seconds, so that no answer scores
+0 because the process has just started.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import multiprocessing
+import multiprocessing.forkserver
 import os
-import select
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
+
+import pebble
+
+from bnpo.rewards import verify
 
 logger = logging.getLogger("bnpo.rewards")
 
-_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verify.py")
 STARTUP_TIMEOUT_S = float(os.environ.get("BNPO_REWARD_STARTUP_TIMEOUT", "120"))
-_FORK_TIMEOUT_S = 30.0  # a healthy server forks in milliseconds; past this it is broken
+_TIMEOUT = {"acc": False, "pred": "", "error": "timeout"}
+# the waits end this much before the deadline, so that the thread's wake-up and the cancel after them still fit in it
+_MARGIN_S = 0.05
 
 
 class RewardSetupError(RuntimeError):
     """math-verify cannot work in this environment: raised to the trainer instead of scoring every output 0."""
 
 
-class _Deadline(Exception):
-    """The call's deadline passed; the argument is the stats key: "no_worker" (still waiting for a
-    worker) or "timeouts" (the check, or the fork before it, used the budget up)."""
-
-
-def _read_line(sock: socket.socket, buf: bytearray, deadline: float) -> dict:
-    """One JSON line from ``sock`` (bytes already received in ``buf``), or _Deadline."""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            raise _Deadline("timeouts")
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("verification worker exited")
-        buf += chunk
-    line, _, rest = bytes(buf).partition(b"\n")
-    buf[:] = rest
-    return json.loads(line)
-
-
-class _Worker:
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid, self.sock, self.buf = pid, sock, bytearray()
-
-    def ask(self, ground_truth: str, output: str, deadline: float) -> dict:
-        self.sock.sendall((json.dumps({"gold": ground_truth, "output": output}) + "\n").encode())
-        return _read_line(self.sock, self.buf, deadline)
-
-    def close(self, kill: bool = True) -> None:
-        """Close the socket; ``kill`` (SIGKILL) unless the worker is known to have exited already,
-        whose pid may then belong to another process."""
-        if kill:
-            try:
-                os.kill(self.pid, 9)
-            except OSError:
-                pass
-        self.sock.close()
-
-
-class _Server:
-    """The math-verify server process and its control socket."""
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", _WORKER_SCRIPT, "--serve", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
-        )
-        theirs.close()
-        self.control, self.buf, self.lock = ours, bytearray(), threading.Lock()
-        try:
-            problem = _read_line(self.control, self.buf, time.monotonic() + STARTUP_TIMEOUT_S).get("problem")
-        except (_Deadline, EOFError, ValueError) as e:
-            self.close()
-            raise RuntimeError(f"the math-verify server did not start within {STARTUP_TIMEOUT_S:.0f} s "
-                               f"({type(e).__name__}); set BNPO_REWARD_STARTUP_TIMEOUT to wait longer") from None
-        if problem:  # every acc would be 0: a run must not train on that
-            self.close()
-            raise RewardSetupError(f"bnpo.rewards: math-verify is broken in this environment ({problem}); "
-                                   "reinstall it with pip install 'bnpo[rewards]'")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def fork(self) -> _Worker:
-        """A new worker. Not bounded by the caller's deadline: a fork of the warm server takes
-        milliseconds, and a reply left unread would desynchronise the control socket."""
-        with self.lock:
-            self.control.sendall(b"f")
-            if not select.select([self.control], [], [], _FORK_TIMEOUT_S)[0]:
-                self.close()
-                raise RuntimeError(f"the math-verify server did not fork a worker within {_FORK_TIMEOUT_S:.0f} s")
-            data, fds, _, _ = socket.recv_fds(self.control, 8, 1)
-        if not fds:
-            raise EOFError("the math-verify server exited")
-        return _Worker(int.from_bytes(data, "little"), socket.socket(fileno=fds[0]))
-
-    def close(self) -> None:
-        self.control.close()
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:  # noqa: BLE001 -- best effort at exit
-            pass
+def _start(size: int) -> pebble.ProcessPool:
+    """A started pool whose workers pass math-verify's self-test."""
+    context = multiprocessing.get_context("forkserver")
+    # process-wide, and only read when the fork server starts: one started earlier by other code has nothing preloaded,
+    # and then each worker imports math-verify on its first check (correct, slower)
+    context.set_forkserver_preload(["bnpo.rewards._warm"])
+    pool = pebble.ProcessPool(size, initializer=verify.init_worker, context=context)
+    try:
+        problem = pool.schedule(verify.self_test).result(timeout=STARTUP_TIMEOUT_S)
+    except FutureTimeout:
+        pool.stop()
+        raise RuntimeError(f"the math-verify workers did not start within {STARTUP_TIMEOUT_S:.0f} s; "
+                           "set BNPO_REWARD_STARTUP_TIMEOUT to wait longer") from None
+    except Exception as e:  # noqa: BLE001 -- a worker that cannot start (pebble: BrokenProcessPool)
+        problem = f"{type(e).__name__}: {e}"
+    if problem:  # every acc would be 0: a run must not train on that
+        pool.stop()
+        raise RewardSetupError(f"bnpo.rewards: math-verify is broken in this environment ({problem}); "
+                               "reinstall it with pip install 'bnpo[rewards]'")
+    return pool
 
 
 class Pool:
-    """At most ``size`` workers, forked on demand and kept for reuse; see the module docstring."""
+    """``size`` workers, started with the first call; see the module docstring."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.stats: Counter = Counter()  # calls, timeouts, no_worker, failures
-        self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._live = 0  # idle + busy + being forked
-        self._server: Optional[_Server] = None
-        self._server_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()  # held while a pool starts
+        self._stats_lock = threading.Lock()
+        self._pool: Optional[pebble.ProcessPool] = None
 
     def forget(self) -> None:
-        """In a forked copy of the calling process: the workers and the server belong to the parent."""
+        """In a forked copy of the calling process: the pool, its threads and the fork server belong to the parent."""
+        server = multiprocessing.forkserver._forkserver
+        # the parent's fork server is no child of this process (os.waitpid on it fails): start another if needed.
+        # No public call resets it; __init__ does, on the object multiprocessing's module functions are bound to.
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)  # so that the parent's server still stops when the parent does
+        server.__init__()
         self.__init__(self.size)
 
-    def _ensure_server(self) -> _Server:
-        with self._server_lock:
-            if self._server is None or not self._server.alive():
-                if self._server is not None:
-                    self._drop_all()
-                self._server = _Server()
-            return self._server
-
-    def _drop_all(self) -> None:
-        with self._cond:
-            for worker in self._idle:
-                worker.close()
-            self._live -= len(self._idle)
-            self._idle.clear()
-
-    def _acquire(self, server: _Server, deadline: float) -> _Worker:
-        with self._cond:
-            while not self._idle and self._live >= self.size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Deadline("no_worker")
-                self._cond.wait(left)
-            if self._idle:
-                return self._idle.pop()
-            self._live += 1
-        try:
-            return server.fork()
-        except BaseException:
-            self._release(None)
-            raise
-
-    def _release(self, worker: Optional[_Worker]) -> None:
-        with self._cond:
-            if worker is None:
-                self._live -= 1
-            else:
-                self._idle.append(worker)
-            self._cond.notify()
+    def _ensure_pool(self) -> pebble.ProcessPool:
+        with self._lock:
+            if self._pool is None or not self._pool.active:  # not started, or broken (its fork server killed)
+                if self._pool is not None:
+                    self._pool.stop()
+                self._pool = _start(self.size)
+            return self._pool
 
     def check(self, ground_truth: str, output: str, timeout_s: float) -> dict:
-        server = self._ensure_server()
-        deadline = time.monotonic() + timeout_s
-        worker = None
+        pool = self._ensure_pool()
+        deadline = time.monotonic() + timeout_s - _MARGIN_S
         self._count("calls")
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._count("no_worker")
+            logger.warning("bnpo.rewards: all %d verification workers stayed busy for timeout_s=%s; scoring 0 "
+                           "(raise BNPO_REWARD_WORKERS or timeout_s)", self.size, timeout_s)
+            return dict(_TIMEOUT)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._slots.release()
+            self._count("timeouts")
+            return dict(_TIMEOUT)
         try:
-            worker = self._acquire(server, deadline)
-            if time.monotonic() >= deadline:  # the fork took the rest of the budget; keep the worker
-                self._release(worker)
-                worker = None
-                raise _Deadline("timeouts")
-            reply = worker.ask(ground_truth, output, deadline)
-        except _Deadline as e:
-            kind = e.args[0]
-            self._count(kind)
-            if kind == "no_worker":
-                logger.warning("bnpo.rewards: all %d verification workers stayed busy for timeout_s=%s; scoring 0 "
-                               "(raise BNPO_REWARD_WORKERS or timeout_s)", self.size, timeout_s)
-            self._discard(worker)
-            return {"acc": False, "pred": "", "error": "timeout"}
-        except Exception as e:  # noqa: BLE001 -- broken pipe, worker crash, server gone
-            self._count("failures")
-            logger.warning("bnpo.rewards: verification failed (%s: %s); scoring 0", type(e).__name__, e)
-            self._discard(worker, kill=not isinstance(e, (EOFError, ConnectionError)))
-            return {"acc": False, "pred": "", "error": type(e).__name__}
-        self._release(worker)
-        return reply
+            # pebble kills the worker of a check that runs past ``left`` (counted from the check's start); the slot is
+            # freed when pebble is done with the check, so a worker is free again, or being replaced, by then
+            future = pool.schedule(verify.run_check, (ground_truth, output), timeout=left)
+        except Exception as e:  # noqa: BLE001 -- a pool that broke (its fork server killed): the next call restarts it
+            self._slots.release()
+            return self._failed(e)
+        future.add_done_callback(lambda _: self._slots.release())
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:  # the caller's deadline, or pebble's timeout
+            if future.running():  # pebble kills its worker within 0.1 s (not waiting for its own timeout)
+                future.cancel()
+            self._count("timeouts")
+            return dict(_TIMEOUT)
+        except Exception as e:  # noqa: BLE001 -- a worker that died (memory, signal)
+            return self._failed(e)
 
-    def _discard(self, worker: Optional[_Worker], kill: bool = True) -> None:
-        if worker is not None:
-            worker.close(kill)
-            self._release(None)
+    def _failed(self, e: Exception) -> dict:
+        self._count("failures")
+        logger.warning("bnpo.rewards: verification failed (%s: %s); scoring 0", type(e).__name__, e)
+        return {"acc": False, "pred": "", "error": type(e).__name__}
 
     def _count(self, key: str) -> None:
-        with self._cond:
+        with self._stats_lock:
             self.stats[key] += 1
 
     def close(self) -> None:
-        self._drop_all()
-        with self._server_lock:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
+        with self._lock:
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool.join()
+                self._pool = None

@@ -8,22 +8,18 @@ as data so that the recipe's parity table can be checked against them:
 * ``acc`` is ``math_verify.verify(gold, pred)`` with math-verify's default comparison settings;
   no parsed gold, no parsed prediction or an error in ``verify`` is ``acc = 0``.
 
-Process layout (why: math-verify can run for minutes on adversarial text, and its own timeouts use
+Where it runs (why: math-verify can run for minutes on adversarial text, and its own timeouts use
 ``signal.alarm``, which only works in a main thread, while verl calls reward functions from many
-threads). This file, run as a script, is a *server*: it imports math-verify once and then forks one
-*worker* per request of the caller (bnpo/rewards/pool.py), handing the worker's socket back over a
-Unix socket. A fork of the warm server takes milliseconds, so a worker that overran its deadline is
-killed and replaced without paying the start-up again. Only the standard library is imported at
-module level; math-verify is imported by the server.
+threads): in the worker processes of bnpo/rewards/pool.py, which call :func:`init_worker` once and
+:func:`run_check` per output. Only the standard library is imported at module level; math-verify is
+imported by the workers (and their fork server, bnpo/rewards/_warm.py).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
-import socket
-import sys
 
 TAIL_CHARS = 500
 
@@ -85,12 +81,15 @@ def check(ground_truth: str, output: str, parsers: tuple) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# server and workers (this file run as a script)
+# in the worker processes of bnpo/rewards/pool.py
 # ---------------------------------------------------------------------------------------------
 
 
-def _serve_worker(sock: socket.socket, parsers: tuple) -> None:
-    """Answer JSON-line requests ``{"gold", "output"}`` on ``sock`` until it closes."""
+def init_worker() -> None:
+    """pebble's initializer, once per worker: the memory cap, a SIGTERM that ends the worker at once, quiet logs."""
+    # pebble stops a worker with SIGTERM and its own handler, which runs only when the C call under way (a sympy
+    # power, say) returns, and waits 3 s before SIGKILL; the worker holds nothing that needs cleaning up
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if _WORKER_MEM_MB > 0:
         try:
             import resource
@@ -99,59 +98,34 @@ def _serve_worker(sock: socket.socket, parsers: tuple) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
+    logging_off()
+
+
+@functools.lru_cache(maxsize=None)
+def _parsers() -> tuple:
+    return parse_kwargs(GOLD_PARSE), parse_kwargs(PRED_PARSE)
+
+
+def run_check(ground_truth: str, output: str) -> dict:
+    """:func:`check` with the paper's settings; whatever math-verify or sympy raises scores 0."""
     from math_verify.errors import TimeoutException  # a BaseException
 
-    stream = sock.makefile("rwb")
-    for line in stream:
-        try:
-            req = json.loads(line)
-            reply = check(req["gold"], req["output"], parsers)
-        except (Exception, TimeoutException) as e:  # MemoryError, RecursionError, anything sympy raises
-            reply = {"acc": False, "pred": "", "error": type(e).__name__}
-        stream.write((json.dumps(reply) + "\n").encode())
-        stream.flush()
+    try:
+        return check(ground_truth, output, _parsers())
+    except (Exception, TimeoutException) as e:  # MemoryError (the cap), RecursionError, anything sympy raises
+        return {"acc": False, "pred": "", "error": type(e).__name__}
 
 
-def _self_test(parsers: tuple) -> str:
+def self_test() -> str:
     """'' if math-verify works here; otherwise what is wrong (a broken install scores every answer 0)."""
     try:
-        ok = check("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$", parsers)["acc"]
+        ok = check("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$", _parsers())["acc"]
         return "" if ok else "math-verify does not recognise 1/2 = 0.5"
-    except BaseException as e:  # noqa: BLE001 -- reported to the caller, which logs it
+    except BaseException as e:  # noqa: BLE001 -- reported to the caller, which raises RewardSetupError
         return f"{type(e).__name__}: {e}"
-
-
-def serve(control_fd: int) -> None:
-    """The server: one byte on the control socket -> fork a worker, send back (pid, worker socket)."""
-    logging_off()
-    parsers = (parse_kwargs(GOLD_PARSE), parse_kwargs(PRED_PARSE))
-    control = socket.socket(fileno=control_fd)
-    control.sendall((json.dumps({"ready": True, "problem": _self_test(parsers)}) + "\n").encode())
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed workers are reaped by the kernel
-    while True:
-        request = control.recv(1)
-        if not request:  # the caller is gone
-            os._exit(0)
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            control.close()
-            ours.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            try:
-                _serve_worker(theirs, parsers)
-            finally:
-                os._exit(0)
-        theirs.close()
-        socket.send_fds(control, [pid.to_bytes(8, "little")], [ours.fileno()])
-        ours.close()
 
 
 def logging_off() -> None:
     import logging
 
     logging.disable(logging.WARNING)  # math-verify logs every timeout; the caller counts them instead
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve":
-    serve(int(sys.argv[2]))

@@ -1,17 +1,10 @@
 """A trainer's pooled Beta fits (``algorithm.bnpo.fit_halflife``) saved with verl's checkpoints and restored on resume.
 
-Wraps a trainer class's ``_save_checkpoint`` / ``_load_checkpoint`` (verl's v1 ``PPOTrainer`` and the legacy
-``RayPPOTrainer``, whose subclasses inherit it, lay checkpoints out alike: ``<trainer.default_local_dir>/global_step_<N>/``).
-
-Saving: ``bnpo_state.json`` is written into ``global_step_<N>/`` *before* verl's own save runs, so it is on disk
-before verl writes ``latest_checkpointed_iteration.txt`` and before it calls ``checkpoint_callback.on_save`` with
-that folder (a run killed in between, or a callback that uploads the folder, never sees a checkpoint without
-it); with ``trainer.default_hdfs_dir`` it is copied to ``<default_hdfs_dir>/global_step_<N>/`` as well, beside
-verl's remote copy of the actor.
-
-Resuming: after verl has resumed from step N, the file of that folder restores the trainer's pools. A fresh
-start, or a checkpoint without the file (saved by a run without bnpo, or before it), begins with empty pools;
-the latter says so.
+Wraps ``_save_checkpoint`` / ``_load_checkpoint`` of verl's v1 ``PPOTrainer`` and legacy ``RayPPOTrainer`` (both save
+to ``<trainer.default_local_dir>/global_step_<N>/``). ``bnpo_state.json`` is written there *before* verl's own save,
+so it is on disk before verl marks the checkpoint complete or hands the folder to ``checkpoint_callback.on_save``
+(copied to ``<default_hdfs_dir>/global_step_<N>/`` too). After verl resumes from step N, that folder's file restores
+the pools; a fresh start, or a checkpoint without it (which is logged), begins with empty pools.
 """
 
 from __future__ import annotations
@@ -30,24 +23,27 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "bnpo_state.json"
 
 
+def _step_in(root: Any, trainer: Any) -> str:
+    return os.path.join(str(root), f"global_step_{trainer.global_steps}")
+
+
 def step_folder(trainer: Any) -> Optional[str]:
     """The ``global_step_<N>`` folder verl saves to or resumed from at the trainer's step (None before any step)."""
     if not getattr(trainer, "global_steps", 0):
         return None
     config = trainer.config.trainer
+    folder = _step_in(config.default_local_dir, trainer)
     if config.get("resume_mode", "auto") == "resume_path" and config.get("resume_from_path"):
-        folder = str(config.resume_from_path)
-        if f"global_step_{trainer.global_steps}" not in os.path.basename(os.path.normpath(folder)):
-            folder = os.path.join(str(config.default_local_dir), f"global_step_{trainer.global_steps}")
-    else:
-        folder = os.path.join(str(config.default_local_dir), f"global_step_{trainer.global_steps}")
+        given = str(config.resume_from_path)  # verl resumes from it when it names this step
+        if f"global_step_{trainer.global_steps}" in os.path.basename(os.path.normpath(given)):
+            folder = given
     return os.path.abspath(folder)
 
 
 def write_state(trainer: Any) -> Optional[str]:
     """Write the trainer's pooled fits into the checkpoint folder of its current step; returns the local path."""
     state = fit_state_of(trainer).state_dict()
-    folder = os.path.join(str(trainer.config.trainer.default_local_dir), f"global_step_{trainer.global_steps}")
+    folder = _step_in(trainer.config.trainer.default_local_dir, trainer)
     if not state:
         return None
     os.makedirs(folder, exist_ok=True)
@@ -59,7 +55,7 @@ def write_state(trainer: Any) -> Optional[str]:
     if remote_root:
         from verl.utils import hdfs_io
 
-        remote = os.path.join(str(remote_root), f"global_step_{trainer.global_steps}")
+        remote = _step_in(remote_root, trainer)
         hdfs_io.makedirs(remote, exist_ok=True)
         hdfs_io.copy(path, os.path.join(remote, STATE_FILE))
     return path

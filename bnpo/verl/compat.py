@@ -1,16 +1,12 @@
 """The verl places bnpo extends, the verl versions it supports, and the trainer modules each run needs.
 
-Every extension of verl (``trainer_v1``, ``trainer_legacy``, ``trainer_separation``, ``trainer_fully_async``,
-``checkpoint``) resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
-``VerlChanged`` naming the place, before any of that module's patches is applied. A class that lost a method is also
-*gated*: its ``__init__`` refuses a bnpo / ad_bnpo config, so the process that trains stops at construction, not after
-rollouts with no ``bnpo/*`` metrics.
+Every extension resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
+``VerlChanged`` naming the place before anything is patched; its classes are then *gated* (``gate``): they refuse a
+bnpo / ad_bnpo config at construction, not after rollouts without ``bnpo/*`` metrics.
 
-Version policy: bnpo supports verl ``SUPPORTED_VERL`` and upstream main while it develops the next minor release
-(``MAIN_VERL``: every dev and pre-release build of it, so main moving on to its next build locks no user out; not the
-final release, which bnpo has not checked); the start-up of a bnpo run refuses any other verl, naming the range and
-the fix (``BNPO_ALLOW_UNSUPPORTED_VERL=1`` turns that into a warning, for trying a newer verl: every place is still
-checked). ``TESTED_VERL`` is the release the recipe's GPU stack and the CPU end-to-end runs use.
+Versions: ``SUPPORTED_VERL`` and the dev and pre-release builds of the release upstream main develops (``MAIN_VERL``;
+not that final release, which bnpo has not checked). A bnpo run's start-up refuses any other verl, naming the range
+and the fix (``BNPO_ALLOW_UNSUPPORTED_VERL=1``: a warning instead). ``TESTED_VERL``: the recipe's and the CPU runs'.
 """
 
 from __future__ import annotations
@@ -135,21 +131,31 @@ def patch(owner: Any, attribute: str, make_wrapper: Callable[[Any], Any]) -> Any
     return wrapper
 
 
-def gate(cls: type, error: BaseException) -> None:
-    """Make ``cls(config, ...)`` refuse a bnpo / ad_bnpo config with ``error`` (other estimators run as usual)."""
+def check_before_init(cls: type, check: Callable[[Any, Any], None]) -> None:
+    """Make ``cls(config, ...)`` call ``check(self, config)`` before its own ``__init__`` for a bnpo / ad_bnpo config
+    (other estimators run as usual)."""
 
-    def gated(original):
+    def wrap(original):
         @functools.wraps(original)
         def __init__(self, *args, **kwargs):
             config = kwargs.get("config", args[0] if args else None)
             if uses_bnpo(config):
-                raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
-                                  f"{config.algorithm.adv_estimator}: {error}") from error
+                check(self, config)
             original(self, *args, **kwargs)
 
         return __init__
 
-    patch(cls, "__init__", gated)
+    patch(cls, "__init__", wrap)
+
+
+def gate(cls: type, error: BaseException) -> None:
+    """Make ``cls(config, ...)`` refuse a bnpo / ad_bnpo config with ``error``."""
+
+    def refuse(self, config):
+        raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
+                          f"{config.algorithm.adv_estimator}: {error}") from error
+
+    check_before_init(cls, refuse)
 
 
 def gate_classes(module: Any, error: BaseException) -> None:

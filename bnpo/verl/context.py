@@ -1,13 +1,9 @@
 """What one advantage step shares between a verl trainer and bnpo's estimators, beyond verl's arguments.
 
-verl calls estimators with tensors and uids only: ``compute_advantage`` passes ``non_tensor_batch`` to no
-estimator but gdpo, nothing says which outputs belong to one agent-loop session, and an estimator has no
-way to return statistics or to reach state that lives across steps. bnpo's trainer integration opens an
-``EstimatorScope`` around verl's advantage step; the estimators read the batch's fields, the sessions and the
-trainer's pooled fits from it, and leave their statistics in it for the trainer to log.
-
-A scope belongs to the trainer that opens it (a context variable: other threads and other trainers see
-their own), so two trainers in one process never share statistics or pools. Pure Python; never imports verl.
+verl hands estimators tensors and uids only: no ``non_tensor_batch`` (but to gdpo), no agent-loop sessions, no way to
+return statistics or reach state across steps. bnpo's trainer integration opens an ``EstimatorScope`` around verl's
+advantage step with all of it. A scope is a context variable (other threads and trainers see their own), and pooled
+fits live on the trainer object: two trainers in one process share nothing. Pure Python; never imports verl.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
 import numpy as np
 
@@ -44,14 +40,25 @@ class EstimatorScope:
 
 
 _SCOPE: ContextVar[Optional[EstimatorScope]] = ContextVar("bnpo_estimator_scope", default=None)
+# The verl trainer whose training loop (``fit``) is running in this context, if bnpo extends it (bnpo.verl.contract).
+_RUN: ContextVar[Optional[Any]] = ContextVar("bnpo_trainer_run", default=None)
 
 
 @contextmanager
+def _set(var: ContextVar, value: Any) -> Iterator[Any]:
+    """``var`` is ``value`` inside the block (and in what it calls), its previous value after."""
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
 def estimator_scope(
     fit_state: Optional[FitState] = None,
     fields: Optional[Mapping[str, Any]] = None,
     final_row: Optional[np.ndarray] = None,
-) -> Iterator[EstimatorScope]:
+) -> ContextManager[EstimatorScope]:
     """Open a scope for bnpo's estimators called inside the block (through verl or directly).
 
     Use it to call verl's ``compute_advantage`` / the registered estimator yourself and read the statistics::
@@ -60,12 +67,7 @@ def estimator_scope(
             data = compute_advantage(data, adv_estimator="bnpo", ...)
         scope.stats.to_metrics()
     """
-    scope = EstimatorScope(dict(fields or {}), final_row, fit_state)
-    token = _SCOPE.set(scope)
-    try:
-        yield scope
-    finally:
-        _SCOPE.reset(token)
+    return _set(_SCOPE, EstimatorScope(dict(fields or {}), final_row, fit_state))
 
 
 def current_scope() -> Optional[EstimatorScope]:
@@ -85,18 +87,9 @@ def fit_state_of(trainer: Any) -> FitState:
     return state
 
 
-# The verl trainer whose training loop (``fit``) is running in this context, if bnpo extends it (bnpo.verl.contract).
-_RUN: ContextVar[Optional[Any]] = ContextVar("bnpo_trainer_run", default=None)
-
-
-@contextmanager
-def trainer_run(trainer: Any) -> Iterator[None]:
+def trainer_run(trainer: Any) -> ContextManager[Any]:
     """Mark the block as ``trainer``'s training loop: estimator calls inside it belong to that trainer's steps."""
-    token = _RUN.set(trainer)
-    try:
-        yield
-    finally:
-        _RUN.reset(token)
+    return _set(_RUN, trainer)
 
 
 def current_run() -> Optional[Any]:

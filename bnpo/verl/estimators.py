@@ -1,10 +1,9 @@
-"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl.plugin``).
+"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl.plugin``; never imports verl).
 
-Thin wrappers: the numbers come from ``bnpo.core``; what verl does not pass (the reward components, agent-loop
-sessions, the trainer's pooled fits) comes from the open ``bnpo.verl.context.EstimatorScope``, and each call's
-statistics are left there for the trainer integration to log. They refuse to run in a process where part of bnpo's
-verl plugin failed, and inside the training loop of a trainer bnpo extends but outside the advantage step it
-extends (``bnpo.verl.contract``): both would train without what bnpo adds. Never imports verl.
+Thin wrappers of ``bnpo.core``: what verl does not pass (ad_bnpo's components, agent-loop sessions, the trainer's
+pooled fits) comes from the open ``EstimatorScope``, and each call leaves its statistics there. They refuse to run
+where part of bnpo's plugin failed, or in a training loop bnpo extends but outside its advantage step: both would
+train without what bnpo adds.
 """
 
 from __future__ import annotations
@@ -17,28 +16,13 @@ from ..core.advantage import compute_ad_bnpo_advantage, compute_bnpo_advantage
 from ..core.config import _key, config_from_algorithm
 from ..core.scores import component_rewards
 from . import hooks
-from .compat import VerlChanged, supported_text
+from .compat import VerlChanged
 from .context import EstimatorScope, current_run, current_scope
-
-
-def _require_index(index: Any, name: str) -> Any:
-    if index is None:
-        raise ValueError(
-            f"{name} groups samples by question but got no index; verl passes the batch's 'uid' field "
-            "(set by the trainer when rollout.n > 1). Pass index=<(bs,) question uids>."
-        )
-    return index
 
 
 def _scope(name: str) -> Optional[EstimatorScope]:
     """The open estimator scope, after checking that this call is one bnpo's plugin and trainer extensions serve."""
-    if hooks.FAILED:
-        place, err = next(iter(hooks.FAILED.items()))
-        raise VerlChanged(
-            f"algorithm.adv_estimator={name}: bnpo's verl plugin did not load completely in this process: extending "
-            f"{place} failed ({type(err).__name__}: {err}). Without it bnpo would train with no start-up check, no "
-            f"bnpo/* metrics or no per-step checks. Install bnpo next to a verl it supports ({supported_text()})."
-        ) from err
+    hooks.refuse_if_failed(name)
     scope = current_scope()
     trainer = current_run()
     if scope is None and trainer is not None:
@@ -50,6 +34,26 @@ def _scope(name: str) -> Optional[EstimatorScope]:
             "a verl module bnpo extends, computes advantages another way (moved or overridden?)."
         )
     return scope
+
+
+def _start(name: str, config: Any, index: Any) -> tuple[Optional[EstimatorScope], Any, dict[str, Any]]:
+    """The open scope (``_scope``), the parsed ``bnpo`` block of verl's algorithm ``config``, and what the scope hands
+    the core function (the agent-loop sessions and the trainer's pooled fits)."""
+    scope = _scope(name)
+    cfg = config_from_algorithm(config)
+    if index is None:
+        raise ValueError(
+            f"{name} groups samples by question but got no index; verl passes the batch's 'uid' field "
+            "(set by the trainer when rollout.n > 1). Pass index=<(bs,) question uids>."
+        )
+    return scope, cfg, {"final_row": _final_row(scope, index), "fit_state": scope.fit_state if scope else None}
+
+
+def _finish(scope: Optional[EstimatorScope], stats: Any, advantages: torch.Tensor, returns: torch.Tensor) -> tuple:
+    """Leave the call's statistics in the open scope for the trainer to log; verl takes (advantages, returns)."""
+    if scope is not None:
+        scope.stats = stats
+    return advantages, returns
 
 
 def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
@@ -95,16 +99,9 @@ def compute_bnpo_outcome_advantage(
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
-    scope = _scope("bnpo")
-    cfg = config_from_algorithm(config)
-    index = _require_index(index, "bnpo")
-    advantages, returns, stats = compute_bnpo_advantage(
-        token_level_rewards, response_mask, index, cfg, final_row=_final_row(scope, index),
-        fit_state=scope.fit_state if scope else None,
-    )
-    if scope is not None:
-        scope.stats = stats
-    return advantages, returns
+    scope, cfg, from_scope = _start("bnpo", config, index)
+    advantages, returns, stats = compute_bnpo_advantage(token_level_rewards, response_mask, index, cfg, **from_scope)
+    return _finish(scope, stats, advantages, returns)
 
 
 def compute_ad_bnpo_outcome_advantage(
@@ -130,9 +127,7 @@ def compute_ad_bnpo_outcome_advantage(
     Returns:
         advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
     """
-    scope = _scope("ad_bnpo")
-    cfg = config_from_algorithm(config)
-    index = _require_index(index, "ad_bnpo")
+    scope, cfg, from_scope = _start("ad_bnpo", config, index)
     fields = _component_fields(non_tensor_batch, scope)
     if fields is None:
         raise ValueError(
@@ -144,12 +139,9 @@ def compute_ad_bnpo_outcome_advantage(
     components = component_rewards(fields, cfg, len(index), device)
     advantages, returns, stats = compute_ad_bnpo_advantage(
         components, response_mask, index, cfg, dtype=getattr(token_level_rewards, "dtype", torch.float32),
-        final_row=_final_row(scope, index), token_level_rewards=token_level_rewards,
-        fit_state=scope.fit_state if scope else None,
+        token_level_rewards=token_level_rewards, **from_scope,
     )
-    if scope is not None:
-        scope.stats = stats
-    return advantages, returns
+    return _finish(scope, stats, advantages, returns)
 
 
 ESTIMATOR_FUNCTIONS = {"bnpo": compute_bnpo_outcome_advantage, "ad_bnpo": compute_ad_bnpo_outcome_advantage}

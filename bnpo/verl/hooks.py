@@ -1,24 +1,23 @@
-"""Run a callback right after a module has been imported (a post-import hook).
+"""What bnpo's verl plugin could not extend in this process, and its post-import hooks (``wrapt``'s).
 
-The plugin is imported by ``import verl`` in every process; importing verl's trainers there would cost
-seconds and pull in heavy dependencies in processes that never train. Instead the plugin asks to be
-called back when (and only if) a process imports them. A callback that raises is recorded in ``FAILED``, with
-every other part of the plugin that failed.
+The plugin is imported by ``import verl`` in every process; importing verl's trainers there would cost seconds and
+pull in heavy dependencies in processes that never train, so the plugin extends each trainer module when (and only
+if) a process imports it. A hook that fails is recorded in ``FAILED`` with every other part of the plugin that did.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
 import sys
 from collections.abc import Callable
 from types import ModuleType
 
+import wrapt
+import wrapt.importer
+
+from .compat import VerlChanged, supported_text
+
 logger = logging.getLogger(__name__)
-
-Callback = Callable[[ModuleType], None]
-
 
 # What bnpo could not extend in this process, by verl place (a module, or a module attribute): a fact about this
 # process's verl install. The estimators refuse to run while it is not empty, and the start-up check of a bnpo run
@@ -33,48 +32,32 @@ def record(place: str, err: BaseException) -> None:
                    "this process.", place, type(err).__name__, err, exc_info=(type(err), err, err.__traceback__))
 
 
-def _run(name: str, callback: Callback, module: ModuleType) -> None:
-    try:
-        callback(module)
-    except Exception as err:  # a failing hook must not break verl's own import (other estimators still work)
-        record(name, err)
+def failures() -> list[str]:
+    """Every recorded failure, as text naming its verl place."""
+    return [f"bnpo could not extend {place} ({type(err).__name__}: {err})" for place, err in FAILED.items()]
 
 
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    def __init__(self) -> None:
-        self.callbacks: dict[str, list[Callback]] = {}
-        self._resolving: set[str] = set()
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.callbacks or name in self._resolving:
-            return None
-        self._resolving.add(name)  # let the other finders locate the real module
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            self._resolving.discard(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_call(module: ModuleType) -> None:
-            exec_module(module)
-            for callback in self.callbacks.pop(name, []):
-                _run(name, callback, module)
-
-        spec.loader.exec_module = exec_then_call
-        return spec
+def refuse_if_failed(estimator: str) -> None:
+    """Stop a bnpo / ad_bnpo run (its start-up, its estimator) in a process where part of the plugin failed."""
+    if FAILED:
+        raise VerlChanged(
+            f"algorithm.adv_estimator={estimator}: {failures()[0]}. Without it bnpo would train with no start-up check, "
+            f"no bnpo/* metrics, no ad_bnpo components or no per-step checks. Install bnpo next to a verl it supports "
+            f"({supported_text()})."
+        ) from next(iter(FAILED.values()))
 
 
-_FINDER = _PostImportFinder()
-
-
-def when_imported(name: str, callback: Callback) -> None:
+def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
     """Call ``callback(module)`` once ``name`` is imported (at once if it already is)."""
-    module = sys.modules.get(name)
-    if module is not None:
-        _run(name, callback, module)
-        return
-    _FINDER.callbacks.setdefault(name, []).append(callback)
-    if _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+
+    def hook(module: ModuleType) -> None:
+        try:
+            callback(module)
+        except Exception as err:  # a failing hook must not break verl's own import (other estimators still work)
+            record(name, err)
+
+    wrapt.register_post_import_hook(hook, name)
+    # wrapt adds its finder to sys.meta_path once per process; code that resets sys.meta_path to an earlier copy (a
+    # test's clean-up, a sandboxing tool) drops it and every later hook would silently never fire
+    if not any(isinstance(finder, wrapt.importer.ImportHookFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, wrapt.importer.ImportHookFinder())

@@ -1,12 +1,9 @@
 """The names bnpo logs its statistics under, safe for verl's metrics aggregator.
 
-verl's v1 trainer reduces each metric over the local updates of a step (``trainer.v1.<mode>.parameter_sync_step``)
-with ``MetricsAggregator`` (``verl/trainer/ppo/v1/utils.py``), which picks the reduction from the metric's name: the
-maximum if the lower-cased name contains ``max``, the minimum for ``min``, the sum for ``sum`` or ``total``, a time
-sum for ``timing_s/`` or ``timing_per_token_ms/``, otherwise the mean weighted by the update's samples. bnpo means
-every statistic to be averaged that way except ``weight_max`` (the maximum). An ad_bnpo component is named by its
-reward key, which may contain such a word (``total``, ``max_len``): its segment of the name is written with a ``-``
-after each such word's first letter (``t-otal``, ``m-ax_len``), so that the aggregator averages it like the others.
+verl's v1 ``MetricsAggregator`` (``verl/trainer/ppo/v1/utils.py``) reduces a metric over a step's local updates by its
+lower-cased name: ``max`` -> maximum, ``min`` -> minimum, ``sum`` / ``total`` -> sum, otherwise the sample-weighted
+mean, which bnpo means for every statistic but ``weight_max``. An ad_bnpo component's reward key may contain such a
+word: its segment is written with a ``-`` after each such word's first letter (``t-otal``, ``m-ax_len``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
-"""Registers ``bnpo`` and ``ad_bnpo`` with verl and extends verl's trainers.
+"""Registers ``bnpo`` and ``ad_bnpo`` with verl and extends verl's trainers; the top of bnpo's verl layer.
 
-Imported by verl itself in every process that runs ``import verl`` (driver, TaskRunner actor, Ray
-workers) through the ``verl.plugins`` entry point (verl >= 0.9), or through
-``VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin``. verl hides a plugin's import errors (debug log), so nothing here
-raises: each part that fails (the start-up check's wrap of ``validate_config``, the registration, a trainer
-extension when its module is imported) is logged as a warning and recorded with its verl place in
-``bnpo.verl.hooks.FAILED``. While anything is recorded, bnpo's estimators raise with it and the start-up check of a
-bnpo / ad_bnpo run stops with it: a half-installed plugin never trains. Runs of other estimators are untouched.
-
-Importing the plugin a second time (a reloaded module) replaces its own registration and wrappers: no "already
-registered" error, no wrapper around a wrapper.
-
-The top of bnpo's verl layer: it imports the others, none imports it.
+verl imports it in every process that imports verl (its ``verl.plugins`` entry point, or
+``VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin``) and hides a plugin's import errors, so nothing here raises: each part
+that fails is logged and recorded with its verl place in ``bnpo.verl.hooks.FAILED``, and while anything is recorded
+bnpo's estimators and the start-up check of a bnpo run stop with it. Importing it again (a reloaded module) replaces
+its own registration and wrappers: no "already registered" error, no wrapper around a wrapper.
 """
 
 from __future__ import annotations
@@ -19,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 from . import compat, hooks
 from .estimators import ESTIMATOR_FUNCTIONS
@@ -43,13 +36,15 @@ def _register_estimators() -> None:
         register(name)(fn)
 
 
-def _extension(install_name: str) -> Callable[[ModuleType], None]:
-    """The hook that extends a verl module with ``bnpo.verl.<install_name>.install``; if it cannot, the module's
-    classes are gated (they refuse bnpo runs at construction) and the error is re-raised for the hook to record."""
+def _extension(install: str) -> Callable[[ModuleType], None]:
+    """The hook that extends a verl module with ``bnpo.verl.<install>`` (``module:function``); if it cannot, the
+    module's classes are gated (they refuse bnpo runs at construction) and the error is re-raised for the hook to
+    record."""
+    module_name, function = install.split(":")
 
     def extend(module: ModuleType) -> None:
         try:
-            importlib.import_module(f"bnpo.verl.{install_name}").install(module)
+            getattr(importlib.import_module(f"bnpo.verl.{module_name}"), function)(module)
         except Exception as err:
             compat.gate_classes(module, err)
             raise
@@ -57,16 +52,16 @@ def _extension(install_name: str) -> Callable[[ModuleType], None]:
     return extend
 
 
-# verl module -> the bnpo module that extends it (each only where a process imports it: they are heavy)
+# verl module -> what extends it (each only where a process imports it: they are heavy)
 EXTENSIONS = {
-    "verl.trainer.ppo.v1.trainer_base": "trainer_v1",
-    "verl.trainer.ppo.ray_trainer": "trainer_legacy",
-    "verl.experimental.separation.ray_trainer": "trainer_separation",
-    "verl.experimental.fully_async_policy.fully_async_trainer": "trainer_fully_async",
+    "verl.trainer.ppo.v1.trainer_base": "trainer_v1:install",
+    "verl.trainer.ppo.ray_trainer": "trainer_legacy:install",
+    "verl.experimental.separation.ray_trainer": "trainer_legacy:install_separation",
+    "verl.experimental.fully_async_policy.fully_async_trainer": "trainer_legacy:install_fully_async",
 }
 
 
-def _load() -> Optional[BaseException]:
+def _load() -> None:
     # the check first: it reports what fails after it
     for place, step in (("verl.utils.config.validate_config", install_startup_check),
                         ("verl.trainer.ppo.core_algos.register_adv_est", _register_estimators)):
@@ -74,10 +69,8 @@ def _load() -> Optional[BaseException]:
             step()
         except Exception as err:
             hooks.record(place, err)
-    for module_name, install_name in EXTENSIONS.items():
-        when_imported(module_name, _extension(install_name))
-    return next(iter(hooks.FAILED.values()), None)
+    for module_name, install in EXTENSIONS.items():
+        when_imported(module_name, _extension(install))
 
 
-# The first failure of the plugin in this process (bnpo 0.1's name; bnpo.verl.hooks.FAILED has every one).
-LOAD_ERROR: Optional[BaseException] = _load()
+_load()

@@ -1,23 +1,16 @@
 """verl's v1 replay buffer with a shorter poll: a drop-in through verl's own custom-sampler keys.
 
-verl 0.9.1's v1 trainer samples each step's batch from ``ReplayBuffer.sample`` (``verl/trainer/ppo/v1/replay_buffer.py``),
-which checks TransferQueue for finished rollouts and, while there are not enough, sleeps ``poll_interval`` seconds
-(2.0, a constructor default no config key reaches) before checking again. A step whose rollouts finish just
-after a check waits up to 2 s for nothing: on a CPU run where generation takes a fraction of a second that is
-most of the step (``timing_s/gen`` reads 2.0 s whatever the batch); on a GPU run it adds about 1 s on average to
-every training step and to every validation. verl lets a run bring its own sampler
-(``trainer.v1.sampler.custom_sampler.{path,name}``, called with the same keyword arguments as its own), so this
-module's ``fast_poll`` builds verl's own ``ReplayBuffer`` (sync) or ``ReplayBufferAsync`` (the async modes) with the
+verl 0.9.1's ``ReplayBuffer.sample`` sleeps ``poll_interval`` (2.0 s, a constructor default no config key reaches)
+between checks of TransferQueue for finished rollouts: on a CPU run most of a step, on a GPU run about 1 s per step
+and per validation. ``fast_poll`` builds verl's own ``ReplayBuffer`` (sync) or ``ReplayBufferAsync`` with the
 interval from ``trainer.v1.sampler.sampler_kwargs.poll_interval_s`` (default ``DEFAULT_POLL_INTERVAL_S``)::
 
     trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer \\
     trainer.v1.sampler.custom_sampler.name=fast_poll \\
     +trainer.v1.sampler.sampler_kwargs.poll_interval_s=0.05
 
-A poll is one TransferQueue metadata read, so 20 a second cost nothing next to a step. Not with
-``algorithm.filter_groups`` (DAPO) or ``trainer.v1.sampler.sync_refill_failed_groups``: verl hands a custom sampler
-neither, so ``fast_poll`` would sample without them; it refuses such a config instead (it reads it from the trainer
-whose refill function verl passes). Works with any estimator; it touches nothing of bnpo's.
+It refuses ``algorithm.filter_groups`` and ``trainer.v1.sampler.sync_refill_failed_groups``, which verl hands a
+custom sampler neither of. Works with any estimator.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""Start-up checks of a verl run that uses bnpo / ad_bnpo.
+"""Start-up checks of a verl run that uses bnpo / ad_bnpo, so that a typo in ``algorithm.bnpo``, a setting bnpo cannot
+honour, an unsupported verl or a verl that changed under bnpo fails at start-up, not after the first rollout.
 
-``check_run_config`` runs on the whole verl config before Ray starts (the plugin wraps verl's ``validate_config``,
-both ``verl.utils.config.validate_config`` and the package's copy ``verl.utils.validate_config``, which
-``main_ppo``, the legacy TaskRunner and one_step_off_policy's TaskRunner call first), when verl's fully_async
-trainer is built (its entry point skips ``validate_config``), and at the first advantage step of every trainer bnpo
-extends, in the process that trains (``bnpo.verl.contract``). So a typo in ``algorithm.bnpo``, a setting bnpo cannot
-honour, an unsupported verl, or a verl that changed under bnpo fails at start-up, not after the first rollout.
+``check_run_config`` runs before Ray starts (the plugin wraps verl's ``validate_config`` and the package's copy
+``verl.utils.validate_config``, which main_ppo and the TaskRunners call first) and when a trainer bnpo extends is built,
+in the process that trains (``bnpo.verl.contract``).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import logging
 from typing import Any, Optional
 
 from ..core.config import ESTIMATORS, BNPOConfig, _key, check_estimator, config_from_algorithm
-from ..core.shaping import KL_ADVICE
+from ..core.scores import KL_ADVICE
 from . import compat, hooks
 from .estimators import ESTIMATOR_FUNCTIONS
 from .metrics import check_component_names
@@ -49,12 +47,7 @@ def check_integration(config: Any, trainer: Optional[str] = None) -> None:
     compat.check_version()
     compat.import_trainer_modules(trainer or compat.selected_trainer(config))
     _check_registered(name)
-    if hooks.FAILED:
-        place, err = next(iter(hooks.FAILED.items()))
-        raise compat.VerlChanged(
-            f"algorithm.adv_estimator={name}: bnpo could not extend {place} ({type(err).__name__}: {err}). Without it "
-            "bnpo would train with no start-up check, no bnpo/* metrics, no ad_bnpo components or no per-step checks."
-        ) from err
+    hooks.refuse_if_failed(name)
 
 
 def installation_problems() -> list[str]:
@@ -71,7 +64,7 @@ def installation_problems() -> list[str]:
             _check_registered(name)
         except (ValueError, compat.VerlChanged) as err:
             problems.append(str(err))
-    return problems + [f"bnpo could not extend {place} ({type(err).__name__}: {err})" for place, err in hooks.FAILED.items()]
+    return problems + hooks.failures()
 
 
 def node_problems() -> list[str]:

@@ -1,20 +1,21 @@
-"""bnpo in verl's legacy trainer (``trainer.use_v1=False``, ``RayPPOTrainer``) and every subclass of it.
+"""bnpo in verl's legacy trainer (``trainer.use_v1=False``, ``RayPPOTrainer``) and every subclass of it: the separated
+trainers of one_step_off_policy and fully_async_policy too. Each keeps bnpo's trainer contract (``bnpo.verl.contract``).
 
-The legacy trainer has no extension point: ``RayPPOTrainer.fit`` calls the module functions
-``compute_advantage`` (which passes ``non_tensor_batch`` to gdpo only) and ``compute_data_metrics``
-(whose result it logs every step). ``install`` keeps bnpo's trainer contract (``bnpo.verl.contract``) with three
-wraps in ``verl.trainer.ppo.ray_trainer``:
-- ``RayPPOTrainer.fit``, and the ``fit`` of every subclass that defines its own (sync or async: the separated
-  trainers' too), runs as the trainer's run;
-- ``compute_advantage``, called in a trainer's run, is that trainer's advantage step (per-run check, scope with the
-  batch's per-sample fields, required statistics), and its metrics are held for the step's ``compute_data_metrics``;
-  called inside another advantage step or a scope the caller opened, it publishes the batch's fields to the
-  estimator and hands the statistics to that scope;
-- ``compute_data_metrics`` adds the held metrics (a bnpo step without them is a step without statistics).
-Building ``RayPPOTrainer``, or a subclass with its own ``__init__``, for a bnpo config runs the per-run check first
-(``contract.checked_at_construction``): the legacy TaskRunner refuses the trainer before ``init_workers`` and ``fit``.
-Other estimators pass through. ``RayPPOTrainer``'s checkpointing, which its subclasses inherit, also keeps the pooled
-fits of ``fit_halflife`` (``bnpo.verl.checkpoint``).
+``RayPPOTrainer`` has no extension point: its ``fit`` calls the module functions ``compute_advantage`` (which passes
+``non_tensor_batch`` to gdpo only) and ``compute_data_metrics`` (logged every step). ``install`` wraps, in
+``verl.trainer.ppo.ray_trainer``:
+- the ``fit`` of ``RayPPOTrainer`` and of every subclass that defines its own (sync or async): the trainer's run; and
+  their ``__init__``: the per-run check, before the TaskRunner calls ``init_workers`` and ``fit``;
+- ``compute_advantage``: called in a trainer's run, that trainer's advantage step, its metrics held for the step's
+  ``compute_data_metrics``; inside another advantage step or a caller's scope, it hands the batch's fields to the
+  estimator and the statistics to that scope;
+- ``compute_data_metrics``: adds the held metrics;
+- checkpointing, which the subclasses inherit (``bnpo.verl.checkpoint``; fully_async saves its own way, so
+  ``fit_halflife`` is refused there at start-up).
+The separated trainers' ``fit_step`` calls ``self._fit_compute_advantage`` and logs ``self.metrics``, and their module
+imported ``compute_advantage`` by name: ``install_separation`` makes that method the advantage step and gives the
+module's ``compute_advantage`` the same wrap. fully_async's entry point never calls ``validate_config`` and its
+``__init__`` not ``RayPPOTrainer``'s: ``install_fully_async`` checks its own. Other estimators pass through.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .metrics import metrics_of
 
 ADVANTAGE = "verl.trainer.ppo.ray_trainer.compute_advantage"
 DATA_METRICS = "verl.trainer.ppo.ray_trainer.compute_data_metrics"
+SEPARATE_ADVANTAGE = "verl.experimental.separation.ray_trainer.SeparateRayPPOTrainer._fit_compute_advantage"
 
 
 def wrap_compute_advantage(compute_advantage):
@@ -71,29 +73,38 @@ def wrap_compute_data_metrics(compute_data_metrics):
     return data_metrics_with_bnpo
 
 
-def _wrap_fit(cls: type) -> None:
-    """Extend what ``cls`` defines itself: its ``fit`` runs as the trainer's run, its ``__init__`` checks a bnpo run
-    before verl builds anything (verl's TaskRunners build the trainer before any rollout or validation)."""
+def wrap_fit_compute_advantage(original):
+    """``SeparateRayPPOTrainer._fit_compute_advantage`` as the trainer's advantage step, its metrics in ``self.metrics``."""
+
+    @functools.wraps(original)
+    def _fit_compute_advantage(self, batch):
+        if not compat.uses_bnpo(self.config):
+            return original(self, batch)
+        with contract.advantage_step(self, contract.legacy_kind(self), SEPARATE_ADVANTAGE) as step:
+            batch = original(self, batch)
+        self.metrics.update(step.metrics)
+        return batch
+
+    return _fit_compute_advantage
+
+
+def _extend_class(cls: type) -> None:
+    """What ``cls`` defines itself: its ``fit`` runs as the trainer's run, its ``__init__`` checks a bnpo run first."""
     if "fit" in cls.__dict__:
         compat.patch(cls, "fit", contract.fit_in_run)
-    # fully_async's __init__ is bnpo.verl.trainer_fully_async's to extend (it also refuses fit_halflife): wrapping it
-    # here would replace that wrapper whenever this install runs after that one (a plugin imported again)
-    if "__init__" in cls.__dict__ and cls.__name__ != "FullyAsyncTrainer":
-        compat.patch(cls, "__init__", contract.checked_at_construction(contract.legacy_kind))
+    if "__init__" in cls.__dict__:
+        contract.check_at_construction(cls, contract.legacy_kind)
 
 
 def _subclasses(cls: type) -> list[type]:
-    out = []
-    for sub in cls.__subclasses__():
-        out += [sub, *_subclasses(sub)]
-    return out
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
-def _wrap_fits_of_subclasses(base: type) -> None:
-    """Wrap the ``fit`` of every subclass of ``base`` that defines one: those that exist, and (through
-    ``__init_subclass__``) those defined later, e.g. when one_step_off_policy's module is imported."""
+def _extend_subclasses(base: type) -> None:
+    """Extend every subclass of ``base``: those that exist, and (through ``__init_subclass__``) those defined later,
+    e.g. when one_step_off_policy's module is imported."""
     for cls in _subclasses(base):
-        _wrap_fit(cls)
+        _extend_class(cls)
     previous = base.__dict__.get("__init_subclass__")
     previous = getattr(previous, "__func__", previous)
     original = getattr(previous, "_bnpo_original", previous)  # verl's own, if it ever defines one
@@ -103,19 +114,31 @@ def _wrap_fits_of_subclasses(base: type) -> None:
             original(cls, **kwargs)
         else:
             super(base, cls).__init_subclass__(**kwargs)
-        _wrap_fit(cls)
+        _extend_class(cls)
 
     __init_subclass__._bnpo_original = original
     base.__init_subclass__ = classmethod(__init_subclass__)
 
 
 def install(ray_trainer: ModuleType) -> None:
-    """Wrap ``compute_advantage``, ``compute_data_metrics`` and the ``fit`` of ``RayPPOTrainer`` and its subclasses in
-    verl's ``ray_trainer`` module, and its checkpointing (every place is checked before anything is patched)."""
+    """Extend verl's ``ray_trainer`` module (every place is checked before anything is patched)."""
     compat.require_all(ray_trainer)
     base = ray_trainer.RayPPOTrainer
     checkpoint.install(base)
-    _wrap_fit(base)
-    _wrap_fits_of_subclasses(base)
+    _extend_class(base)
+    _extend_subclasses(base)
     compat.patch(ray_trainer, "compute_data_metrics", wrap_compute_data_metrics)
     compat.patch(ray_trainer, "compute_advantage", wrap_compute_advantage)
+
+
+def install_separation(separation: ModuleType) -> None:
+    """Extend ``verl.experimental.separation.ray_trainer``: ``_fit_compute_advantage`` and ``compute_advantage``."""
+    compat.require_all(separation)
+    compat.patch(separation.SeparateRayPPOTrainer, "_fit_compute_advantage", wrap_fit_compute_advantage)
+    compat.patch(separation, "compute_advantage", wrap_compute_advantage)
+
+
+def install_fully_async(fully_async_trainer: ModuleType) -> None:
+    """Extend ``FullyAsyncTrainer`` (a Ray actor: its class behind the handle) as any subclass."""
+    actor = compat.require_all(fully_async_trainer)["FullyAsyncTrainer"]
+    _extend_class(getattr(actor, "__ray_actor_class__", actor))

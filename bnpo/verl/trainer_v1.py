@@ -1,18 +1,11 @@
 """bnpo in verl's v1 trainer, in every trainer mode (sync, colocate_async, separate_async).
 
-One extension of verl: ``install`` wraps ``PPOTrainer._compute_advantage`` in
-``verl/trainer/ppo/v1/trainer_base.py``, which every mode inherits and ``_step_once`` calls once per
-local update. For bnpo / ad_bnpo the wrapper is the trainer's advantage step of bnpo's trainer contract
-(``bnpo.verl.contract``: per-run check, scope, required statistics, metrics):
-- the scope holds what verl's ``_compute_advantage`` does not hand the estimator: the reward function's per-sample
-  scores for ad_bnpo (kept in TransferQueue), the agent-loop sessions, read from the TransferQueue keys
-  ``{uid}_{session_id}_{index}`` that verl's agent loop writes, and the trainer's own pooled fits;
-- the step's metrics go into the local update's metrics, which verl's ``MetricsAggregator`` reduces over the
-  step's local updates and logs through its tracker.
-``_save_checkpoint`` / ``_load_checkpoint`` also keep the pooled fits of ``fit_halflife`` (``bnpo.verl.checkpoint``),
-and ``PPOTrainer.__init__`` runs the contract's per-run check for a bnpo config, so verl's TaskRunner refuses the
-trainer before any rollout or validation.
-Other estimators run verl's method untouched. ``tests/test_verl_ray.py`` runs each mode's ``step`` through it.
+``install`` wraps ``PPOTrainer._compute_advantage`` (``verl/trainer/ppo/v1/trainer_base.py``; every mode inherits it,
+``_step_once`` calls it once per local update) as the trainer's advantage step of bnpo's trainer contract
+(``bnpo.verl.contract``). Its scope holds what verl does not hand the estimator: ad_bnpo's reward scores and the
+agent-loop sessions (keys ``{uid}_{session_id}_{index}``), both read from TransferQueue, and the trainer's pooled fits.
+The metrics go into the local update's, which verl's ``MetricsAggregator`` reduces over the step. It also wraps
+checkpointing (``bnpo.verl.checkpoint``) and ``PPOTrainer.__init__`` (the per-run check).
 """
 
 from __future__ import annotations
@@ -132,4 +125,4 @@ def install(trainer_base: ModuleType) -> None:
     compat.require_all(trainer_base)
     checkpoint.install(trainer_base.PPOTrainer)
     compat.patch(trainer_base.PPOTrainer, "_compute_advantage", extend)
-    compat.patch(trainer_base.PPOTrainer, "__init__", contract.checked_at_construction(lambda trainer: "v1"))
+    contract.check_at_construction(trainer_base.PPOTrainer, lambda trainer: "v1")

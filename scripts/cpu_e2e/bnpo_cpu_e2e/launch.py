@@ -4,8 +4,9 @@ One place for both users of the CPU port: ``scripts/run_cpu_smoke.sh`` (``python
 ``overrides`` print them for the shell) and ``python -m bnpo.demo``. Each entry marked "CPU:" works around a
 verl or vLLM assumption that fails on a CPU (docs/cpu-e2e.md); the others size a run for one machine.
 
-    python -m bnpo_cpu_e2e.launch env         # KEY=VALUE lines (the defaults give way to values already set)
-    python -m bnpo_cpu_e2e.launch overrides   # one Hydra override per line
+    python -m bnpo_cpu_e2e.launch env                 # KEY=VALUE lines (the defaults give way to values already set)
+    python -m bnpo_cpu_e2e.launch overrides           # one Hydra override per line
+    python -m bnpo_cpu_e2e.launch overrides cluster   # the same for a run on an existing Ray cluster (a Ray job)
 """
 
 from __future__ import annotations
@@ -57,6 +58,30 @@ CPU_OVERRIDES = [
 ]
 
 
+# The fresh local Ray instance, sized for this machine: left out on an existing cluster (a Ray job), whose nodes declare
+# their CPUs and logical GPUs at `ray start` (ray.init refuses num_cpus / num_gpus when it joins a cluster).
+LOCAL_RAY_OVERRIDES = (
+    "+ray_kwargs.ray_init.num_gpus=1",
+    "ray_kwargs.ray_init.num_cpus=8",
+    "+ray_kwargs.ray_init.address=local",
+)
+
+
+def cluster_overrides() -> list[str]:
+    """CPU_OVERRIDES for a run on an existing Ray cluster, e.g. in a job submitted with ``ray job submit``.
+
+    Without the local instance's settings, and with the CPU environment (CPU_ENV and CPU_ENV_DEFAULTS) in ray.init's
+    runtime env: on a cluster the Ray workers are started by each node's raylet, not by this process, so they get
+    the variables from there (verl merges ``ray_kwargs.ray_init.runtime_env`` into its own runtime env; in a job, Ray
+    merges that with the job's). Values quoted: Hydra would read ``1`` and ``false`` as a number and a bool, and Ray
+    takes strings only. The caller sets ``trainer.nnodes`` / ``trainer.n_gpus_per_node`` for its cluster.
+    """
+    env = {**CPU_ENV_DEFAULTS, **CPU_ENV}
+    return [override for override in CPU_OVERRIDES if override not in LOCAL_RAY_OVERRIDES] + [
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}='{value}'" for key, value in env.items()
+    ]
+
+
 def environment(base: dict[str, str]) -> dict[str, str]:
     """``base`` (e.g. ``os.environ``) with the CPU run's variables; RAY_ADDRESS removed."""
     env = {**CPU_ENV_DEFAULTS, **base, **CPU_ENV}
@@ -70,8 +95,10 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"{key}={env[key]}" for key in {**CPU_ENV_DEFAULTS, **CPU_ENV}))
     elif argv == ["overrides"]:
         print("\n".join(CPU_OVERRIDES))
+    elif argv == ["overrides", "cluster"]:
+        print("\n".join(cluster_overrides()))
     else:
-        print("usage: python -m bnpo_cpu_e2e.launch env|overrides", file=sys.stderr)
+        print("usage: python -m bnpo_cpu_e2e.launch env|overrides|'overrides cluster'", file=sys.stderr)
         return 2
     return 0
 

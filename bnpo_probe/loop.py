@@ -1,7 +1,7 @@
 """The gradient-noise probe's torch loop: warm-start a tiny policy, train it with RL, score batches at fixed policies.
 
-The probe (``bnpo.demo.probe``) measures per-batch policy gradients at fixed policies, which verl's trainer does
-not expose, so it keeps this loop of its own around verl's pieces; the verl demo (``python -m bnpo.demo``)
+The probe (``bnpo_probe.probe``) measures per-batch policy gradients at fixed policies, which verl's trainer does
+not expose, so it keeps this loop of its own around verl's pieces; bnpo's verl demo (``python -m bnpo.demo``)
 runs verl's trainer itself. For every seed the initial weights, the question stream and the sampler's random
 state are the same for every estimator. Each RL step follows verl's data flow: rollouts into a ``DataProto``
 (``repeat`` with a ``uid`` per question), a verifiable outcome reward on the last response token,
@@ -32,23 +32,18 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.torch_functional import get_constant_schedule_with_warmup, masked_mean
 from verl.workers.config import ActorConfig
 
-from bnpo.core.pooling import FitState
-from bnpo.core.stats import BNPOStats
-from bnpo.verl.context import estimator_scope
+from bnpo.core import BNPOStats, FitState
+from bnpo.verl import estimator_scope
 
 from .task import ReverseTask, build_policy, response_log_probs, sample_responses
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every hyperparameter of the demo. Defaults: ~3 minutes on 2 idle CPU cores."""
+    """Every hyperparameter of one training run of the loop (the estimator, the seed, the processes and what is
+    measured are the probe's: ``ProbeSettings``)."""
 
-    # experiment
-    estimators: tuple[str, ...] = ("bnpo", "grpo", "reinforce")
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    steps: int = 200
-    workers: int = 2  # runs in parallel processes
-    num_threads: int = 1  # torch intra-op threads per process
+    steps: int = 200  # RL steps (the probe runs to its last snapshot)
     # task: reverse 1..max_digits digits; longer strings are harder
     min_digits: int = 1
     max_digits: int = 6

@@ -1,11 +1,11 @@
-"""``python -m bnpo.demo probe``: the gradient noise of each estimator at a fixed policy, and what is possible.
+"""``python -m bnpo_probe``: the gradient noise of each estimator at a fixed policy, and what is possible.
 
-Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; the training
-demo's gradient-norm CV mixes that noise with the policy's drift over the run. The probe holds the policy fixed.
+Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; a training run's
+gradient norms mix that noise with the policy's drift over the run. The probe holds the policy fixed.
 At snapshots of a training run (``snapshots``: 0 is the warm-started policy) it draws ``batches`` = K independent
 batches exactly as training does (``prompts_per_step`` questions x ``rollout_n`` samples), and on each batch
 computes every estimator's gradient of the training loss: verl's ``compute_advantage``, then verl's ``vanilla``
-policy loss with the demo's aggregation, before clipping, at old_log_probs = the current log-probs (ratio 1).
+policy loss with the loop's aggregation, before clipping, at old_log_probs = the current log-probs (ratio 1).
 Every estimator sees the same K batches, so the comparison is paired. Every (regime, seed, snapshot) draws its
 own batches, and each purpose (warm-up, reference, probe) its own streams. The measures (``measures``):
 
@@ -45,10 +45,9 @@ import torch
 from tqdm.auto import tqdm
 from verl import DataProto
 
-from bnpo.core.beta import fit_beta_moments
-from bnpo.core.pooling import FitState
+from bnpo.core import FitState, fit_beta_moments
 
-from .probe_loop import (
+from .loop import (
     ESTIMATORS,
     EstimatorSpec,
     Settings,
@@ -73,7 +72,7 @@ from .theory import (
 )
 from .task import response_log_probs
 
-# Two regimes of per-question success rates, as overrides of the probe loop's Settings (bnpo.demo.probe_loop; measured
+# Two regimes of per-question success rates, as overrides of the probe loop's Settings (bnpo_probe.loop; measured
 # a, b: README). The probe trains its own policy in its own loop (its warm start, batch size and loss aggregation),
 # not the verl demo's (python -m bnpo.demo).
 REGIMES: dict[str, dict[str, Any]] = {
@@ -93,7 +92,8 @@ REFERENCE = "reinforce"  # its mean gradient estimates the direction of the true
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """Every setting of the probe. Defaults: about 5 minutes on 2 idle CPU cores."""
+    """Every setting of the probe: what it measures, and the processes; each regime's training run is the loop's
+    ``Settings`` with the regime's and ``loop_overrides``' changes. Defaults: about 5 minutes on 2 idle CPU cores."""
 
     estimators: tuple[str, ...] = (
         "reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior", "eb_loo", "bnpo_eb_loo",
@@ -109,7 +109,7 @@ class ProbeSettings:
     kappa_min_count: int = 10  # a level of p_hat with fewer questions shows no kappa estimate
     workers: int = 2  # (regime, seed) jobs in parallel processes
     num_threads: int = 1  # torch intra-op threads per process
-    demo_overrides: tuple[tuple[str, Any], ...] = ()  # applied to every regime's Settings (the smoke test's sizes)
+    loop_overrides: tuple[tuple[str, Any], ...] = ()  # applied to every regime's Settings (the smoke test's sizes)
 
     def __post_init__(self) -> None:
         unknown = [name for name in (*self.estimators, self.trainer) if name not in ESTIMATORS]
@@ -125,9 +125,9 @@ class ProbeSettings:
         if not self.seeds or not self.snapshots or min(self.snapshots) < 0:
             raise ValueError(f"need at least one seed and snapshots >= 0, got {self.seeds} and {self.snapshots}.")
 
-    def demo_settings(self, regime: str) -> Settings:
+    def loop_settings(self, regime: str) -> Settings:
         """The probe loop's Settings of a regime, run up to the last snapshot."""
-        s = replace(Settings(), **{**REGIMES[regime], **dict(self.demo_overrides)})
+        s = replace(Settings(), **{**REGIMES[regime], **dict(self.loop_overrides)})
         return replace(s, steps=max(self.snapshots))
 
     def units_per_job(self) -> int:
@@ -351,7 +351,7 @@ def probe_snapshot(
 
 def probe_job(p: ProbeSettings, regime: str, seed: int) -> list[dict[str, Any]]:
     """Warm start, a training run to the last snapshot, and the probe of every snapshot of one (regime, seed)."""
-    s = p.demo_settings(regime)
+    s = p.loop_settings(regime)
     initial = warm_start(s, seed)
     if s.steps > 0:
 

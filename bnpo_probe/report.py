@@ -1,22 +1,38 @@
-"""What the probe writes: probe_summary.json, table.md (docs/demo.md's tables) and three figures (probe_plots)."""
+"""What the probe writes: probe_summary.json, table.md (docs/demo.md's tables) and three figures (``plots``)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .portable import machine, machine_line
+from bnpo.demo.results import cpu_name
+
 from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
 
 MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
 SWEEP = ("alpha", "beta", "variance_ratio", "levels_ratio", "predicted_ratio", "flat_ratio", "paper_ratio",
          "signal_ratio", "noise_ratio")
 OUTPUTS = ("probe_summary.json", "table.md", "noise.png", "fits.png", "theorem.png")
+
+
+def machine() -> dict[str, object]:
+    """What the probe's numbers depend on: the CPU, the torch build and the kernels torch picked for the CPU (its
+    float32 sums differ between them: docs/demo.md, "Machines and reproduction")."""
+    import torch
+
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def machine_line(m: dict[str, object]) -> str:
+    """One line naming the machine of ``machine()``'s record, for the tables written beside a summary."""
+    return f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, {m['cpu_capability']} kernels."
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -255,7 +271,7 @@ def format_tables(summary: dict) -> str:
 
 def write_outputs(points: list[dict], p: ProbeSettings, out: Path) -> dict:
     """Write probe_summary.json, table.md and the figures into ``out``; returns the summary."""
-    from .probe_plots import plot
+    from .plots import plot
 
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(points, p)

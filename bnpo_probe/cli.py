@@ -1,14 +1,17 @@
-"""Options of ``python -m bnpo.demo probe``: every estimator's gradient noise at fixed policies (bnpo/demo/probe.py)."""
+"""``python -m bnpo_probe``: its options, and the run (every estimator's gradient noise at fixed policies: ``probe``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from . import probe
-from .probe_loop import ESTIMATORS
-from .probe import REGIMES, ProbeSettings
+from .loop import ESTIMATORS
+from .probe import REGIMES, ProbeSettings, run_probe
+from .report import OUTPUTS, format_tables, write_outputs
 
 QUICK = {"seeds": (0,), "snapshots": (0,), "batches": 16, "reference_batches": 32}
 # What the tests run: every code path, tiny sizes, a short warm start (its numbers mean nothing).
@@ -20,14 +23,14 @@ SMOKE = {
     "pool_warmup_batches": 2,
     "kappa_min_count": 1,
     "theorem_scales": (1.0,),
-    "demo_overrides": (("warm_start_steps", 60), ("prompts_per_step", 8), ("eval_questions", 16)),
+    "loop_overrides": (("warm_start_steps", 60), ("prompts_per_step", 8), ("eval_questions", 16)),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool]:
     defaults = ProbeSettings()
     parser = argparse.ArgumentParser(
-        prog="python -m bnpo.demo probe", description=probe.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bnpo_probe", description=probe.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("bnpo_probe_out"), help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="1 seed, the warm-started policy only, K = 16")
@@ -48,8 +51,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool
     )
     parser.add_argument("--workers", type=int, help=f"jobs in parallel processes (default: {defaults.workers})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--portable", action="store_true",
-                        help="numbers that do not depend on the CPU's instruction sets (slower; other machines may differ)")
     args = parser.parse_args(argv)
     if args.quick and args.smoke:
         parser.error("--quick and --smoke: choose one")
@@ -79,3 +80,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool
     if args.workers is not None:
         changes["workers"] = max(1, args.workers)
     return replace(defaults, **changes), args.out, not args.no_progress
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, out, show_progress = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    points = run_probe(settings, show_progress=show_progress)
+    summary = write_outputs(points, settings, out)
+    print(format_tables(summary))
+    print(f"\nprobe in {time.perf_counter() - start:.0f} s; wrote")
+    for name in OUTPUTS:
+        print(f"  {out / name}")
