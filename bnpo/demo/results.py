@@ -119,17 +119,14 @@ def outcomes(s: DemoSettings, runs: dict[str, dict], step: int, component: str) 
     first = runs[s.runs[0]["name"]]["validations"][0][component]
     questions = sorted(first)
     start = np.array([first[q] for q in questions])
-    end = {}
-    for estimator in s.estimators:
-        rows = []
-        for seed in s.seeds:
-            run = runs[f"{estimator}-seed{seed}"]["validations"]
-            if [run[0][component].get(q) for q in questions] != start.tolist() and s.val_temperature == 0:
-                raise ValueError(f"{estimator}-seed{seed}: its step-0 held-out results differ from "
-                                 f"{s.runs[0]['name']}'s, though every run starts from one checkpoint")
-            rows.append([run[step][component][q] for q in questions])
-        end[estimator] = np.array(rows)
-    return start, end
+    end = {estimator: [] for estimator in s.estimators}
+    for plan in s.runs:  # seeds in order within each estimator, as DemoSettings.runs names them
+        run = runs[plan["name"]]["validations"]
+        if [run[0][component].get(q) for q in questions] != start.tolist() and s.val_temperature == 0:
+            raise ValueError(f"{plan['name']}: its step-0 held-out results differ from "
+                             f"{s.runs[0]['name']}'s, though every run starts from one checkpoint")
+        end[plan["estimator"]].append([run[step][component][q] for q in questions])
+    return start, {estimator: np.array(rows) for estimator, rows in end.items()}
 
 
 def summarize(s: DemoSettings, paths: Paths, session: dict[str, Any]) -> dict[str, Any]:
