@@ -45,7 +45,7 @@ pytestmark = [
 HALFLIFE = 2.0
 STEPS, SAVE_FREQ = 4, 2
 JOB_TIMEOUT_S = 8 * 60  # one job: 4 steps took 156-173 s here (2 vCPUs), nearly all of it start-up
-LOST_NODE_S = 180  # from the raylet's kill to the job's end: 8-21 s measured; once verl hung (docs/verl.md)
+LOST_NODE_S = 180  # from the raylet's kill to the job's end: 8-21 s measured; bnpo's node watch bounds verl's hang
 # The job's log line of a training step, from verl's TaskRunner (Ray's prefix names the process that printed it)
 _TASK_RUNNER_STEP = re.compile(r"\((TaskRunnerV1) pid=(\d+)(?:, ip=[^)]*)?\)\S* step:(\d+) - ")
 _VLLM_SERVER = re.compile(r"\(vLLMHttpServer pid=(\d+)(?:, ip=[^)]*)?\)")
@@ -227,9 +227,6 @@ def test_a_job_on_two_nodes_trains_bnpo_on_the_gpu_node_with_the_estimator_on_th
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("BNPO_LOST_NODE_TEST") != "1", reason=(
-    "opt-in (BNPO_LOST_NODE_TEST=1): in 1 of 4 runs verl 0.9.1's v1 rollout waited for the lost node's samples past "
-    "the test's 180 s bound instead of failing (docs/verl.md#multi-node); until that is bounded it stays out of CI"))
 def test_world_size_two_across_the_nodes_survives_a_lost_node_and_resumes(reference_run, node_bin, tmp_path):
     """FSDP2 over gloo across the head and the worker node, a vLLM replica on each; the worker node's raylet killed
     after the step-2 checkpoint; the node restarted and the same submit command run again."""
@@ -272,15 +269,20 @@ def test_world_size_two_across_the_nodes_survives_a_lost_node_and_resumes(refere
         timing["kill_to_job_end_s"] = time.monotonic() - t_kill
         killed = (tmp_path / "killed.log").read_text(errors="replace")
         assert job.returncode == 1 and re.search(r"Job 'raysubmit_\w+' failed", killed), killed[-5000:]
-        # the job's error names an actor of the lost node by its Ray id: Ray's state API says which and where it ran
+        # the job names the lost node: bnpo's node watch (its id, in the error or, when it had to end the trainer's
+        # process, in the job's log before Ray's error), or Ray's error an actor of the node (by the actor's id; Ray's
+        # state API says where it ran), whichever comes first
         error = killed.rsplit("Status message:", 1)[-1]
         killed_actors = rc.job_actors(cluster.dashboard, rc.submission_id(killed))
         named = {a["actor_id"]: a for a in killed_actors if a["actor_id"] in error}
-        print("the job's error:", re.findall(r"ray\.exceptions\.\w+: .*", error)[-1:], "names",
-              [(a["class_name"], a["node_id"][:8], a["state"]) for a in named.values()], "lost", lost[:8],
+        print("the job's error:", re.findall(r"(?:ray\.exceptions|bnpo\.verl\.watchdog)\.\w+: .*", error)[-1:],
+              "names", [(a["class_name"], a["node_id"][:8], a["state"]) for a in named.values()], "lost", lost[:8],
               "placement", {k: [a["node_id"][:8] for a in v] for k, v in _by_class(killed_actors).items()})
-        assert re.search(r"ray\.exceptions\.(ActorUnavailableError|ActorDiedError)", error), error[-3000:]
-        assert named and all(a["node_id"] == lost for a in named.values()), (named, lost, error[-3000:])
+        ended = re.search(r"(ray\.exceptions\.(ActorUnavailableError|ActorDiedError)|RayNodeLost): ", killed)
+        assert ended, error[-3000:]
+        if f"bnpo: Ray node {lost} (" not in killed:
+            assert re.search(r"ray\.exceptions\.(ActorUnavailableError|ActorDiedError)", error), error[-3000:]
+            assert named and all(a["node_id"] == lost for a in named.values()), (named, lost, error[-3000:])
         # nothing after the checkpoint was trained; the step-2 line may be lost with the node when verl's TaskRunner
         # ran there (Ray places it on either node when both have a GPU; it prints a step after saving it)
         killed_steps = parse_step_metrics(killed)

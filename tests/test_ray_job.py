@@ -18,8 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import ray_cluster as rc
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -78,67 +78,20 @@ IN_JOB = (
 SECRETS = {"WANDB_API_KEY": "secret-wandb-key", "HF_TOKEN": "secret-hf-token", "HF_HOME": "/only/on/my/laptop"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture()
-def ray_head():
-    """A Ray head on loopback with a dashboard; yields its job-submission address."""
-    temp_dir = tempfile.mkdtemp(prefix="bnpo_ray_", dir="/tmp")  # short: Ray's unix sockets live here
-    port, dash_port = _free_port(), _free_port()
-    env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
-           # loopback-only test cluster; Ray >= 2.5x turns token auth on when ~/.ray/auth_token exists
-           "RAY_AUTH_MODE": "disabled"}
-    # every port this head listens on is a free one: other Ray instances on a shared machine hold the
-    # fixed defaults (the dashboard agent's 52365, the client server's 10001)
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash_port}"
+def ray_head(tmp_path):
+    """A Ray head on loopback with a dashboard (tests/ray_cluster.py), stopped by pid; yields its job-submission
+    address, the environment to use it with, its temp dir and its GCS address."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="bnpo_ray_", dir="/tmp"))  # short: Ray's unix sockets live here
+    env = rc.ray_env()
+    args, gcs, address = rc.head_args(temp_dir, num_cpus=1, num_gpus=0)
+    head = rc.RayNode("head", args, temp_dir, env, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert head.poll() is None, "ray start --head exited early"
-            probe = subprocess.run(["ray", "job", "list", "--address", address], env=env,
-                                   capture_output=True, text=True)
-            if probe.returncode == 0:
-                break
-            assert time.monotonic() < deadline, f"Ray dashboard did not come up: {probe.stderr[-2000:]}"
-            time.sleep(2)
-        yield address, env, temp_dir, f"127.0.0.1:{port}"
+        head.start()
+        rc.wait_for_nodes(address, [head], 1)
+        yield address, env, str(temp_dir), gcs
     finally:
-        # only what this test started: the head's process group, then anything left in its temp dir
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        for _ in range(2):
-            for pid in _pids_mentioning(temp_dir):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(1)
+        head.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

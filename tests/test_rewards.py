@@ -332,6 +332,15 @@ def test_parallel_memory_bombs_are_cut_off_and_the_workers_are_capped():
     assert reward_verify._WORKER_MEM_MB > 0 and set(limits) == {(cap, cap)}
 
 
+def test_the_workers_carry_no_torch():
+    """``bnpo`` imports its core (torch) on first use of its names, so a reward worker, which imports
+    ``bnpo.rewards``, does not load torch (this test process has: workers come from multiprocessing's fork server)."""
+    acc("\\boxed{1}", "1")
+    pool = rewards._POOL._ensure_pool()
+    loaded = pool.schedule(eval, ("[m for m in ('torch', 'bnpo.core') if m in __import__('sys').modules]",))
+    assert loaded.result(timeout=30) == [] and "torch" in sys.modules
+
+
 def test_a_forked_caller_gets_its_own_workers():
     acc("\\boxed{1}", "1")
     pid = os.fork()

@@ -68,6 +68,9 @@ def check_at_construction(cls: type, kind_of: Callable[[Any], str]) -> None:
                 "where bnpo cannot keep the pooled fit. Leave it unset (the paper's per-batch fit), or train "
                 "with main_ppo or one_step_off_policy."
             )
+        from .watchdog import watch  # imported by the process that trains only
+
+        watch(trainer)  # a Ray node of the run that dies ends it (verl 0.9.1 may wait for it forever)
 
     check_before_init(cls, check)
 
