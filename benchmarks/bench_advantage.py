@@ -1,34 +1,27 @@
 """Benchmark: the cost of the BNPO advantage against the published per-sample loop and verl's estimators.
 
 The advantage runs on the driver every step over the whole batch, so its cost grows with
-n_rollouts x response_len. Timed implementations (all through verl's registry unless noted):
+n_rollouts x response_len. Timed implementations (through verl's registry unless noted):
 
     bnpo             ours, get_adv_estimator_fn("bnpo")
     ad_bnpo          ours, two components ("acc", "format") read from non_tensor_batch
     reference_loop   the published code's structure (changyi7231/BNPO), re-implemented here: a Python loop
                      over samples, per-uid reward lists, then one torch.distributions.Beta per sample
-    grpo             verl's per-sample Python loop
-    grpo_vectorized  verl's vectorised GRPO
-    rloo_vectorized  verl's vectorised RLOO
+    grpo, grpo_vectorized, rloo_vectorized   verl's (grpo: its per-sample Python loop)
     floor            not an estimator: response_mask copied to float32, the one (bs, L) write any
                      estimator has to do (the lower bound)
 
-Inputs look like verl's: uids are an object array of uuid4 strings (16 rollouts per question, the batch
-shuffled as verl's balance_batch leaves it), token_level_rewards is float32 with the binary outcome
-reward on each response's last token, response_mask is int64 (verl's attention-mask dtype) with varied
-response lengths.
+Inputs look like verl's: uuid4 uids (16 rollouts per question, shuffled as balance_batch leaves them), float32
+token_level_rewards with the binary outcome on each response's last token, an int64 response_mask of varied lengths.
 
-Method: per size, every implementation is called once to warm up, then the repeats go round-robin over
-the implementations so that load from other processes hits them alike; the median is reported (wall clock,
-and the calling thread's CPU time, which leaves out time the OS gave other jobs).
-Each allocator setting (ALLOCATORS: glibc as it comes, and one that reuses freed memory) runs in a process of
-its own, and the report puts them side by side: verl's driver runs with the first, where every (bs, L) buffer
-of 32 MiB or more is fresh pages from the kernel on every call, so what an estimator costs there depends on how
-many such buffers it allocates as well as on how many passes it makes over them.
+Method: per size, each implementation is called once to warm up, then the repeats go round-robin over them so
+that load from other processes hits them alike; the median wall clock and calling-thread CPU time are reported.
+Each allocator setting (ALLOCATORS: glibc as it comes, and one that reuses freed memory) runs in a process of its
+own: verl's driver runs with the first, where every (bs, L) buffer of 32 MiB or more is fresh pages from the
+kernel on every call, so the cost depends on how many such buffers an estimator allocates, not only on its passes.
 Peak memory is measured in one more, untimed call:
-  cpu  - peak bytes held by tensors allocated during the call, from the torch profiler's CPU-allocator
-         events (profile_memory=True), plus the peak of Python / numpy allocations seen by tracemalloc in
-         the same call (an upper bound on the call's extra memory; the inputs are not counted).
+  cpu  - peak bytes of the tensors allocated in the call (the torch profiler's memory events), plus the peak of
+         Python / numpy allocations seen by tracemalloc (an upper bound; the inputs are not counted).
   cuda - torch.cuda.max_memory_allocated() during the call minus the memory allocated before it.
 The Python loops (reference_loop, grpo) are skipped above --slow-max-rollouts; the output says so.
 
@@ -71,15 +64,13 @@ except ImportError:  # a GPU machine with torch but no verl (scripts/gpu_check.s
 
 GROUP_SIZE = 16
 DEFAULT_SIZES = [(n, length) for n in (1024, 8192, 65536) for length in (1024, 4096)]
-# glibc's allocator settings the benchmark runs under (each in a process of its own: glibc reads them at start-up).
-# default: buffers above the mmap threshold (32 MiB at most) are fresh pages from the kernel on every call, so
-# every (bs, L) temporary costs page faults, as on verl's driver. reuse: freed memory is kept and handed out again.
+# glibc's allocator settings, each run in a process of its own (glibc reads them at start-up); reuse: freed
+# memory is kept and handed out again instead of every buffer above the mmap threshold being fresh pages.
 ALLOCATORS = {"default": {}, "reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}}
 QUICK_SIZES = [(1024, 1024), (8192, 1024)]
 AD_BNPO_CONFIG = {"bnpo": {"components": ["acc", "format"]}}
 
 
-# --------------------------------------------------------------------------------------------- inputs
 @dataclass
 class Batch:
     """One batch as verl hands it to the advantage estimator."""
@@ -110,7 +101,6 @@ def make_batch(n_rollouts: int, response_len: int, device: str, seed: int = 0) -
     return Batch(rewards, mask, uids[question], {"acc": acc, "format": fmt})
 
 
-# ----------------------------------------------------------------------- the published loop, re-done
 def reference_loop(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -119,14 +109,8 @@ def reference_loop(
     reward_max: float = 1.0,
     max_weight: float = 1e6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BNPO in the published code's per-sample structure (changyi7231/BNPO); the baseline to beat.
-
-    Args:
-        token_level_rewards: (bs, L); response_mask: (bs, L); index: (bs,) uids.
-
-    Returns:
-        advantages, returns: (bs, L), equal.
-    """
+    """BNPO in the published code's per-sample structure (changyi7231/BNPO), the baseline to beat: (bs, L)
+    advantages and returns (equal) from (bs, L) rewards and mask and (bs,) uids."""
     scores = (token_level_rewards.sum(dim=-1) - reward_min) / (reward_max - reward_min)
     with torch.no_grad():
         rewards_of = defaultdict(list)
@@ -151,7 +135,6 @@ def reference_loop(
     return advantages, advantages
 
 
-# ------------------------------------------------------------------------------------ implementations
 @dataclass(frozen=True)
 class Impl:
     name: str
@@ -182,27 +165,20 @@ def _core_bnpo(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return advantages, returns
 
 
-_VERL_IMPLS = (
-    Impl("bnpo", _registry_call("bnpo", config=None)),
-    Impl("ad_bnpo", _ad_bnpo),
-    Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
-    Impl("grpo", _registry_call("grpo"), slow=True),
-    Impl("grpo_vectorized", _registry_call("grpo_vectorized")),
-    Impl("rloo_vectorized", _registry_call("rloo_vectorized")),
-    Impl("floor", _floor),
-) if verl is not None else ()
-_CORE_IMPLS = (
-    Impl("bnpo", _core_bnpo),
-    Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), slow=True),
-    Impl("floor", _floor),
-)
-IMPLS = {impl.name: impl for impl in (_VERL_IMPLS or _CORE_IMPLS)}
+_REFERENCE = Impl("reference_loop", lambda b: reference_loop(b.token_level_rewards, b.response_mask, b.index), True)
+if verl is not None:
+    _IMPLS = (Impl("bnpo", _registry_call("bnpo", config=None)), Impl("ad_bnpo", _ad_bnpo), _REFERENCE,
+              Impl("grpo", _registry_call("grpo"), slow=True), *(Impl(name, _registry_call(name)) for name in
+                                                                 ("grpo_vectorized", "rloo_vectorized")),
+              Impl("floor", _floor))
+else:
+    _IMPLS = (Impl("bnpo", _core_bnpo), _REFERENCE, Impl("floor", _floor))
+IMPLS = {impl.name: impl for impl in _IMPLS}
 
 # Pairs that must agree on every benchmark batch: (impl, impl it is checked against, rtol).
 CHECKS = (("reference_loop", "bnpo", 1e-4), ("grpo", "grpo_vectorized", 1e-4))
 
 
-# -------------------------------------------------------------------------------------------- measure
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -250,17 +226,11 @@ def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int, impl_names) -> dict:
     impls = [IMPLS[name] for name in impl_names]
-    plan, skipped = [], []
-    for device in devices:
-        for n, length in sizes:
-            chosen = []
-            for impl in impls:
-                if impl.slow and n > slow_max_rollouts:
-                    skipped.append(dict(impl=impl.name, n_rollouts=n, response_len=length, device=device,
-                                        reason=f"Python per-sample loop; n_rollouts > --slow-max-rollouts={slow_max_rollouts}"))
-                else:
-                    chosen.append(impl)
-            plan.append((device, n, length, chosen))
+    plan = [(device, n, length, [i for i in impls if not (i.slow and n > slow_max_rollouts)])
+            for device in devices for n, length in sizes]
+    skipped = [dict(impl=i.name, n_rollouts=n, response_len=length, device=device,
+                    reason=f"Python per-sample loop; n_rollouts > --slow-max-rollouts={slow_max_rollouts}")
+               for device, n, length, chosen in plan for i in impls if i not in chosen]
     calls = sum(len(c) * 2 + sum(slow_repeats if i.slow else repeats for i in c) for *_, c in plan)
     results, checks = [], []
     with tqdm(total=calls, unit="call", desc="advantage benchmark", file=sys.stderr) as bar:
@@ -300,7 +270,6 @@ def run(sizes, devices, repeats: int, slow_repeats: int, slow_max_rollouts: int,
     return {"results": results, "skipped": skipped, "checks": checks}
 
 
-# --------------------------------------------------------------------------------------------- report
 def cpu_model() -> str:
     """The CPU's model name as ``lscpu`` reports it, or the architecture where lscpu is missing."""
     try:
@@ -341,6 +310,10 @@ def _fmt_bytes(nbytes: int) -> str:
     return f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
+def _env_text(allocator: str) -> str:
+    return " ".join(f"{k}={v}" for k, v in ALLOCATORS.get(allocator, {}).items()) or "glibc as it comes"
+
+
 def _ratio(row: dict, num: str, den: str, key: str = "median_s") -> str:
     return f"{row[num][key] / row[den][key]:.2f}" if num in row and den in row else "-"
 
@@ -352,27 +325,25 @@ def report(data: dict) -> str:
         rows[(r["device"], r["n_rollouts"], r["response_len"])].setdefault(r["allocator"], {})[r["impl"]] = r
     allocators = [a for a in [*ALLOCATORS, "custom"] if any(a in by for by in rows.values())]
     names = [name for name in IMPLS if any(name in row for by in rows.values() for row in by.values())]
+    def table(heads: list, cells_of: Callable[[dict], list]) -> list:
+        out = ["| device | n_rollouts x L | allocator | " + " | ".join(heads) + " |",
+               "|---|---|---|" + "---|" * len(heads)]
+        for (device, n, length), by in rows.items():
+            out += [f"| {device} | {n} x {length} | {alloc} | " + " | ".join(cells_of(row)) + " |"
+                    for alloc, row in by.items()]
+        return out
+
     lines = ["Median time per call (peak extra memory), each allocator setting in its own process "
-             + "; ".join(f"{a}: {' '.join(f'{k}={v}' for k, v in ALLOCATORS.get(a, {}).items()) or 'glibc as it comes'}"
-                         for a in allocators) + ":", "",
-             "| device | n_rollouts x L | allocator | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
-    for (device, n, length), by in rows.items():
-        for alloc, row in by.items():
-            cells = [f"{_fmt_s(row[x]['median_s'])} ({_fmt_bytes(row[x]['peak_mem_bytes'])})" if x in row else "skipped"
-                     for x in names]
-            lines.append(f"| {device} | {n} x {length} | {alloc} | " + " | ".join(cells) + " |")
+             + "; ".join(f"{a}: {_env_text(a)}" for a in allocators) + ":", ""]
+    lines += table(names, lambda row: [f"{_fmt_s(row[x]['median_s'])} ({_fmt_bytes(row[x]['peak_mem_bytes'])})"
+                                       if x in row else "skipped" for x in names])
     ratios = [("bnpo", "grpo_vectorized"), ("bnpo", "floor"), ("ad_bnpo", "grpo_vectorized"), ("ad_bnpo", "floor"),
               ("reference_loop", "bnpo")]
     ratios = [(a, b) for a, b in ratios if a in names and b in names]
     lines += ["", "Ratios of medians, wall clock (in brackets: of the calling thread's CPU time, which leaves out "
-              "time the OS gave other jobs):", "",
-              "| device | n_rollouts x L | allocator | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |",
-              "|---|---|---|" + "---|" * len(ratios)]
-    for (device, n, length), by in rows.items():
-        for alloc, row in by.items():
-            cells = [f"{_ratio(row, a, b)} ({_ratio(row, a, b, 'median_cpu_s')})" for a, b in ratios]
-            lines.append(f"| {device} | {n} x {length} | {alloc} | " + " | ".join(cells) + " |")
+              "time the OS gave other jobs):", ""]
+    lines += table([f"{a} / {b}" for a, b in ratios],
+                   lambda row: [f"{_ratio(row, a, b)} ({_ratio(row, a, b, 'median_cpu_s')})" for a, b in ratios])
     lines.append("")
     for s in data["skipped"]:
         # A per-sample loop costs about the same per sample at any batch size: extrapolate linearly.
@@ -436,9 +407,8 @@ def plot(data: dict, path: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("n_rollouts x response_len (elements of the advantage tensor)")
         run_info = data.get("runs", {}).get(alloc, {})
-        env = " ".join(f"{k}={v}" for k, v in ALLOCATORS.get(alloc, {}).items()) or "glibc as it comes"
-        ax.set_title(f"allocator: {alloc} ({env})\nload avg {run_info.get('load_avg_1m_before', float('nan')):.1f} "
-                     "at start", fontsize=9)
+        load = run_info.get("load_avg_1m_before", float("nan"))
+        ax.set_title(f"allocator: {alloc} ({_env_text(alloc)})\nload avg {load:.1f} at start", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("median time per call (s)")
@@ -451,7 +421,6 @@ def plot(data: dict, path: str) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for item in text.split(","):
@@ -511,7 +480,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # a re-run for another allocator
     args = parser.parse_args(argv)
 
-    sizes = DEFAULT_SIZES
     if args.quick:
         sizes, repeats = QUICK_SIZES, args.repeats or 5
     elif args.smoke:
@@ -533,14 +501,8 @@ def main(argv=None) -> int:
     wanted = args.allocator or ("current" if args.smoke or "cpu" not in devices else "both")
     wanted = list(ALLOCATORS) if wanted == "both" else [here if wanted == "current" else wanted]
     # what the re-runs are given: these arguments without the ones each sets itself
-    passed, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--allocator", "--json", "--plot"):
-            skip = True
-        elif not arg.startswith(("--allocator=", "--json=", "--plot=")):
-            passed.append(arg)
+    own = ("--allocator", "--json", "--plot")
+    passed = [arg for i, arg in enumerate(argv) if not arg.startswith(own) and (i == 0 or argv[i - 1] not in own)]
 
     data = {"results": [], "skipped": [], "checks": [], "machine": machine(), "runs": {}}
     for allocator in wanted:

@@ -1,13 +1,11 @@
 """The gradient-noise probe's torch loop: warm-start a tiny policy, train it with RL, score batches at fixed policies.
 
-The probe (``bnpo_probe.probe``) measures per-batch policy gradients at fixed policies, which verl's trainer does
-not expose, so it keeps this loop of its own around verl's pieces; bnpo's verl demo (``python -m bnpo.demo``)
-runs verl's trainer itself. For every seed the initial weights, the question stream and the sampler's random
-state are the same for every estimator. Each RL step follows verl's data flow: rollouts into a ``DataProto``
-(``repeat`` with a ``uid`` per question), a verifiable outcome reward on the last response token,
-``old_log_probs`` from a no-grad forward pass, verl's ``compute_advantage`` with the estimator from verl's
-registry, then PPO mini-batch updates with verl's ``vanilla`` policy loss (dual-clip, ``agg_loss`` aggregation)
-and a plain torch optimizer.
+The probe needs per-batch policy gradients at fixed policies, which verl's trainer does not expose, so it keeps
+this loop around verl's pieces (the verl demo, ``python -m bnpo.demo``, runs verl's trainer itself). Per seed the
+initial weights, question stream and sampler state are the same for every estimator. Each RL step follows verl's
+data flow: rollouts into a ``DataProto`` (a ``uid`` per question), the outcome reward on the last response token,
+``old_log_probs`` without gradients, verl's ``compute_advantage`` with the registry's estimator, then PPO
+mini-batch updates with verl's ``vanilla`` policy loss and a plain torch optimizer.
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ from .task import ReverseTask, build_policy, response_log_probs, sample_response
 
 @dataclass(frozen=True)
 class Settings:
-    """Every hyperparameter of one training run of the loop (the estimator, the seed, the processes and what is
-    measured are the probe's: ``ProbeSettings``)."""
+    """Every hyperparameter of one training run (estimator, seed, processes, measures: ``ProbeSettings``)."""
 
     steps: int = 200  # RL steps (the probe runs to its last snapshot)
     # task: reverse 1..max_digits digits; longer strings are harder
@@ -96,29 +93,22 @@ class EstimatorSpec:
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "bnpo": EstimatorSpec("bnpo", bnpo={}, description="BNPO, adaptive (alpha, beta) = (1 + a/3, 1 + b/3)"),
     "grpo": EstimatorSpec("grpo", description="verl's GRPO: (R - mean) / std per question"),
-    "reinforce": EstimatorSpec(
-        "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0}, description="REINFORCE with baseline: BNPO at (1, 1)"
-    ),
-    "grpo_no_std": EstimatorSpec(
-        "grpo", norm_adv_by_std_in_grpo=False, description="verl's GRPO without std: REINFORCE with baseline"
-    ),
+    "reinforce": EstimatorSpec("bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0},
+                               description="REINFORCE with baseline: BNPO at (1, 1)"),
+    "grpo_no_std": EstimatorSpec("grpo", norm_adv_by_std_in_grpo=False,
+                                 description="verl's GRPO without std: REINFORCE with baseline"),
     "rloo": EstimatorSpec("rloo", description="verl's RLOO: leave-one-out baseline"),
     # the opt-in options of algorithm.bnpo: a steadier Beta fit, an empirical-Bayes baseline
-    "bnpo_pooled": EstimatorSpec(
-        "bnpo", bnpo={"fit_halflife": 10.0}, description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"
-    ),
+    "bnpo_pooled": EstimatorSpec("bnpo", bnpo={"fit_halflife": 10.0},
+                                 description="BNPO, the Beta fit's moments pooled over steps (half-life 10)"),
     "bnpo_posterior": EstimatorSpec(
         "bnpo", bnpo={"baseline": "posterior_mean"},
-        description="BNPO, baseline: posterior mean of p(q) under the deconvolved Beta prior",
-    ),
+        description="BNPO, baseline: posterior mean of p(q) under the deconvolved Beta prior"),
     # the empirical-Bayes leave-one-out baseline, alone (weight 1) and with BNPO's weight
-    "eb_loo": EstimatorSpec(
-        "bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "baseline": "eb_loo"},
-        description="REINFORCE with the eb_loo baseline: BNPO at (1, 1), baseline: eb_loo",
-    ),
-    "bnpo_eb_loo": EstimatorSpec(
-        "bnpo", bnpo={"baseline": "eb_loo"}, description="BNPO, adaptive (alpha, beta), baseline: eb_loo"
-    ),
+    "eb_loo": EstimatorSpec("bnpo", bnpo={"fixed_alpha": 1.0, "fixed_beta": 1.0, "baseline": "eb_loo"},
+                            description="REINFORCE with the eb_loo baseline: BNPO at (1, 1), baseline: eb_loo"),
+    "bnpo_eb_loo": EstimatorSpec("bnpo", bnpo={"baseline": "eb_loo"},
+                                 description="BNPO, adaptive (alpha, beta), baseline: eb_loo"),
 }
 
 
@@ -145,19 +135,10 @@ def algorithm_config(spec: EstimatorSpec) -> Any:
 
 def actor_config(s: Settings) -> ActorConfig:
     """verl's actor config, carrying the recipe's clip and aggregation settings to the policy loss."""
-    return ActorConfig(
-        strategy="fsdp",
-        rollout_n=s.rollout_n,
-        ppo_mini_batch_size=s.ppo_mini_batch_size,
-        ppo_micro_batch_size_per_gpu=s.ppo_mini_batch_size,
-        clip_ratio_low=s.clip_ratio_low,
-        clip_ratio_high=s.clip_ratio_high,
-        clip_ratio_c=s.clip_ratio_c,
-        loss_agg_mode=s.loss_agg_mode,
-        entropy_coeff=0.0,
-        use_kl_loss=False,
-        use_torch_compile=False,
-    )
+    return ActorConfig(strategy="fsdp", rollout_n=s.rollout_n, ppo_mini_batch_size=s.ppo_mini_batch_size,
+                       ppo_micro_batch_size_per_gpu=s.ppo_mini_batch_size, clip_ratio_low=s.clip_ratio_low,
+                       clip_ratio_high=s.clip_ratio_high, clip_ratio_c=s.clip_ratio_c, loss_agg_mode=s.loss_agg_mode,
+                       entropy_coeff=0.0, use_kl_loss=False, use_torch_compile=False)
 
 
 def warm_start(s: Settings, seed: int) -> dict[str, torch.Tensor]:
@@ -183,9 +164,8 @@ def evaluate(s: Settings, model: torch.nn.Module, seed: int) -> dict[str, float]
     task = s.task
     prompts = task.sample_prompts(s.eval_questions, torch.Generator().manual_seed(20_000 + seed))
     prompts = prompts.repeat_interleave(s.eval_samples, dim=0)
-    responses, _ = sample_responses(
-        model, prompts, task.response_length, s.temperature, torch.Generator().manual_seed(30_000 + seed)
-    )
+    sampler = torch.Generator().manual_seed(30_000 + seed)
+    responses, _ = sample_responses(model, prompts, task.response_length, s.temperature, sampler)
     scores = {"reward": task.reward(prompts, responses), **task.reward_components(prompts, responses)}
     return {key: value.mean().item() for key, value in scores.items()}
 
@@ -212,40 +192,28 @@ def rollout(s: Settings, model: torch.nn.Module, questions: torch.Tensor, sample
     return batch
 
 
-def estimate_advantages(
-    spec: EstimatorSpec, batch: DataProto, fit_state: Optional[FitState] = None
-) -> tuple[DataProto, Optional[BNPOStats]]:
+def estimate_advantages(spec: EstimatorSpec, batch: DataProto,
+                        fit_state: Optional[FitState] = None) -> tuple[DataProto, Optional[BNPOStats]]:
     """verl's ``compute_advantage`` with this estimator on a shallow copy of ``batch``, and BNPO's statistics
     (None for other estimators). ``fit_state``: the run's pooled fits (``fit_halflife``)."""
     components = {key: batch.non_tensor_batch[key] for key in (spec.bnpo or {}).get("components", ())}
     with estimator_scope(fit_state, fields=components) as scope:  # ad_bnpo reads its components from the scope
         # select with the keys named makes a new TensorDict (sharing the tensors): the advantages land on the copy
-        scored = compute_advantage(
-            batch.select(batch_keys=list(batch.batch.keys())),
-            spec.adv_estimator,
-            norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo,
-            config=algorithm_config(spec),
-        )
+        scored = compute_advantage(batch.select(batch_keys=list(batch.batch.keys())), spec.adv_estimator,
+                                   norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo, config=algorithm_config(spec))
     return scored, scope.stats
 
 
-def policy_loss(
-    s: Settings, log_prob: torch.Tensor, batch: DataProto, actor_cfg: ActorConfig
-) -> tuple[torch.Tensor, dict[str, Any]]:
+def policy_loss(s: Settings, log_prob: torch.Tensor, batch: DataProto,
+                actor_cfg: ActorConfig) -> tuple[torch.Tensor, dict[str, Any]]:
     """verl's policy loss (``vanilla``: dual-clip PPO with ``agg_loss``) of the batch's advantages at ``log_prob``."""
     return get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)(
-        old_log_prob=batch.batch["old_log_probs"],
-        log_prob=log_prob,
-        advantages=batch.batch["advantages"],
-        response_mask=batch.batch["response_mask"].bool(),
-        loss_agg_mode=s.loss_agg_mode,
-        config=actor_cfg,
-    )
+        old_log_prob=batch.batch["old_log_probs"], log_prob=log_prob, advantages=batch.batch["advantages"],
+        response_mask=batch.batch["response_mask"].bool(), loss_agg_mode=s.loss_agg_mode, config=actor_cfg)
 
 
-def ppo_update(
-    s: Settings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DataProto, actor_cfg: ActorConfig
-) -> dict[str, float]:
+def ppo_update(s: Settings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DataProto,
+               actor_cfg: ActorConfig) -> dict[str, float]:
     """One PPO epoch over the batch in mini-batches; returns the mean of each mini-batch metric."""
     collected: dict[str, list[float]] = {}
     for mini in batch.split(s.ppo_mini_batch_size * s.rollout_n):
@@ -270,15 +238,10 @@ def batch_metrics(s: Settings, batch: DataProto) -> dict[str, float]:
     p_hat = reward.view(-1, s.rollout_n).mean(dim=1)
     advantage = batch.batch["advantages"][:, 0]  # outcome estimators broadcast one value over the response
     parts = {key: float(np.mean(batch.non_tensor_batch[key])) for key in s.task.components}
-    return {
-        "reward": reward.mean().item(),
-        **parts,
-        "mixed_frac": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
-        "adv_mean": advantage.mean().item(),
-        "adv_std": advantage.std().item(),
-        "adv_abs_max": advantage.abs().max().item(),
-        "response_length": batch.batch["response_mask"].sum(dim=1).float().mean().item(),
-    }
+    return {"reward": reward.mean().item(), **parts, "mixed_frac": ((p_hat > 0) & (p_hat < 1)).float().mean().item(),
+            "adv_mean": advantage.mean().item(), "adv_std": advantage.std().item(),
+            "adv_abs_max": advantage.abs().max().item(),
+            "response_length": batch.batch["response_mask"].sum(dim=1).float().mean().item()}
 
 
 _PROGRESS: Optional[Any] = None  # where finished units of work go: a worker's queue, or the bar's callback
@@ -301,14 +264,8 @@ def _send_progress(row: dict) -> None:
     report_progress({key: row[key] for key in ("estimator", "seed", "reward", "grad_norm")})
 
 
-def train(
-    s: Settings,
-    name: str,
-    seed: int,
-    initial_state: dict,
-    on_step: Callable[[dict], None] = _send_progress,
-    keep_states: Sequence[int] = (),
-) -> RunResult:
+def train(s: Settings, name: str, seed: int, initial_state: dict, on_step: Callable[[dict], None] = _send_progress,
+          keep_states: Sequence[int] = ()) -> RunResult:
     """One RL run of estimator ``name`` from the seed's warm-started weights; ``on_step`` sees each metric row.
 
     ``keep_states``: the steps after which the weights are kept in ``RunResult.states`` (0: the initial weights).

@@ -1,35 +1,29 @@
 """``python -m bnpo_probe``: the gradient noise of each estimator at a fixed policy, and what is possible.
 
 Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; a training run's
-gradient norms mix that noise with the policy's drift over the run. The probe holds the policy fixed.
-At snapshots of a training run (``snapshots``: 0 is the warm-started policy) it draws ``batches`` = K independent
-batches exactly as training does (``prompts_per_step`` questions x ``rollout_n`` samples), and on each batch
-computes every estimator's gradient of the training loss: verl's ``compute_advantage``, then verl's ``vanilla``
-policy loss with the loop's aggregation, before clipping, at old_log_probs = the current log-probs (ratio 1).
-Every estimator sees the same K batches, so the comparison is paired. Every (regime, seed, snapshot) draws its
-own batches, and each purpose (warm-up, reference, probe) its own streams. The measures (``measures``):
+gradient norms mix that noise with the policy's drift, so the probe holds the policy fixed. At snapshots of a
+training run (``snapshots``; 0 is the warm-started policy) it draws ``batches`` = K independent training-like
+batches, and on each computes every estimator's gradient of the training loss (verl's ``compute_advantage``, then
+verl's ``vanilla`` policy loss at ratio 1, before clipping). Every estimator sees the same K batches (paired);
+each (regime, seed, snapshot) and each purpose (warm-up, reference, probe) draws its own streams. Measures:
 
-    per-batch noise  tr Cov(g) / ||E g||^2 of one batch's gradient, both unbiased. Scale-free (an estimator times
-                     a constant has the same noise); lower is steadier.
-    unbiased cosine  cos(E g, grad J) with both squared norms debiased: g_ref, the REINFORCE gradients of
-                     ``reference_batches`` further batches, estimates the direction of grad J (REINFORCE with the
-                     group-mean baseline has expectation (m-1)/m grad J). It does not move with the noise, so it
-                     shows the bias that reweighting questions brings.
+    per-batch noise  tr Cov(g) / ||E g||^2 of one batch's gradient, both unbiased; scale-free, lower is steadier.
+    unbiased cosine  cos(E g, grad J) with both squared norms debiased, grad J's direction estimated from the
+                     REINFORCE gradients of ``reference_batches`` further batches (their expectation is (m-1)/m
+                     grad J). It does not move with the noise, so it shows the bias that reweighting brings.
     fits             the spread of the fitted a, b, alpha, beta over the K batches (BNPO estimators).
 
-``bnpo_pooled`` (``algorithm.bnpo.fit_halflife``) needs a history. Protocol: at each snapshot its pool is warmed
-with ``pool_warmup_batches`` = W batches drawn at the snapshot (W = 4 half-lives: 94% of a stationary pool's
-weight), and each of the K batches is scored with a fresh copy of that warmed pool plus the batch: what a run
-whose policy stood still would see, and the K batches stay independent of each other.
+``bnpo_pooled`` (``fit_halflife``) needs a history: at each snapshot its pool is warmed with
+``pool_warmup_batches`` = W batches (4 half-lives: 94% of a stationary pool's weight), and each of the K batches
+is scored with a fresh copy of that pool: what a run whose policy stood still would see, the K batches independent.
 
-Theory at each snapshot (``theory``). The W warm-up batches give the Beta fit of p_hat (a, b) and the
-deconvolved fit of p. BNPO with the fixed normaliser (1 + t a/3, 1 + t b/3) is measured for t in
-``theorem_scales`` (t = 0 is REINFORCE, t = 1 the theorem's choice) beside two predictions of its variance: the
-paper's formula (continuous p ~ Beta(a, b)) and the one for the estimator as it is (m samples, p deconvolved,
-kappa measured by level). For each question with mixed outcomes of the K batches, kappa = ||h_q||^2 /
-(m p_hat (1 - p_hat)) with h_q = sum_o (s_o - p_hat) grad log pi(o); the theorem assumes it does not depend on
-p_hat. The same h_q, projected on grad J, give the least noise a per-question weight could reach; the deconvolved
-spread gives the least a reward-only baseline could reach.
+Theory (``theory``): the W warm-up batches give the Beta fit of p_hat (a, b) and the deconvolved fit of p. BNPO
+with the fixed normaliser (1 + t a/3, 1 + t b/3), t in ``theorem_scales`` (t = 0: REINFORCE, t = 1: the theorem's),
+is measured beside the paper's prediction (continuous p ~ Beta(a, b)) and the one for the estimator as it is (m
+samples, p deconvolved, kappa measured by level). Per question with mixed outcomes, kappa = ||h_q||^2 /
+(m p_hat (1 - p_hat)) with h_q = sum_o (s_o - p_hat) grad log pi(o); the theorem assumes it flat in p_hat. The h_q
+projected on grad J give the least noise a per-question weight could reach; the deconvolved spread, the least a
+reward-only baseline could reach.
 """
 
 from __future__ import annotations
@@ -47,30 +41,12 @@ from verl import DataProto
 
 from bnpo.core import FitState, fit_beta_moments
 
-from .loop import (
-    ESTIMATORS,
-    EstimatorSpec,
-    Settings,
-    actor_config,
-    estimate_advantages,
-    policy_loss,
-    report_progress,
-    rollout,
-    run_jobs,
-    train,
-    warm_start,
-)
+from .loop import (ESTIMATORS, EstimatorSpec, Settings, actor_config, estimate_advantages, policy_loss,
+                   report_progress, rollout, run_jobs, train, warm_start)
 from .measures import GradientSums, kappa_by_level, measure, spread
-from .theory import (
-    deconvolved_fit,
-    eb_limit,
-    finite_m_variance,
-    level_pmf,
-    reweighting_bound,
-    theorem_normaliser,
-    theorem_variance,
-)
 from .task import response_log_probs
+from .theory import (deconvolved_fit, eb_limit, finite_m_variance, level_pmf, reweighting_bound, theorem_normaliser,
+                     theorem_variance)
 
 # Two regimes of per-question success rates, as overrides of the probe loop's Settings (bnpo_probe.loop; measured
 # a, b: README). The probe trains its own policy in its own loop (its warm start, batch size and loss aggregation),
@@ -95,9 +71,8 @@ class ProbeSettings:
     """Every setting of the probe: what it measures, and the processes; each regime's training run is the loop's
     ``Settings`` with the regime's and ``loop_overrides``' changes. Defaults: about 5 minutes on 2 idle CPU cores."""
 
-    estimators: tuple[str, ...] = (
-        "reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior", "eb_loo", "bnpo_eb_loo",
-    )
+    estimators: tuple[str, ...] = ("reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior", "eb_loo",
+                                   "bnpo_eb_loo")
     regimes: tuple[str, ...] = ("u_shaped", "unimodal")
     seeds: tuple[int, ...] = (0, 1, 2)
     snapshots: tuple[int, ...] = (0, 100)  # RL steps of the training run at which the policy is probed
@@ -136,9 +111,6 @@ class ProbeSettings:
         return max(self.snapshots) + len(self.snapshots) * per_snapshot
 
 
-# ------------------------------------------------------------------------------------- one probe job
-
-
 def _generator(*parts: Any) -> torch.Generator:
     """A generator seeded from ``parts`` (stable across runs and processes)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -152,9 +124,8 @@ def draw_batches(s: Settings, model: torch.nn.Module, key: tuple, purpose: str, 
         yield rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
 
 
-def batch_gradients(
-    s: Settings, model: torch.nn.Module, batch: DataProto, specs: dict[str, EstimatorSpec], pools: dict[str, dict]
-) -> dict[str, tuple[torch.Tensor, Any]]:
+def batch_gradients(s: Settings, model: torch.nn.Module, batch: DataProto, specs: dict[str, EstimatorSpec],
+                    pools: dict[str, dict]) -> dict[str, tuple[torch.Tensor, Any]]:
     """Each estimator's gradient (P,) of the training loss on ``batch``, and its BNPO statistics.
 
     One forward pass; the loss is verl's policy loss at ratio 1 (old_log_probs are the snapshot's own). An
@@ -196,9 +167,8 @@ def warm_pools(specs: dict[str, EstimatorSpec], warmup: list[DataProto]) -> dict
     return pools
 
 
-def question_gradients(
-    s: Settings, model: torch.nn.Module, batch: DataProto, direction: torch.Tensor
-) -> tuple[list[int], list[float], list[float]]:
+def question_gradients(s: Settings, model: torch.nn.Module, batch: DataProto,
+                       direction: torch.Tensor) -> tuple[list[int], list[float], list[float]]:
     """Per question with mixed outcomes: its level j (p_hat = j/m), ||h_q||^2 and h_q . direction, where
     h_q = sum_o (s_o - p_hat) grad log pi(o), from verl's loss on the question's samples with REINFORCE's
     advantages; ``direction`` (P,) a unit vector. Three lists of equal length (one backward pass per question)."""
@@ -230,10 +200,8 @@ def warmup_fits(s: Settings, warmup: list[DataProto]) -> tuple[torch.Tensor, Any
     return p_hat, fit_beta_moments(p_hat), deconvolved_fit(p_hat.numpy(), within.numpy(), count.numpy())
 
 
-def theorem_sweep(
-    p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict, kappa: dict,
-    questions: int,
-) -> dict[str, dict]:
+def theorem_sweep(p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict,
+                  kappa: dict, questions: int) -> dict[str, dict]:
     """The fixed-normaliser sweep: measured variance, signal and noise against t = 0 (REINFORCE), beside four
     predictions of the variance ratio, from the most to the least of Theorem 1's model:
 
@@ -275,9 +243,8 @@ def _ratio(value: float, reference: float) -> float:
     return value / reference if 0 < reference < math.inf else math.nan
 
 
-def probe_snapshot(
-    p: ProbeSettings, s: Settings, regime: str, seed: int, step: int, state: dict[str, torch.Tensor]
-) -> dict[str, Any]:
+def probe_snapshot(p: ProbeSettings, s: Settings, regime: str, seed: int, step: int,
+                   state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Every measurement at one snapshot (a fixed policy): a JSON-ready dict."""
     model = s.policy(seed)
     model.load_state_dict(state)
@@ -330,23 +297,13 @@ def probe_snapshot(
     kappa = kappa_by_level(level / m, kappa_values, m, p.kappa_min_count)
     questions = p.batches * s.prompts_per_step
     sweep = theorem_sweep(p, m, results, theorem, a, b, deconvolved, kappa, questions)
-    return {
-        "regime": regime,
-        "seed": seed,
-        "step": step,
-        "reward": float(p_hat.mean()),
-        "mixed_frac": float(((p_hat > 0) & (p_hat < 1)).double().mean()),
-        "a": a,  # the Beta fit of the warm-up batches' p_hat (what BNPO fits)
-        "b": b,
-        "deconvolved": deconvolved,  # the moments of p behind p_hat (what a baseline should shrink with)
-        "estimators": results,
-        "theorem": sweep,
-        "kappa": kappa,
-        "limits": {
-            "baseline": eb_limit(deconvolved["n0"], m),
-            "reweighting": reweighting_bound(level, np.asarray(squared), np.asarray(along), questions, m),
-        },
-    }
+    limits = {"baseline": eb_limit(deconvolved["n0"], m),
+              "reweighting": reweighting_bound(level, np.asarray(squared), np.asarray(along), questions, m)}
+    return {"regime": regime, "seed": seed, "step": step, "reward": float(p_hat.mean()),
+            "mixed_frac": float(((p_hat > 0) & (p_hat < 1)).double().mean()),
+            "a": a, "b": b,  # the Beta fit of the warm-up batches' p_hat (what BNPO fits)
+            "deconvolved": deconvolved,  # the moments of p behind p_hat (what a baseline should shrink with)
+            "estimators": results, "theorem": sweep, "kappa": kappa, "limits": limits}
 
 
 def probe_job(p: ProbeSettings, regime: str, seed: int) -> list[dict[str, Any]]:
@@ -370,10 +327,8 @@ def run_probe(p: ProbeSettings, show_progress: bool = True) -> list[dict[str, An
     tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
     with tqdm(total=len(jobs) * p.units_per_job(), desc="probe", unit="batch", disable=not show_progress) as bar:
 
-        def advance(message: dict) -> None:
-            bar.set_postfix_str(
-                f"{message['regime']} seed={message['seed']} step={message['step']} {message['phase']}", refresh=False
-            )
+        def advance(m: dict) -> None:
+            bar.set_postfix_str(f"{m['regime']} seed={m['seed']} step={m['step']} {m['phase']}", refresh=False)
             bar.update(1)
 
         points = run_jobs(jobs, p.workers, p.num_threads, advance)

@@ -13,7 +13,7 @@ import numpy as np
 
 from bnpo.demo.results import cpu_name
 
-from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings
+from .probe import FIT_KEYS, REFERENCE, REGIME_DESCRIPTIONS, REGIMES, ProbeSettings, _ratio
 
 MEASURES = ("per_batch_noise", "noise", "unbiased_cosine", "cosine", "grad_norm", "variance", "signal")
 SWEEP = ("alpha", "beta", "variance_ratio", "levels_ratio", "predicted_ratio", "flat_ratio", "paper_ratio",
@@ -46,10 +46,6 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def _ratio(value: float, reference: float) -> float:
-    return value / reference if 0 < reference < math.inf else math.nan
-
-
 def _with_sd(entry: dict, key: str, values: list[float]) -> None:
     entry[key], entry[f"{key}_sd"] = _mean_sd(values)
     entry[f"{key}_per_seed"] = [float(v) for v in values]
@@ -73,11 +69,8 @@ def summarize_estimator(points: list[dict], name: str) -> dict[str, Any]:
     _with_sd(entry, "cosine_gain", [pt["estimators"][name]["unbiased_cosine"]
                                     - pt["estimators"][REFERENCE]["unbiased_cosine"] for pt in points])
     if all("fits" in pt["estimators"][name] for pt in points):
-        entry["fits"] = {
-            key: {stat: _mean_sd([pt["estimators"][name]["fits"][key][stat] for pt in points])[0]
-                  for stat in ("median", "iqr", "sd")}
-            for key in FIT_KEYS
-        }
+        entry["fits"] = {key: {stat: _mean_sd([pt["estimators"][name]["fits"][key][stat] for pt in points])[0]
+                               for stat in ("median", "iqr", "sd")} for key in FIT_KEYS}
     return entry
 
 
@@ -130,14 +123,10 @@ def summarize(points: list[dict], p: ProbeSettings) -> dict[str, Any]:
     regimes = {}
     for regime in p.regimes:
         at = [pt for pt in points if pt["regime"] == regime]
-        regimes[regime] = {
-            "description": REGIME_DESCRIPTIONS[regime],
-            "overrides": REGIMES[regime],
-            "snapshots": {
-                str(step): summarize_points([pt for pt in at if pt["step"] == step], p.estimators)
-                for step in sorted(p.snapshots)
-            },
-        }
+        snapshots = {str(step): summarize_points([pt for pt in at if pt["step"] == step], p.estimators)
+                     for step in sorted(p.snapshots)}
+        regimes[regime] = {"description": REGIME_DESCRIPTIONS[regime], "overrides": REGIMES[regime],
+                           "snapshots": snapshots}
     return {"settings": asdict(p), "machine": machine(), "regimes": regimes, "points": points}
 
 
@@ -216,10 +205,8 @@ def _level_lines(snapshots: dict) -> list[str]:
     lines = [""]
     for step, snapshot in snapshots.items():
         k = snapshot["kappa"]
-        levels = ", ".join(
-            f"{round(p * k['m'])}/{k['m']}: {'–' if math.isnan(rel) else f'{rel:.2f}'} (n={count})"
-            for p, rel, count in zip(k["p_hat"], k["relative"], k["count"])
-        )
+        levels = ", ".join(f"{round(p * k['m'])}/{k['m']}: {'–' if math.isnan(rel) else f'{rel:.2f}'} (n={count})"
+                           for p, rel, count in zip(k["p_hat"], k["relative"], k["count"]))
         weights = ", ".join(f"{round(p * k['m'])}/{k['m']}: {'–' if math.isnan(w) else f'{w:.2f}'}"
                             for p, w in zip(k["p_hat"], k["best_weight"]))
         lines.append(f"mean κ(p_hat) / mean κ at step {step} (all seeds' questions; – below n = {k['min_count']}): "
@@ -236,20 +223,14 @@ def _regime_tables(regime: str, r: dict) -> list[str]:
     """One regime: the estimators and the limits per snapshot, the fits' spread, the sweep, kappa by level."""
     snapshots = r["snapshots"]
     seeds = len(next(iter(snapshots.values()))["seeds"])
-    fits = "; ".join(
-        f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])} (a + b = "
-        f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 per seed "
-        + ", ".join(_n0(n0) for n0 in e["n0_per_seed"])
-        + f", reward {e['reward']:.2f}"
-        for step, e in snapshots.items()
-    )
+    fits = "; ".join(f"step {step}: a = {_pm(e['a'], e['a_sd'])}, b = {_pm(e['b'], e['b_sd'])} (a + b = "
+                     f"{_pm(e['n0_p_hat'], e['n0_p_hat_sd'], 1)}), deconvolved n0 per seed "
+                     + ", ".join(_n0(n0) for n0 in e["n0_per_seed"]) + f", reward {e['reward']:.2f}"
+                     for step, e in snapshots.items())
     lines = [f"**{regime}** ({r['description']}). Beta fit of the snapshot's p_hat (mean ± sd over {seeds} seeds) "
              f"and the deconvolved n0 of p: {fits}.", ""]
-    lines += _estimator_table(snapshots)
-    lines += _fit_table(snapshots)
-    lines += _sweep_table(snapshots)
-    lines += _level_lines(snapshots)
-    return lines + [""]
+    return [*lines, *_estimator_table(snapshots), *_fit_table(snapshots), *_sweep_table(snapshots),
+            *_level_lines(snapshots), ""]
 
 
 def format_tables(summary: dict) -> str:

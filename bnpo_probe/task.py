@@ -78,35 +78,22 @@ class ReverseTask:
         return {}
 
 
-def build_policy(
-    hidden_size: int, num_layers: int, num_heads: int, seed: int, vocab_size: int = VOCAB_SIZE
-) -> Qwen2ForCausalLM:
+def build_policy(hidden_size: int, num_layers: int, num_heads: int, seed: int,
+                 vocab_size: int = VOCAB_SIZE) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 decoder from a local config (no download)."""
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                         num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=64,
+                         tie_word_embeddings=True, attn_implementation="sdpa")
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)
 
 
 @torch.no_grad()
-def sample_responses(
-    model: Qwen2ForCausalLM, prompts: torch.Tensor, length: int, temperature: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``length`` tokens after each (bs, P) prompt.
-
-    Returns:
-        responses: (bs, length) long.
-        response_mask: (bs, length) long, 1 up to and including the first EOS (verl's convention).
-    """
+def sample_responses(model: Qwen2ForCausalLM, prompts: torch.Tensor, length: int, temperature: float,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``length`` tokens after each (bs, P) prompt: (bs, length) long responses and response mask (1 up to
+    and including the first EOS, verl's convention)."""
     out = model(input_ids=prompts, use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1]
     tokens = []
@@ -120,9 +107,8 @@ def sample_responses(
     return responses, get_response_mask(responses, eos_token=EOS, dtype=torch.long)
 
 
-def response_log_probs(
-    model: Qwen2ForCausalLM, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
+def response_log_probs(model: Qwen2ForCausalLM, prompts: torch.Tensor, responses: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
     """(bs, R) log-probabilities of the response tokens under ``model`` (differentiable).
 
     ``temperature``: the sampling temperature; the logits are divided by it, as verl's actor does, so that the

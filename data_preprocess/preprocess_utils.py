@@ -24,9 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from source_files import BadFile, check_source, one_line
 
-# ---------------------------------------------------------------------------------------------
 # prompts
-# ---------------------------------------------------------------------------------------------
 
 # The authors' system prompts (changyi7231/BNPO, recipe/bnpo/src/data_prepare.py), word for word.
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -46,9 +44,7 @@ PROMPT_TEMPLATES: dict[str, Callable[[str], list[dict]]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
 # answers
-# ---------------------------------------------------------------------------------------------
 
 
 class BadRow(ValueError):
@@ -61,19 +57,11 @@ _BARE_TOKEN = re.compile(r"\s+([^\s${}]+)")  # MATH also writes "\boxed 5" witho
 
 def _braced(text: str, start: int) -> Optional[str]:
     """Content of the group opening at ``text[start] == "{"``, or None if it never closes."""
-    depth, i = 0, start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":  # an escaped character such as \{ or \} does not count
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i].strip()
-        i += 1
+    depth = 0  # an escaped character such as \{ or \} does not count
+    for match in re.finditer(r"\\.|[{}]", text[start:], re.S):
+        depth += {"{": 1, "}": -1}.get(match.group(), 0)
+        if depth == 0:
+            return text[start + 1 : start + match.start()].strip()
     return None
 
 
@@ -87,10 +75,8 @@ def last_boxed(text: str) -> Optional[str]:
     """
     for match in reversed(list(_BOXED.finditer(text))):
         rest = match.end()
-        brace = rest
-        while brace < len(text) and text[brace].isspace():
-            brace += 1
-        if brace < len(text) and text[brace] == "{":
+        brace = len(text) - len(text[rest:].lstrip())
+        if text.startswith("{", brace):
             content = _braced(text, brace)
         else:
             bare = _BARE_TOKEN.match(text, rest)
@@ -153,9 +139,7 @@ def field_reader(fn: Callable[[dict, str], str], key: str) -> Callable[[dict], s
     return lambda row: fn(row, key)
 
 
-# ---------------------------------------------------------------------------------------------
 # dataset description and conversion
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -204,15 +188,9 @@ def convert_split(spec: DatasetSpec, split: str, rows, template: str, skip_bad_r
             skipped += 1
             first_bad = first_bad or where
             continue
-        out.append(
-            {
-                "data_source": spec.hub_id,
-                "prompt": make_prompt(question),
-                "ability": spec.ability,
-                "reward_model": {"style": "rule", "ground_truth": answer},
-                "extra_info": {"split": split, "index": index, "question": question},
-            }
-        )
+        out.append({"data_source": spec.hub_id, "prompt": make_prompt(question), "ability": spec.ability,
+                    "reward_model": {"style": "rule", "ground_truth": answer},
+                    "extra_info": {"split": split, "index": index, "question": question}})
     if skipped:
         print(f"{spec.name}: skipped {skipped} bad row(s) of {index + 1} in split {split!r} (first: {first_bad})")
     return out, skipped
@@ -223,9 +201,7 @@ def repeat_rows(rows: list, n: int) -> list:
     return [row for row in rows for _ in range(n)]
 
 
-# ---------------------------------------------------------------------------------------------
 # writing
-# ---------------------------------------------------------------------------------------------
 
 _TMP_PREFIX = ".tmp-"
 
@@ -287,9 +263,7 @@ def write_parquet_atomic(rows: list, path: str) -> None:
         raise
 
 
-# ---------------------------------------------------------------------------------------------
 # loading
-# ---------------------------------------------------------------------------------------------
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
@@ -304,10 +278,8 @@ def _load_local(spec: DatasetSpec, local_path: str):
         base = os.path.basename(local_path)
         named = [s for s in spec.splits if s in base]
         if len(named) != 1 and len(spec.splits) != 1:
-            raise BadFile(
-                f"{local_path}: cannot tell which of the splits {sorted(spec.splits)} this file holds; "
-                "put it in a folder as <split>.jsonl or name the file after its split"
-            )
+            raise BadFile(f"{local_path}: cannot tell which of the splits {sorted(spec.splits)} this file holds; "
+                          "put it in a folder as <split>.jsonl or name the file after its split")
         split = named[0] if len(named) == 1 else next(iter(spec.splits))
         check_source(local_path)
         return datasets.load_dataset(_BUILDERS[ext], data_files={split: os.path.abspath(local_path)})
@@ -332,10 +304,8 @@ def load_splits(spec: DatasetSpec, local_path: Optional[str]) -> dict:
 
     source = local_path or spec.hub_id
     try:
-        if local_path is None:
-            loaded = datasets.load_dataset(spec.hub_id, spec.hub_config)
-        else:
-            loaded = _load_local(spec, local_path)
+        loaded = datasets.load_dataset(spec.hub_id, spec.hub_config) if local_path is None else \
+            _load_local(spec, local_path)
     except (BadFile, BadRow):
         raise
     except Exception as e:  # noqa: BLE001 -- whatever datasets / pyarrow / the hub raise, as one line
@@ -353,9 +323,7 @@ def load_splits(spec: DatasetSpec, local_path: Optional[str]) -> dict:
     return {s: loaded[s] for s in wanted}
 
 
-# ---------------------------------------------------------------------------------------------
 # command line
-# ---------------------------------------------------------------------------------------------
 
 
 N_REPEAT_DEFAULT = 1  # the authors' data_prepare.py default: validation files hold each question once
@@ -371,11 +339,8 @@ def _positive_int(text: str) -> int:
 def parse_args(spec: DatasetSpec, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"Convert {spec.hub_id} to verl parquet files.")
     parser.add_argument("--local_dataset_path", default=None, help="a local copy (file or folder); default: the hub")
-    parser.add_argument(
-        "--local_save_dir",
-        default=os.path.join("~", "data", "bnpo", spec.name),
-        help="output folder for <split>.parquet (default: %(default)s)",
-    )
+    parser.add_argument("--local_save_dir", default=os.path.join("~", "data", "bnpo", spec.name),
+                        help="output folder for <split>.parquet (default: %(default)s)")
     parser.add_argument("--prompt_template", choices=sorted(PROMPT_TEMPLATES), default="qwen")
     parser.add_argument("--skip_bad_rows", action="store_true", help="drop rows whose answer cannot be read")
     parser.add_argument("--n_repeat", type=_positive_int, default=N_REPEAT_DEFAULT,

@@ -1,8 +1,7 @@
 """Beta density and its method-of-moments fit, in log space (pure torch).
 
-f_N(p; alpha, beta) = p^(alpha-1) (1-p)^(beta-1) / B(alpha, beta). The log-density uses
-``xlogy`` / ``xlog1py`` so that the boundaries are exact: at p = 0 with alpha = 1 the term
-(alpha-1) log p is 0 (not 0 * -inf = NaN), and with alpha > 1 it is -inf, i.e. f_N(0) = 0.
+f_N(p; alpha, beta) = p^(alpha-1) (1-p)^(beta-1) / B(alpha, beta). ``xlogy`` / ``xlog1py`` make the boundaries exact:
+at p = 0, (alpha-1) log p is 0 for alpha = 1 (not 0 * -inf = NaN) and -inf for alpha > 1, i.e. f_N(0) = 0.
 """
 
 from __future__ import annotations
@@ -12,46 +11,27 @@ from dataclasses import dataclass
 import torch
 
 
-def log_beta_function(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)."""
-    return torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
-
-
 def beta_log_density(p: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """log f_N(p; alpha, beta) for p in [0, 1], exact (possibly -inf / +inf) at p = 0 and p = 1.
-
-    Args:
-        p: any shape, values in [0, 1].
-        alpha, beta: broadcastable to ``p``, > 0.
-    """
-    return (
-        torch.special.xlogy(alpha - 1, p)
-        + torch.special.xlog1py(beta - 1, -p)
-        - log_beta_function(alpha, beta)
-    )
+    """log f_N(p; alpha, beta), p (any shape) in [0, 1], exact (possibly -inf / +inf) at 0 and 1; alpha, beta > 0
+    broadcastable to ``p``. log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)."""
+    log_b = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    return torch.special.xlogy(alpha - 1, p) + torch.special.xlog1py(beta - 1, -p) - log_b
 
 
 def inverse_density_weight(
     p: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, max_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight = 1 / f_N(p), clamped to [0, max_weight] (f_N = 0 at a boundary gives max_weight).
-
-    Returns:
-        weight: same shape as ``p``.
-        clamped: bool, same shape, True where the clamp was active.
-    """
+    """(weight, clamped), both shaped as ``p``: 1 / f_N(p) clamped to [0, max_weight] (f_N = 0 gives max_weight),
+    and where the clamp was active."""
     unclamped = torch.exp(-beta_log_density(p, alpha, beta))
-    clamped = unclamped >= max_weight
-    return unclamped.clamp(max=max_weight), clamped
+    return unclamped.clamp(max=max_weight), unclamped >= max_weight
 
 
 @dataclass(frozen=True)
 class BetaFit:
-    """Method-of-moments fit of Beta(a, b) to per-question success rates (0-dim tensors).
-
-    ``fallback`` is None for a regular fit, otherwise why (a, b) = (0, 0) was used instead, which
-    makes the optimal normaliser (alpha, beta) = (1, 1): REINFORCE with the per-question baseline.
-    """
+    """Method-of-moments fit of Beta(a, b) to per-question success rates (0-dim tensors). ``fallback``: None, or why
+    (a, b) = (0, 0) was used instead, which makes the optimal normaliser (alpha, beta) = (1, 1): REINFORCE with the
+    per-question baseline."""
 
     mu: torch.Tensor
     var: torch.Tensor
@@ -62,45 +42,38 @@ class BetaFit:
 
 
 def fit_beta_moments(p_hat: torch.Tensor) -> BetaFit:
-    """Fit Beta(a, b) by moments over ``p_hat`` (num_questions,), values in [0, 1] (the paper's per-batch fit).
+    """Fit Beta(a, b) by moments over ``p_hat`` (num_questions,) in [0, 1] (the paper's per-batch fit).
 
-    mu = mean, var = unbiased variance, nu = mu (1 - mu) / var - 1, a = mu nu, b = (1 - mu) nu.
-    Fewer than two questions or var = 0 have no finite fit (the reference divides by zero there);
-    both fall back to (a, b) = (0, 0) with ``fallback`` saying why.
+    mu = mean, var = unbiased variance, nu = mu (1 - mu) / var - 1, a = mu nu, b = (1 - mu) nu. Fewer than two
+    questions or var = 0 have no finite fit (the reference divides by zero): (a, b) = (0, 0), ``fallback`` says why.
     """
     n = int(p_hat.numel())
     p_hat = p_hat.to(torch.float64)
     if n < 2:
         mu = p_hat.mean() if n == 1 else p_hat.new_zeros(())
-        return _fallback(mu, p_hat.new_zeros(()), n, "fewer_than_2_questions")
+        return _fit(mu, p_hat.new_zeros(()), n, "fewer_than_2_questions")
     var = p_hat.var(unbiased=True)
-    return _fit(p_hat.mean(), var, n, zero_variance=not bool(var > 0))
+    return _fit(p_hat.mean(), var, n, None if bool(var > 0) else "zero_variance")
 
 
 def fit_beta_pooled(weight: float, sum1: float, sum2: float, num_questions: int) -> BetaFit:
     """The same fit from weighted moment sums: weight = sum of w, sum1 = sum of w p, sum2 = sum of w p^2.
 
-    With frequency weights the unbiased variance is (sum2 - sum1^2 / weight) / (weight - 1), which for unit
-    weights is ``fit_beta_moments``'s. A pooled weight below 2 has no fit; a variance at the level of
-    rounding in the sums (all p_hat equal) is zero, not a tiny positive number that would make a, b explode.
+    With frequency weights the unbiased variance is (sum2 - sum1^2 / weight) / (weight - 1). A weight below 2 has no
+    fit; a variance at the level of rounding in the sums (all p_hat equal) is zero, not a tiny positive number that
+    would make a, b explode.
     """
     mu = torch.tensor(sum1 / weight if weight > 0 else 0.0, dtype=torch.float64)
     if weight < 2:
-        return _fallback(mu, mu.new_zeros(()), num_questions, "fewer_than_2_questions")
+        return _fit(mu, mu.new_zeros(()), num_questions, "fewer_than_2_questions")
     spread = sum2 - sum1 * sum1 / weight
     var = torch.tensor(max(spread, 0.0) / (weight - 1), dtype=torch.float64)
-    rounding = 1e-12 * max(sum2, 1e-300)
-    return _fit(mu, var, num_questions, zero_variance=not spread > rounding)
+    return _fit(mu, var, num_questions, None if spread > 1e-12 * max(sum2, 1e-300) else "zero_variance")
 
 
-def _fallback(mu: torch.Tensor, var: torch.Tensor, n: int, reason: str) -> BetaFit:
-    zero = mu.new_zeros(())
-    return BetaFit(mu, var, zero, zero, n, reason)
-
-
-def _fit(mu: torch.Tensor, var: torch.Tensor, n: int, zero_variance: bool) -> BetaFit:
-    if zero_variance:
-        return _fallback(mu, var, n, "zero_variance")
+def _fit(mu: torch.Tensor, var: torch.Tensor, n: int, fallback: str | None) -> BetaFit:
+    if fallback is not None:
+        return BetaFit(mu, var, mu.new_zeros(()), mu.new_zeros(()), n, fallback)
     nu = mu * (1 - mu) / var - 1
     return BetaFit(mu, var, mu * nu, (1 - mu) * nu, n, None)
 

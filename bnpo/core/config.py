@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import Field, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 CONFIG_PREFIX = "algorithm.bnpo"
 ESTIMATORS = ("bnpo", "ad_bnpo")
 BASELINES = ("group_mean", "posterior_mean", "eb_loo")
-# Magnitudes beyond these make the arithmetic meaningless rather than merely unusual: a reward range whose width
-# overflows maps every reward to 0; log B(alpha, beta) from lgamma differences loses its digits (1e6 keeps about 9);
-# a weight beyond 1e30 can make float32 advantages overflow.
-REWARD_LIMIT = 1e30
-BETA_PARAM_LIMIT = 1e6
-WEIGHT_LIMIT = 1e30
-HALFLIFE_LIMIT = 1e6
-_BETA_PARAM = (BETA_PARAM_LIMIT, "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
-# the numbers that must lie in (0, bound], with why
-_BOUNDS = {
+# Beyond these the arithmetic is meaningless rather than merely unusual: a reward range whose width overflows maps
+# every reward to 0; log B(alpha, beta) from lgamma differences loses its digits (1e6 keeps about 9); a weight beyond
+# 1e30 can make float32 advantages overflow.
+REWARD_LIMIT = WEIGHT_LIMIT = 1e30
+BETA_PARAM_LIMIT = HALFLIFE_LIMIT = 1e6
+_BETA_PARAM = (BETA_PARAM_LIMIT,
+               "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
+_BOUNDS = {  # the numbers that must lie in (0, bound], with why
     "fixed_alpha": _BETA_PARAM,
     "fixed_beta": _BETA_PARAM,
     "max_weight": (WEIGHT_LIMIT, "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow"),
-    "fit_halflife": (HALFLIFE_LIMIT, "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)"),
+    "fit_halflife": (HALFLIFE_LIMIT,
+                     "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)"),
 }
 
 
@@ -39,17 +38,14 @@ def _key(name: str) -> str:
 class BNPOConfig:
     """Settings of the bnpo / ad_bnpo estimators (all optional; defaults are the paper's).
 
-    reward_min, reward_max: the declared reward range; rewards are mapped affinely to [0, 1].
-    fixed_alpha, fixed_beta: both None -> adaptive (alpha, beta) = (1 + a/3, 1 + b/3) (the paper);
-        both set -> fixed normaliser, e.g. (1, 1) = REINFORCE with baseline, (1.5, 1.5) = GRPO * pi/8.
-    max_weight: upper clamp on the weight 1 / f_N(p_hat) (the reference uses 1e6).
-    components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch).
-    component_weights: optional non-negative weights of the components (default: equal).
-    fit_halflife: None (the paper: each batch fits its own Beta) or a half-life in training steps
-        over which the fit's moments are pooled across batches (``bnpo.core.pooling``).
-    baseline: "group_mean" (the paper: p_hat); "posterior_mean", the mean of p(q) under a Beta prior with the
-        fit's mean and deconvolved variance, at which the weight is also evaluated; or "eb_loo", the credibility
-        (empirical-Bayes) estimate of p(q) from the question's other samples (``bnpo.core.baselines``).
+    reward_min, reward_max: the declared reward range, mapped affinely to [0, 1]. fixed_alpha, fixed_beta: both None
+    -> adaptive (alpha, beta) = (1 + a/3, 1 + b/3) (the paper); both set -> fixed, e.g. (1, 1) = REINFORCE with
+    baseline, (1.5, 1.5) = GRPO * pi/8. max_weight: clamp on the weight 1 / f_N(p_hat) (the reference's: 1e6).
+    components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch), component_weights: their optional
+    non-negative weights (default equal). fit_halflife: None (each batch fits its own Beta) or the half-life in steps
+    of the fit's pooled moments (``bnpo.core.pooling``). baseline: "group_mean" (the paper: p_hat), "posterior_mean"
+    (the mean of p(q) under a Beta prior with the fit's mean and deconvolved variance, where the weight is also
+    evaluated) or "eb_loo" (p(q)'s credibility estimate from the question's other samples; ``bnpo.core.baselines``).
     Numbers may be given as numeric strings (not booleans), lists as any sequence (not a string or a mapping).
     """
 
@@ -65,7 +61,9 @@ class BNPOConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # frozen: the coerced values go in through object.__setattr__
-            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+            value = getattr(self, f.name)
+            if not ((value is None and f.default is None) or f.name == "baseline"):  # None stays where it's the default
+                object.__setattr__(self, f.name, _coerce(f.name, value))
         _validate(self)
 
     @property
@@ -89,29 +87,22 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
-def _as_list(name: str, value: Any, example: str) -> list:
-    """A YAML / Hydra list; strings and mappings are refused (their parts would be guessed)."""
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` of field ``name`` in the field's type; lists from any sequence but a string or a mapping."""
+    if name not in ("components", "component_weights"):
+        return _as_float(name, value)
+    example = "[acc,format]" if name == "components" else "[1,1]"
     if isinstance(value, (str, bytes)):
-        raise ValueError(
-            f"{_key(name)}={value!r} is a string; give a list, e.g. +{_key(name)}='{example}' on the command line."
-        )
+        raise ValueError(f"{_key(name)}={value!r} is a string; give a list, e.g. +{_key(name)}='{example}' on the "
+                         "command line.")
     if isinstance(value, Mapping) or hasattr(value, "keys") or not hasattr(value, "__iter__"):
         raise ValueError(f"{_key(name)}={value!r} must be a list, e.g. {example}.")
-    return list(value)
-
-
-def _coerce(f: Field, value: Any) -> Any:
-    """``value`` of field ``f`` in the field's type (None stays None where that is the default)."""
-    if (value is None and f.default is None) or f.name == "baseline":
-        return value
-    if f.name == "components":
-        items = _as_list(f.name, value, "[acc,format]")
-        if not all(isinstance(item, str) and item for item in items):
-            raise ValueError(f"{_key(f.name)}={items!r}: every entry must be a non-empty string (a reward key).")
-        return tuple(items)
-    if f.name == "component_weights":
-        return tuple(_as_float(f.name, v) for v in _as_list(f.name, value, "[1,1]"))
-    return _as_float(f.name, value)
+    if name == "component_weights":
+        return tuple(_as_float(name, v) for v in value)
+    items = list(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"{_key(name)}={items!r}: every entry must be a non-empty string (a reward key).")
+    return tuple(items)
 
 
 def _validate(cfg: BNPOConfig) -> None:
@@ -120,15 +111,13 @@ def _validate(cfg: BNPOConfig) -> None:
             raise ValueError(f"{_key(name)}={getattr(cfg, name)} is beyond ±{REWARD_LIMIT:g}; declare the range your "
                              "reward returns.")
     if not cfg.reward_max > cfg.reward_min:
-        raise ValueError(
-            f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}={cfg.reward_min}: "
-            "they declare the range of the outcome reward, which is mapped affinely to [0, 1]."
-        )
+        raise ValueError(f"{_key('reward_max')}={cfg.reward_max} must be greater than {_key('reward_min')}="
+                         f"{cfg.reward_min}: they declare the range of the outcome reward, which is mapped affinely to "
+                         "[0, 1].")
     if (cfg.fixed_alpha is None) != (cfg.fixed_beta is None):
-        raise ValueError(
-            f"{_key('fixed_alpha')}={cfg.fixed_alpha} and {_key('fixed_beta')}={cfg.fixed_beta}: set both "
-            "(a fixed Beta normaliser, e.g. 1 and 1 for REINFORCE with baseline) or neither (adaptive BNPO)."
-        )
+        raise ValueError(f"{_key('fixed_alpha')}={cfg.fixed_alpha} and {_key('fixed_beta')}={cfg.fixed_beta}: set "
+                         "both (a fixed Beta normaliser, e.g. 1 and 1 for REINFORCE with baseline) or neither "
+                         "(adaptive BNPO).")
     for name, (high, why) in _BOUNDS.items():
         value = getattr(cfg, name)
         if value is not None and not 0 < value <= high:
@@ -146,17 +135,16 @@ def _validate(cfg: BNPOConfig) -> None:
         raise ValueError(f"{_key('component_weights')}={list(weights)} is set but {_key('components')} is not; "
                          "list the AD-BNPO reward keys first.")
     if len(weights) != len(components):
-        raise ValueError(
-            f"{_key('component_weights')}={list(weights)} has {len(weights)} entries but "
-            f"{_key('components')}={list(components)} has {len(components)}; give one weight per component."
-        )
+        raise ValueError(f"{_key('component_weights')}={list(weights)} has {len(weights)} entries but "
+                         f"{_key('components')}={list(components)} has {len(components)}; give one weight per "
+                         "component.")
     if any(not 0 <= w <= WEIGHT_LIMIT for w in weights) or not sum(weights) > 0:
         raise ValueError(f"{_key('component_weights')}={list(weights)} must be non-negative (at most {WEIGHT_LIMIT:g}; "
                          "only their ratios matter) with a positive sum.")
 
 
 def parse_bnpo_block(block: Any) -> BNPOConfig:
-    """Build a BNPOConfig from the ``bnpo`` block (dict, DictConfig or None); unknown keys raise, null is the default."""
+    """A BNPOConfig from the ``bnpo`` block (dict, DictConfig or None); unknown keys raise, null is the default."""
     if block is None or isinstance(block, BNPOConfig):
         return block or BNPOConfig()
     if isinstance(block, (str, bytes)) or not hasattr(block, "items"):
@@ -173,23 +161,18 @@ def config_from_algorithm(config: Any) -> BNPOConfig:
     if config is None or isinstance(config, BNPOConfig):
         return config or BNPOConfig()
     if isinstance(config, (str, bytes)) or not hasattr(config, "get"):
-        raise ValueError(
-            f"config must be verl's algorithm config (a DictConfig, verl's AlgoConfig or a dict with an optional "
-            f"'bnpo' block), a bnpo.BNPOConfig, or None; got {type(config).__name__}: {config!r}."
-        )
+        raise ValueError("config must be verl's algorithm config (a DictConfig, verl's AlgoConfig or a dict with an "
+                         f"optional 'bnpo' block), a bnpo.BNPOConfig, or None; got {type(config).__name__}: "
+                         f"{config!r}.")
     return parse_bnpo_block(config.get("bnpo", None))
 
 
 def check_estimator(name: str, cfg: BNPOConfig) -> None:
     """The settings that only one of the two estimators reads: ad_bnpo needs ``components``, bnpo takes none."""
     if name == "ad_bnpo" and not cfg.components:
-        raise ValueError(
-            f"algorithm.adv_estimator=ad_bnpo needs {_key('components')}, the reward keys to decompose, e.g. "
-            f"+{_key('components')}='[acc,format]' (keys of the dict your reward function returns)."
-        )
+        raise ValueError(f"algorithm.adv_estimator=ad_bnpo needs {_key('components')}, the reward keys to decompose, "
+                         f"e.g. +{_key('components')}='[acc,format]' (keys of the dict your reward function returns).")
     if name == "bnpo" and (cfg.components is not None or cfg.component_weights is not None):
-        raise ValueError(
-            f"{_key('components')}={list(cfg.components or ())} is set, but only ad_bnpo reads it: set "
-            f"algorithm.adv_estimator=ad_bnpo to decompose the reward, or remove {_key('components')} and "
-            f"{_key('component_weights')}."
-        )
+        raise ValueError(f"{_key('components')}={list(cfg.components or ())} is set, but only ad_bnpo reads it: set "
+                         f"algorithm.adv_estimator=ad_bnpo to decompose the reward, or remove {_key('components')} and "
+                         f"{_key('component_weights')}.")

@@ -19,80 +19,60 @@ class BNPOInputError(ValueError, TypeError):
     """A batch input of the wrong type or with missing values (a ValueError and a TypeError)."""
 
 
-def _missing_uid_error(rows: np.ndarray, num_samples: int) -> BNPOInputError:
-    return BNPOInputError(
-        f"index (the uid of each sample) is missing (None or NaN) for {rows.size} of {num_samples} samples (first: "
-        f"row {int(rows[0])}); every sample needs the uid of its question (verl's 'uid' field), e.g. a str."
-    )
+def _missing(labels: np.ndarray) -> np.ndarray:
+    """(n,) bool: the None and NaN labels of an object or float array (all False for other dtypes)."""
+    if labels.dtype == object:
+        return np.asarray((labels == None) | (labels != labels), dtype=bool)  # noqa: E711 (elementwise)
+    return np.isnan(labels) if labels.dtype.kind in "fc" else np.zeros(labels.shape, dtype=bool)
 
 
-def _factorize_sorted(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
-    """np.unique(labels, return_inverse=True)'s inverse and group count, by hashing instead of sorting.
+def _check_no_missing(missing: np.ndarray) -> None:
+    """None and NaN uids, ``missing`` (bs,) bool, are refused: they would group by accident."""
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise BNPOInputError(f"index (the uid of each sample) is missing (None or NaN) for {rows.size} of "
+                             f"{missing.size} samples (first: row {int(rows[0])}); every sample needs the uid of its "
+                             "question (verl's 'uid' field), e.g. a str.")
 
-    Sorting (bs,) object uids (verl's uuid4 strings) compares Python objects; one dict of the distinct labels
-    hashes each (str caches its hash), and only the G distinct labels are then sorted, so the ids are exactly
-    np.unique's. Labels are equal as Python's == says, as for np.unique. Returns None when the labels cannot
-    be hashed or ordered (np.unique's rules and errors then apply).
-    """
+
+def _factorize(labels: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+    """np.unique(labels, return_inverse=True)'s inverse and G, hashing (bs,) object uids (verl's uuid4 strings) once
+    instead of sorting them as Python objects: only the G distinct labels are sorted. None when the labels cannot be
+    hashed or ordered (np.unique's rules and errors then apply)."""
     values = labels.tolist()
     try:
         distinct = dict.fromkeys(values)
     except TypeError:  # unhashable labels
         return None
     if _missing(np.fromiter(distinct, dtype=object, count=len(distinct))).any():  # None / NaN among the G labels
-        _check_no_missing(labels)  # names the rows
+        _check_no_missing(_missing(labels))  # names the rows
     try:
-        ordered = sorted(distinct)
+        rank = {label: i for i, label in enumerate(sorted(distinct))}
     except TypeError:  # incomparable label types: np.unique raises the error the caller reports
         return None
-    rank = dict(zip(ordered, range(len(ordered))))
-    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values)), len(ordered)
-
-
-def _missing(labels: np.ndarray) -> np.ndarray:
-    """(n,) bool: the None and NaN labels of an object or float array (all False for other dtypes)."""
-    if labels.dtype == object:
-        return np.asarray((labels == None) | (labels != labels), dtype=bool)  # noqa: E711 (elementwise)
-    if labels.dtype.kind in "fc":
-        return np.isnan(labels)
-    return np.zeros(labels.shape, dtype=bool)
-
-
-def _check_no_missing(labels: np.ndarray) -> None:
-    """None and NaN uids (object or float arrays) are refused: they would group by accident."""
-    missing = _missing(labels)
-    if missing.any():
-        raise _missing_uid_error(np.flatnonzero(missing), len(labels))
+    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values)), len(rank)
 
 
 def group_inverse(index: Any, num_samples: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Map arbitrary question labels (bs,) to contiguous group ids 0..G-1.
-
-    ``index`` may be a numpy array / list of uids (strings, ints, ...) or a torch tensor.
-    Returns the (bs,) long tensor of group ids on ``device`` and G.
-    """
-    if isinstance(index, torch.Tensor):
-        if index.dim() != 1 or index.numel() != num_samples:
-            raise ValueError(f"index (the uid of each sample) has shape {tuple(index.shape)}; expected ({num_samples},).")
-        if index.is_floating_point() and bool(torch.isnan(index).any()):
-            raise _missing_uid_error(torch.isnan(index).nonzero().flatten().cpu().numpy(), num_samples)
-        uniques, inverse = torch.unique(index, return_inverse=True)
-        return inverse.to(device=device, dtype=torch.long), int(uniques.numel())
-    labels = np.asarray(index)
+    """Question labels ``index`` (bs,) (numpy array / list of uids, or a tensor) -> (bs,) long ids 0..G-1 on
+    ``device``, and G."""
+    labels = index if isinstance(index, torch.Tensor) else np.asarray(index)
     if labels.ndim != 1 or labels.shape[0] != num_samples:
-        raise ValueError(f"index (the uid of each sample) has shape {labels.shape}; expected ({num_samples},).")
-    if labels.dtype == object:
-        fast = _factorize_sorted(labels)
-        if fast is not None:
-            return torch.from_numpy(fast[0]).to(device), fast[1]
-    _check_no_missing(labels)
+        raise ValueError(f"index (the uid of each sample) has shape {tuple(labels.shape)}; expected ({num_samples},).")
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point():
+            _check_no_missing(torch.isnan(labels).cpu().numpy())
+        uniques, inverse = torch.unique(labels, return_inverse=True)
+        return inverse.to(device=device, dtype=torch.long), int(uniques.numel())
+    fast = _factorize(labels) if labels.dtype == object else None
+    if fast is not None:
+        return torch.from_numpy(fast[0]).to(device), fast[1]
+    _check_no_missing(_missing(labels))
     try:
         uniques, inverse = np.unique(labels, return_inverse=True)
     except TypeError as err:
-        raise BNPOInputError(
-            f"index (the uid of each sample) mixes label types that cannot be compared ({err}); "
-            "use one type for all uids, e.g. str."
-        ) from None
+        raise BNPOInputError(f"index (the uid of each sample) mixes label types that cannot be compared ({err}); "
+                             "use one type for all uids, e.g. str.") from None
     return torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device), int(len(uniques))
 
 
@@ -108,33 +88,23 @@ class GroupStats:
 def group_stats(
     scores: torch.Tensor, inverse: torch.Tensor, num_groups: int, keep: Optional[torch.Tensor] = None
 ) -> GroupStats:
-    """Means and constancy of ``scores`` (bs,) per group id ``inverse`` (bs,).
+    """Means and constancy of ``scores`` (bs,) per group id ``inverse`` (bs,); only the samples in ``keep`` (bs,)
+    bool, optional, enter (a question none of whose samples is kept has count 0)."""
+    def kept(fill: float) -> torch.Tensor:  # where, not a product: a left-out score may be anything, NaN included
+        return scores if keep is None else torch.where(keep, scores, fill)
 
-    ``keep`` (bs,) bool, optional: only these samples enter the statistics; a question none of whose
-    samples is kept has count 0.
-    """
-    if keep is None:
-        weights, summed, low_in, high_in = torch.ones_like(scores), scores, scores, scores
-    else:  # where, not a product: a left-out sample's score may be anything, NaN included
-        weights = keep.to(scores.dtype)
-        summed = torch.where(keep, scores, 0.0)
-        low_in = torch.where(keep, scores, float("inf"))
-        high_in = torch.where(keep, scores, float("-inf"))
-    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(0, inverse, weights)
-    total = torch.zeros_like(count).index_add_(0, inverse, summed)
-    low = torch.full_like(count, float("inf")).scatter_reduce_(0, inverse, low_in, reduce="amin")
-    high = torch.full_like(count, float("-inf")).scatter_reduce_(0, inverse, high_in, reduce="amax")
+    weights = torch.ones_like(scores) if keep is None else keep.to(scores.dtype)
+    count = scores.new_zeros(num_groups).index_add_(0, inverse, weights)
+    total = torch.zeros_like(count).index_add_(0, inverse, kept(0.0))
+    low = torch.full_like(count, float("inf")).scatter_reduce_(0, inverse, kept(float("inf")), reduce="amin")
+    high = torch.full_like(count, float("-inf")).scatter_reduce_(0, inverse, kept(float("-inf")), reduce="amax")
     return GroupStats(count=count, p_hat=total / count.clamp(min=1), constant=high == low)
 
 
 @dataclass(frozen=True)
 class SampleRows:
-    """Which samples of a batch carry an outcome of their own.
-
-    keep: (bs,) bool, the samples that enter the groups and the Beta fit; None when all do.
-    source: (bs,) long, the sample whose advantage each sample takes (its session's final output);
-        None when every sample takes its own.
-    """
+    """Which samples carry an outcome of their own. keep: (bs,) bool, those in the groups and the fit (None: all);
+    source: (bs,) long, the sample whose advantage each takes (its session's final output; None: each its own)."""
 
     keep: Optional[torch.Tensor]
     source: Optional[torch.Tensor]
@@ -151,16 +121,14 @@ class SampleRows:
         return replace(stats, num_excluded=self.num_excluded, num_broadcast=self.num_broadcast, components=components)
 
 
-def select_rows(response_mask: torch.Tensor, final_row: Any = None, inverse: Optional[torch.Tensor] = None) -> SampleRows:
-    """The samples that count, from the response mask (bs, L) and, optionally, agent-loop sessions.
-
-    A sample without response tokens (all-zero mask, as verl's padding rows) is left out: advantage 0.
-    ``final_row`` (bs,): for each sample, the row of its session's final output (verl's multi-output agent
-    loops). Only final outputs enter the groups, once per session; the session's other outputs take the
-    final output's advantage, as verl does for grpo (``compute_advantage_for_multi_trajectories``).
-    A final output is its own final row, and with ``inverse`` (bs,) group ids given, a session's outputs
-    belong to one question: anything else is not a session layout, and raises BNPOInputError.
-    """
+def select_rows(
+    response_mask: torch.Tensor, final_row: Any = None, inverse: Optional[torch.Tensor] = None
+) -> SampleRows:
+    """The samples that count, from the response mask (bs, L): one without response tokens (verl's padding rows) is
+    left out, advantage 0. ``final_row`` (bs,): each sample's session's final output (multi-output agent loops); only
+    final outputs enter the groups, the others take their final output's advantage, as verl does for grpo
+    (``compute_advantage_for_multi_trajectories``). A final output names itself, and (with ``inverse`` (bs,)) a
+    session's outputs share one question; anything else raises BNPOInputError."""
     bs = response_mask.shape[0]
     keep = response_rows(response_mask)
     num_excluded = bs - int(keep.sum())
@@ -169,26 +137,27 @@ def select_rows(response_mask: torch.Tensor, final_row: Any = None, inverse: Opt
         rows = final_row if isinstance(final_row, torch.Tensor) else torch.from_numpy(np.asarray(final_row))
         source = rows.to(device=response_mask.device, dtype=torch.long)
         if source.shape != (bs,) or bool(((source < 0) | (source >= bs)).any()):
-            raise BNPOInputError(f"final_row must be ({bs},) row indices into the batch; got {tuple(source.shape)}.")
-        _check_sessions(source, inverse)
+            raise BNPOInputError(f"final_row must be ({bs},) row indices into the batch; got "
+                                 f"{tuple(source.shape)}.")
+        wrong = source[source] != source
+        if inverse is not None:
+            wrong |= inverse[source] != inverse
+        if bool(wrong.any()):
+            row = int(wrong.nonzero()[0])
+            raise BNPOInputError(f"final_row is not a session layout: row {row} names row {int(source[row])} as its "
+                                 f"session's final output, which names row {int(source[source[row]])} (a final output "
+                                 "names itself) or belongs to another question.")
         final = source == torch.arange(bs, device=source.device)
         num_broadcast = int((keep & ~final).sum())
         keep = keep & final
-        if num_broadcast == 0:
-            source = None
-    if num_excluded == 0 and num_broadcast == 0:
-        keep = None
-    return SampleRows(keep, source, num_excluded, num_broadcast)
+        source = source if num_broadcast else None
+    return SampleRows(keep if num_excluded or num_broadcast else None, source, num_excluded, num_broadcast)
 
 
 def response_rows(response_mask: torch.Tensor) -> torch.Tensor:
-    """(bs,) bool: the rows of the mask (bs, L) with a response token, i.e. a positive entry.
-
-    An integer or bool row whose first entry is positive has one: verl's responses start at column 0, so only
-    the other rows (padding rows, empty responses) are scanned, and the mask is not read end to end twice per
-    call (the advantage's broadcast reads it once). Floating-point masks are scanned whole (``amax``: a NaN
-    entry leaves its row out, as it always has).
-    """
+    """(bs,) bool: the rows of the mask (bs, L) with a positive entry (a response token). verl's responses start at
+    column 0: only integer or bool rows whose first entry is not positive are scanned, so the mask is not read end to
+    end twice per call. Floating-point masks are scanned whole (``amax``; a NaN entry leaves its row out)."""
     bs, length = response_mask.shape
     if length == 0:
         return torch.zeros(bs, dtype=torch.bool, device=response_mask.device)
@@ -202,16 +171,3 @@ def response_rows(response_mask: torch.Tensor) -> torch.Tensor:
         return response_mask.amax(dim=-1) > 0
     keep[rest] = response_mask.index_select(0, rest).amax(dim=-1) > 0
     return keep
-
-
-def _check_sessions(source: torch.Tensor, inverse: Optional[torch.Tensor]) -> None:
-    """Each row's final row is a final row (its own), of the same question."""
-    wrong = source[source] != source
-    if inverse is not None:
-        wrong |= inverse[source] != inverse
-    if bool(wrong.any()):
-        row = int(wrong.nonzero()[0])
-        raise BNPOInputError(
-            f"final_row is not a session layout: row {row} names row {int(source[row])} as its session's final output, "
-            f"which names row {int(source[source[row]])} (a final output names itself) or belongs to another question."
-        )

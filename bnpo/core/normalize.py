@@ -4,11 +4,8 @@ For question q with samples o and rewards mapped to s in [0, 1]:
 
     p_hat(q) = mean_o s(q, o),   A(q, o) = (s(q, o) - p_hat(q)) / f_N(p_hat(q); alpha, beta)
 
-(the paper's group-mean baseline p_hat(q); ``baseline`` picks another, ``bnpo.core.baselines``)
-
-with (alpha, beta) = (1 + a/3, 1 + b/3) (clamped at 1) from a method-of-moments Beta(a, b) fit over
-the batch's p_hat, or fixed by configuration. The degenerate cases are documented in
-``normalized_outcome``.
+(the paper's group-mean baseline; ``baseline`` picks another, ``bnpo.core.baselines``) with (alpha, beta) =
+(1 + a/3, 1 + b/3) (clamped at 1) from a method-of-moments Beta(a, b) fit over the batch's p_hat, or fixed.
 """
 
 from __future__ import annotations
@@ -17,45 +14,35 @@ from typing import Optional
 
 import torch
 
+from .baselines import baseline_of
 from .beta import beta_log_density, fit_beta_moments, inverse_density_weight, optimal_alpha_beta
 from .config import BNPOConfig
-from .baselines import baseline_of
 from .groups import group_stats
 from .pooling import MomentPool
 from .stats import BNPOStats
 
 
 def normalized_outcome(
-    s: torch.Tensor,
-    inverse: torch.Tensor,
-    num_groups: int,
-    cfg: BNPOConfig,
-    keep: Optional[torch.Tensor] = None,
+    s: torch.Tensor, inverse: torch.Tensor, num_groups: int, cfg: BNPOConfig, keep: Optional[torch.Tensor] = None,
     pool: Optional[MomentPool] = None,
 ) -> tuple[torch.Tensor, BNPOStats]:
-    """Scalar BNPO advantage (bs,) of mapped rewards ``s`` (bs,) in [0, 1], float64.
+    """Scalar BNPO advantage (bs,) float64 of mapped rewards ``s`` (bs,) in [0, 1].
 
-    ``inverse`` (bs,) holds each sample's question id in 0..num_groups-1; ``keep`` (bs,) bool, optional,
-    the samples that enter the statistics (the others get 0); ``pool``, optional, pools the fit's moments
-    with earlier batches (``cfg.fit_halflife``).
+    ``inverse`` (bs,): each sample's question id in 0..num_groups-1; ``keep`` (bs,) bool, optional: the samples in
+    the statistics (the others get 0); ``pool``, optional: pools the fit's moments with earlier batches.
 
-    Degenerate cases: a singleton question (one sample) is kept out of the Beta fit; with the group-mean and
-    posterior-mean baselines it has no baseline and gets advantage 0 (eb_loo gives it the batch mean). With the
-    group-mean baseline a question whose rewards are all equal has advantage exactly 0. If the fit has fewer than
-    two questions or zero variance, (alpha, beta) = (1, 1) (REINFORCE with baseline) and the posterior-mean
-    baseline has no prior, i.e. it is the group mean. The baselines: ``bnpo.core.baselines``.
+    Degenerate cases: a singleton question is kept out of the fit; with the group-mean and posterior-mean baselines it
+    gets advantage 0 (eb_loo gives it the batch mean). With the group mean, a question whose rewards are all equal
+    has advantage exactly 0. A fit over fewer than two questions or with zero variance gives (alpha, beta) = (1, 1)
+    (REINFORCE with baseline), and the posterior-mean baseline no prior (the group mean).
     """
     groups = group_stats(s, inverse, num_groups, keep)
-    present = groups.count > 0
-    singleton = groups.count == 1
     in_fit = groups.p_hat[groups.count >= 2]
     fit = fit_beta_moments(in_fit) if pool is None else pool.add(in_fit)
     if cfg.adaptive:
         alpha, beta = optimal_alpha_beta(fit.a, fit.b)
     else:
-        alpha = s.new_tensor(cfg.fixed_alpha)
-        beta = s.new_tensor(cfg.fixed_beta)
-
+        alpha, beta = s.new_tensor(cfg.fixed_alpha), s.new_tensor(cfg.fixed_beta)
     base = baseline_of(cfg.baseline, s, inverse, groups, fit, keep)
     # the weight at p_hat (posterior_mean: at its centre); where f_N is 0 there (an all-failed question with
     # alpha > 1, an all-solved one with beta > 1, a binary singleton) eb_loo's advantage is not 0, and the clamp
@@ -64,32 +51,22 @@ def normalized_outcome(
     if base.fallback_at is not None:
         at = torch.where(torch.isneginf(beta_log_density(at, alpha, beta)), base.fallback_at, at)
     weight, clamped = inverse_density_weight(at, alpha, beta, cfg.max_weight)
-    silent = base.silent
-    silent_sample = silent.index_select(0, inverse)  # index_select: several times faster than silent[inverse] on CPU
+    silent = base.silent.index_select(0, inverse)  # index_select: several times faster than [inverse] on CPU
     if keep is not None:
-        silent_sample |= ~keep
-    advantage = torch.where(silent_sample, 0.0, weight.index_select(0, inverse) * (s - base.per_sample))
+        silent |= ~keep
+    advantage = torch.where(silent, 0.0, weight.index_select(0, inverse) * (s - base.per_sample))
 
-    informative = ~silent
-    samples = groups.count[informative].sum()
+    informative = ~base.silent
     any_informative = bool(informative.any())
+    samples = groups.count[informative].sum()
     stats = BNPOStats(
-        mu=float(fit.mu),
-        var=float(fit.var),
-        a=float(fit.a),
-        b=float(fit.b),
-        alpha=float(alpha),
-        beta=float(beta),
-        num_questions=int(present.sum()),
-        num_fit=fit.num_questions,
-        num_singleton=int(singleton.sum()),
-        num_degenerate=int((groups.constant & (groups.count >= 2)).sum()),
+        mu=float(fit.mu), var=float(fit.var), a=float(fit.a), b=float(fit.b), alpha=float(alpha), beta=float(beta),
+        num_questions=int((groups.count > 0).sum()), num_fit=fit.num_questions,
+        num_singleton=int((groups.count == 1).sum()), num_degenerate=int((groups.constant & (groups.count >= 2)).sum()),
         weight_max=float(weight[informative].max()) if any_informative else 0.0,
         clamped_frac=float((groups.count * clamped)[informative].sum() / samples) if any_informative else 0.0,
         fallback=fit.fallback if cfg.adaptive else None,
         fit_weight=pool.weight if pool is not None else float(fit.num_questions),
-        eb_lambda=base.mean_lambda,
-        eb_tau2=base.tau2,
+        eb_lambda=base.mean_lambda, eb_tau2=base.tau2,
     )
     return advantage, stats
-

@@ -1,11 +1,9 @@
 """``algorithm.bnpo.fit_halflife``: the Beta fit's moments pooled across training steps (pure torch).
 
-The paper fits Beta(a, b) to one batch's p_hat, so the normaliser moves with that batch's sampling noise. With a
-half-life of H steps each fit uses the exponentially weighted moment sums of every batch so far (k steps back weighs
-0.5^(k/H)); the first step is exactly the paper's fit. Steps are training steps when the caller numbers them
-(``FitState.step``): the local updates of one step weigh alike; otherwise each batch counts as one step. A
-``FitState`` (one ``MomentPool`` per estimator) belongs to the run; bnpo's verl layer keeps one per trainer and saves it
-beside verl's checkpoints (``bnpo.verl.checkpoint``), so a resumed run normalises as the uninterrupted one would.
+The paper's per-batch fit moves with that batch's sampling noise. With a half-life of H steps each fit uses the
+exponentially weighted moment sums of every batch so far (k steps back weighs 0.5^(k/H)); the first step is exactly
+the paper's fit. Steps are ``FitState.step`` when the owner numbers them, otherwise each batch is one. A ``FitState``
+belongs to the run (bnpo's verl layer: one per trainer, saved beside verl's checkpoints, ``bnpo.verl.checkpoint``).
 """
 
 from __future__ import annotations
@@ -21,11 +19,8 @@ from .beta import BetaFit, fit_beta_pooled
 
 @dataclass
 class MomentPool:
-    """Exponentially weighted moment sums of the per-question success rates of past batches.
-
-    weight, sum1, sum2: sums over questions q of past batches of w_q, w_q p_hat_q and w_q p_hat_q^2, with
-    w_q = 0.5 ** (training steps since q's batch / halflife); batches: how many batches were added.
-    """
+    """weight, sum1, sum2: sums over the questions q of past batches of w_q, w_q p_hat_q and w_q p_hat_q^2, with
+    w_q = 0.5 ** (training steps since q's batch / halflife); batches: how many batches were added."""
 
     halflife: float
     weight: float = 0.0
@@ -33,36 +28,28 @@ class MomentPool:
     sum2: float = 0.0
     batches: int = 0
     step: Optional[int] = None  # the training step of the last batch added (None: steps not numbered)
-    # the training step of the next batch (set by FitState.pool; not saved)
-    at_step: Optional[int] = field(default=None, repr=False, compare=False)
+    at_step: Optional[int] = field(default=None, repr=False, compare=False)  # the next batch's (FitState.pool; unsaved)
 
     def add(self, p_hat: torch.Tensor) -> BetaFit:
-        """Decay the sums by the steps since the last batch, add ``p_hat`` (num_questions,), and fit Beta(a, b).
-
-        Without step numbers (``at_step`` or the last batch's ``step`` unknown) the last batch counts as one step back.
-        """
+        """Decay the sums by the steps since the last batch (one if unnumbered), add ``p_hat`` (num_questions,), fit."""
         steps = 1 if self.at_step is None or self.step is None else self.at_step - self.step
         if steps < 0:
             raise ValueError(f"bnpo fit state: the training step went back from {self.step} to {self.at_step}; "
                              "a run's pooled fits must be restored with its checkpoint (FitState.load_state_dict).")
         decay = 0.5 ** (steps / self.halflife)
         p_hat = p_hat.to(torch.float64)
-        moments = torch.stack([p_hat.sum(), (p_hat * p_hat).sum()]).tolist()  # one host sync
+        sum1, sum2 = torch.stack([p_hat.sum(), (p_hat * p_hat).sum()]).tolist()  # one host sync
         self.weight = decay * self.weight + p_hat.numel()
-        self.sum1 = decay * self.sum1 + moments[0]
-        self.sum2 = decay * self.sum2 + moments[1]
+        self.sum1 = decay * self.sum1 + sum1
+        self.sum2 = decay * self.sum2 + sum2
         self.batches += 1
         self.step = self.at_step if self.at_step is not None else self.step
         return fit_beta_pooled(self.weight, self.sum1, self.sum2, int(p_hat.numel()))
 
 
 class FitState:
-    """The pooled fits of one training run: a ``MomentPool`` per estimator (``bnpo``, ``ad_bnpo/<component>``).
-
-    It belongs to whoever owns the run (bnpo's verl integration keeps one per trainer object), never to the
-    process: two trainers in one process keep separate pools. ``state_dict`` / ``load_state_dict`` give the
-    JSON form that ``bnpo_state.json`` holds beside verl's checkpoints.
-    """
+    """The pooled fits of one run (never of the process): a ``MomentPool`` per estimator (``bnpo``,
+    ``ad_bnpo/<component>``); ``state_dict`` is the JSON form of ``bnpo_state.json`` beside verl's checkpoints."""
 
     def __init__(self) -> None:
         self.pools: dict[str, MomentPool] = {}
@@ -77,7 +64,6 @@ class FitState:
         return pool
 
     def clear(self) -> None:
-        """Forget every pooled fit (a fresh start)."""
         self.pools.clear()
 
     def state_dict(self) -> dict[str, dict[str, Any]]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-# The fit's numbers: one Beta fit's. AD-BNPO's top level has one fit per component, so it reports none of these
-# (each component's are under bnpo/<component>/).
+# One Beta fit's numbers: AD-BNPO's top level has one fit per component, so it reports none of these.
 FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight", "eb_lambda", "eb_tau2")
-METRIC_NAMES = (
-    "mu", "var", "a", "b", "alpha", "beta", "num_questions", "num_singleton", "num_degenerate", "num_excluded",
-    "num_broadcast", "fit_weight", "weight_max", "clamped_frac", "eb_lambda", "eb_tau2",
+METRIC_NAMES = FIT_NAMES[:6] + (
+    "num_questions", "num_singleton", "num_degenerate", "num_excluded", "num_broadcast", "fit_weight", "weight_max",
+    "clamped_frac", "eb_lambda", "eb_tau2",
 )
 
 
@@ -18,25 +17,16 @@ METRIC_NAMES = (
 class BNPOStats:
     """What one BNPO normalisation saw and did (plain Python numbers, safe to log).
 
-    mu, var, a, b: method-of-moments fit over the non-singleton questions' p_hat.
-    alpha, beta: the normaliser's parameters actually used.
-    num_questions: distinct uids in the batch; num_fit: those in the fit (non-singleton).
-    num_singleton: questions with one sample (advantage 0, kept out of the fit).
-    num_degenerate: non-singleton questions whose rewards are all equal (advantage 0).
-    num_excluded: samples without response tokens (e.g. verl's padding rows): advantage 0, not in any group.
-    num_broadcast: non-final outputs of multi-output agent-loop sessions: not in the groups; they take the
-        advantage of their session's final output (verl's convention for grpo).
-    fit_weight: how many questions the fit stands on: num_fit for the paper's per-batch fit, the
-        exponentially weighted count of every batch's questions with ``fit_halflife``.
-    weight_max, clamped_frac: largest 1/f_N and fraction of samples whose weight hit max_weight,
-        over the samples that carry signal (non-singleton, non-constant questions).
-    fallback: None, or why (alpha, beta) fell back to (1, 1).
-    eb_lambda, eb_tau2: ``baseline: eb_loo`` and ``posterior_mean`` only (None otherwise, and not logged): the
-        mean weight lambda of the batch / prior mean in the baseline, over the questions with >= 2 samples, and
-        the deconvolved variance tau^2 of the success rates it was computed from (``bnpo.core.baselines``).
-    components: AD-BNPO only: the statistics of each component, by reward key. The top level then holds
-        the counts, the maxima of weight_max / clamped_frac and the first fallback, and None for the fit's
-        numbers (FIT_NAMES): an average of different components' fits describes no distribution.
+    mu, var, a, b: the moments fit over the non-singleton questions' p_hat; alpha, beta: the normaliser used.
+    num_questions: distinct uids; num_fit: those in the fit; num_singleton: one sample (advantage 0, not fitted);
+    num_degenerate: non-singleton questions whose rewards are all equal (advantage 0). num_excluded: samples without
+    response tokens (verl's padding rows), in no group; num_broadcast: non-final outputs of agent-loop sessions,
+    which take their session's final advantage (verl's grpo). fit_weight: the questions the fit stands on (num_fit;
+    exponentially weighted with ``fit_halflife``). weight_max, clamped_frac: largest 1/f_N and fraction of samples
+    at max_weight, over those with signal. fallback: None, or why (alpha, beta) fell back to (1, 1).
+    eb_lambda, eb_tau2 (eb_loo, posterior_mean): mean lambda over the questions with >= 2 samples and the
+    deconvolved variance tau^2 (``bnpo.core.baselines``). components: AD-BNPO's, by reward key; the top level then
+    holds the counts, the maxima of weight_max / clamped_frac, the first fallback and None for FIT_NAMES.
     """
 
     mu: Optional[float]
@@ -61,7 +51,7 @@ class BNPOStats:
 
     def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:
         """Flat ``{prefix}/{name}`` metrics (and ``{prefix}/{component}/{name}`` for AD-BNPO)."""
-        metrics = {f"{prefix}/{name}": float(getattr(self, name)) for name in METRIC_NAMES if getattr(self, name) is not None}
+        metrics = {f"{prefix}/{n}": float(getattr(self, n)) for n in METRIC_NAMES if getattr(self, n) is not None}
         metrics[f"{prefix}/fallback"] = float(self.fallback is not None)
         for key, sub in self.components.items():
             metrics.update(sub.to_metrics(f"{prefix}/{key}"))

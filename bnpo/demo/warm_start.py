@@ -1,14 +1,12 @@
 """The demo's supervised warm start: plain torch next-token training, saved as a Hugging Face checkpoint.
 
-RL from a random policy would wait a long time for its first reward. The warm start imitates a sloppy teacher:
-a share ``copy_share`` of its answers repeats the digits in the prompt's order instead of reversing them, so the
-warm-started policy has both habits (as a base model may know how to solve a task without the habit of doing so)
-and, stopped early, it still fails some long strings. Per-question success rates then spread across (0, 1), every
-estimator has signal from the first step, and RL has something it can learn in minutes: which habit the reward
-pays for. The prompts are tokenized with the tokenizer's chat template, as verl's agent loop does, so the policy
-is trained on the token ids it will see in RL. Every estimator and seed of a demo starts from this one checkpoint.
-For the two-reward task the teacher is also chatty: a share ``prefix_share`` of its answers starts with the word
-"answer", which the format reward refuses. Its questions are drawn from the training split (never a held-out one).
+RL from a random policy would wait long for its first reward. The warm start imitates a sloppy teacher: a share
+``copy_share`` of its answers copies the digits instead of reversing them, so the policy has both habits (as a base
+model may know how to solve a task without the habit of doing so) and, stopped early, still fails some long
+strings. Success rates then spread across (0, 1), every estimator has signal from the first step, and RL learns
+in minutes which habit the reward pays for. Prompts go through the chat template, as in verl's agent loop, so the
+token ids are those RL sees. Every run of a demo starts from this one checkpoint. For the two-reward task a share
+``prefix_share`` of answers starts with "answer", which the format reward refuses. Questions: the training split.
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
 """Caller side of the accuracy check: pebble's process pool, with a deadline per call.
 
-``Pool.check(ground_truth, output, timeout_s)`` returns within ``timeout_s`` of the moment it is called, from any
-number of threads (verl calls the reward function from several): waiting for a free worker and the check itself
-count against the same deadline, and pebble kills the worker of a check still running then and starts another. A call
-takes one of ``size`` slots first, held until pebble is done with its check, so that checks wait for a worker here,
-where the wait counts against the deadline, rather than in pebble's queue (pebble would still run one whose caller
-had given up, and cancelling it there kills whichever worker picks it up).
+``Pool.check(ground_truth, output, timeout_s)`` returns within ``timeout_s`` of being called, from any number of
+threads (verl calls the reward function from several): the wait for a worker and the check count against one
+deadline, and pebble kills the worker of a check still running then and starts another. A call first takes one of
+``size`` slots, held until pebble is done with its check, so checks wait for a worker here, against the deadline,
+not in pebble's queue (which would still run a check whose caller gave up; cancelling it kills whichever worker
+picks it up).
 
-Workers are forked by multiprocessing's fork server, which imports and warms math-verify once (bnpo/rewards/_warm.py):
-a replacement costs a fork of that small single-threaded process, not a Python start-up and not a fork of verl's
-many-threaded reward worker (a check right after a killed one waits about 0.06 s, pebble's 0.1 s poll included). Like every child multiprocessing starts so, it also re-imports the caller's
-``__main__`` (in verl, Ray's worker script: about 0.5 s), so a script that scores outputs keeps its work under
-``if __name__ == "__main__":``. Each worker's memory is capped (``BNPO_REWARD_WORKER_MEM_MB``, verify.py).
+Workers are forked by multiprocessing's fork server, which imports and warms math-verify once (_warm.py): a
+replacement is a fork of that small single-threaded process, not a Python start-up nor a fork of verl's
+many-threaded reward worker (a check right after a killed one waits about 0.06 s, pebble's 0.1 s poll included).
+Each child re-imports the caller's ``__main__`` (in verl, Ray's worker script: about 0.5 s), so a script that scores
+outputs keeps its work under ``if __name__ == "__main__":``. Worker memory is capped (``BNPO_REWARD_WORKER_MEM_MB``).
 
-The one exception to the deadline: the first call of a process starts the pool and math-verify's self-test (a second
-or two for ``import sympy``) and waits for it, up to ``BNPO_REWARD_STARTUP_TIMEOUT`` seconds, so that no answer scores
-0 because the process has just started.
+The one exception to the deadline: a process's first call starts the pool and math-verify's self-test (a second or
+two for ``import sympy``) and waits up to ``BNPO_REWARD_STARTUP_TIMEOUT`` seconds, so no answer scores 0 because the
+process has just started.
 """
 
 from __future__ import annotations

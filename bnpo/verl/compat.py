@@ -1,13 +1,5 @@
-"""The verl places bnpo extends, the verl versions it supports, and the trainer modules each run needs.
-
-Every extension resolves the attributes it needs through ``require`` first, so a verl that renamed one fails with
-``VerlChanged`` naming the place before anything is patched; its classes are then *gated* (``gate``): they refuse a
-bnpo / ad_bnpo config at construction, not after rollouts without ``bnpo/*`` metrics.
-
-Versions: ``SUPPORTED_VERL`` and the dev and pre-release builds of the release upstream main develops (``MAIN_VERL``;
-not that final release, which bnpo has not checked). A bnpo run's start-up refuses any other verl, naming the range
-and the fix (``BNPO_ALLOW_UNSUPPORTED_VERL=1``: a warning instead). ``TESTED_VERL``: the recipe's and the CPU runs'.
-"""
+"""The verl places bnpo extends (resolved through ``require`` before anything is patched, so a verl that renamed one
+fails naming it), the verl versions it supports, and the trainer modules each run needs."""
 
 from __future__ import annotations
 
@@ -24,7 +16,7 @@ from ..core.config import ESTIMATORS
 
 logger = logging.getLogger(__name__)
 
-TESTED_VERL = "0.9.1"
+TESTED_VERL = "0.9.1"  # the recipe's and the CPU runs'
 SUPPORTED_VERL = ">=0.9.0,<0.10"
 MAIN_VERL = "0.10.0"  # the release upstream main develops: its dev and pre-release builds are supported, not itself
 ALLOW_UNSUPPORTED = "BNPO_ALLOW_UNSUPPORTED_VERL"
@@ -45,8 +37,8 @@ PLACES = {
     "verl.experimental.fully_async_policy.fully_async_trainer": ("FullyAsyncTrainer",),
 }
 
-# The trainer a run selects -> the verl modules bnpo extends for it. bnpo hooks each by its name (bnpo.verl.hooks),
-# so a module verl moved would leave its trainer unextended: the start-up check imports these names.
+# The trainer a run selects -> the verl modules bnpo extends for it, hooked by name (bnpo.verl.hooks): a module verl
+# moved would leave its trainer unextended, so the start-up check imports these names.
 TRAINER_MODULES = {
     "v1": ("verl.trainer.ppo.v1.trainer_base",),
     "legacy": ("verl.trainer.ppo.ray_trainer",),
@@ -64,20 +56,16 @@ class VerlChanged(RuntimeError):
 
 def installed_verl() -> Optional[str]:
     """The version of the verl this process runs (``verl.__version__``: also right for a source checkout)."""
-    module = sys.modules.get("verl")
-    version = getattr(module, "__version__", None)
-    if version:
-        return str(version)
+    version = getattr(sys.modules.get("verl"), "__version__", None)
     try:
-        return metadata.version("verl")
+        return str(version) if version else metadata.version("verl")
     except metadata.PackageNotFoundError:
         return None
 
 
 def is_supported(version: Optional[str]) -> bool:
-    """``version`` in ``SUPPORTED_VERL`` (its pre-releases included), or a development or pre-release build of the
-    release upstream main develops (``MAIN_VERL``): compared as versions, since main's builds differ in their suffix
-    (0.10.0.dev0, 0.10.0.dev20261201, 0.10.0a2, 0.10.0rc1) and a final 0.10.0 is a release bnpo has not checked."""
+    """``version`` in ``SUPPORTED_VERL`` (pre-releases included), or a dev / pre-release build of ``MAIN_VERL``
+    (0.10.0.dev0, 0.10.0.dev20261201, 0.10.0a2, 0.10.0rc1), compared as versions; not a final ``MAIN_VERL``."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
@@ -85,8 +73,7 @@ def is_supported(version: Optional[str]) -> bool:
         parsed = Version(str(version))
     except InvalidVersion:
         return False
-    # X.Y.Z.dev0 is the earliest build of X.Y.Z; not SpecifierSet("<X.Y.Z"): PEP 440 keeps X.Y.Z's own
-    # pre-releases out of an exclusive "<X.Y.Z"
+    # X.Y.Z.dev0 is X.Y.Z's earliest build; not SpecifierSet("<X.Y.Z"), which keeps X.Y.Z's pre-releases out (PEP 440)
     main = Version(MAIN_VERL)
     return SpecifierSet(SUPPORTED_VERL).contains(parsed, prereleases=True) or Version(f"{main}.dev0") <= parsed < main
 
@@ -97,16 +84,14 @@ def supported_text() -> str:
 
 def require(module: Any, dotted: str) -> Any:
     """``module.<dotted>`` (e.g. ``"PPOTrainer._compute_advantage"``), or VerlChanged naming the place."""
-    value = module
-    for part in dotted.split("."):
-        if not hasattr(value, part):
-            raise VerlChanged(
-                f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo supports "
-                f"{supported_text()}, where it exists). Install a supported verl ({INSTALL_SUPPORTED}), or a bnpo "
-                "release that supports your verl."
-            )
-        value = getattr(value, part)
-    return value
+    try:
+        return functools.reduce(getattr, dotted.split("."), module)
+    except AttributeError:
+        raise VerlChanged(
+            f"bnpo cannot extend verl {installed_verl()}: {module.__name__}.{dotted} is missing (bnpo supports "
+            f"{supported_text()}, where it exists). Install a supported verl ({INSTALL_SUPPORTED}), or a bnpo "
+            "release that supports your verl."
+        ) from None
 
 
 def require_all(module: Any) -> dict[str, Any]:
@@ -120,8 +105,7 @@ def uses_bnpo(config: Any) -> bool:
 
 
 def patch(owner: Any, attribute: str, make_wrapper: Callable[[Any], Any]) -> Any:
-    """Set ``owner.<attribute>`` to ``make_wrapper(original)``, where original is verl's own: a plugin imported a
-    second time (a reloaded module, a purged ``sys.modules``) replaces its earlier wrapper instead of wrapping it."""
+    """Set ``owner.<attribute>`` to ``make_wrapper(verl's original)``: patching again replaces bnpo's wrapper."""
     current = getattr(owner, attribute)
     original = getattr(current, "_bnpo_original", current)
     wrapper = make_wrapper(original)
@@ -132,8 +116,7 @@ def patch(owner: Any, attribute: str, make_wrapper: Callable[[Any], Any]) -> Any
 
 
 def check_before_init(cls: type, check: Callable[[Any, Any], None]) -> None:
-    """Make ``cls(config, ...)`` call ``check(self, config)`` before its own ``__init__`` for a bnpo / ad_bnpo config
-    (other estimators run as usual)."""
+    """Make ``cls(config, ...)`` call ``check(self, config)`` before its ``__init__`` for a bnpo / ad_bnpo config."""
 
     def wrap(original):
         @functools.wraps(original)
@@ -148,23 +131,18 @@ def check_before_init(cls: type, check: Callable[[Any, Any], None]) -> None:
     patch(cls, "__init__", wrap)
 
 
-def gate(cls: type, error: BaseException) -> None:
-    """Make ``cls(config, ...)`` refuse a bnpo / ad_bnpo config with ``error``."""
-
-    def refuse(self, config):
-        raise VerlChanged(f"{cls.__module__}.{cls.__qualname__} cannot run algorithm.adv_estimator="
-                          f"{config.algorithm.adv_estimator}: {error}") from error
-
-    check_before_init(cls, refuse)
-
-
 def gate_classes(module: Any, error: BaseException) -> None:
-    """Gate every class of ``PLACES[module]`` that still exists (the place that is missing may be a method)."""
+    """Make each class of ``PLACES[module]`` that still exists refuse a bnpo / ad_bnpo config with ``error``."""
+
+    def refuse(name, self, config):
+        estimator = config.algorithm.adv_estimator
+        raise VerlChanged(f"{name} cannot run algorithm.adv_estimator={estimator}: {error}") from error
+
     for dotted in PLACES[module.__name__]:
         owner = getattr(module, dotted.split(".")[0], None)
         cls = getattr(owner, "__ray_actor_class__", owner)  # a Ray actor's class behind its handle
         if isinstance(cls, type):
-            gate(cls, error)
+            check_before_init(cls, functools.partial(refuse, f"{cls.__module__}.{cls.__qualname__}"))
 
 
 def check_version() -> None:
@@ -183,20 +161,16 @@ def check_version() -> None:
 
 
 def selected_trainer(config: Any) -> str:
-    """The trainer a run of ``config`` uses, from the sections verl's entry points compose: fully_async_policy's
-    config has ``async_training``, one_step_off_policy's a top-level ``rollout`` (the rollout's own GPUs), and
-    main_ppo runs the v1 trainer unless ``trainer.use_v1=False``."""
+    """The trainer a run of ``config`` uses, from the sections of its entry point's config."""
     if config.get("async_training", None) is not None:
         return "fully_async_policy"
     if config.get("rollout", None) is not None:
         return "one_step_off_policy"
-    trainer = config.get("trainer", None) or {}
-    return "v1" if trainer.get("use_v1", True) else "legacy"
+    return "v1" if (config.get("trainer", None) or {}).get("use_v1", True) else "legacy"
 
 
 def import_trainer_modules(trainer: str) -> None:
-    """Import, under the names bnpo hooks, the verl modules the ``trainer`` extends, so their hooks run (and fail)
-    here; a module that does not import under its name stops the run, naming it."""
+    """Import the verl modules ``trainer`` extends under the names bnpo hooks, so their hooks run (and fail) here."""
     for name in TRAINER_MODULES[trainer]:
         try:
             importlib.import_module(name)

@@ -1,10 +1,6 @@
-"""What one advantage step shares between a verl trainer and bnpo's estimators, beyond verl's arguments.
-
-verl hands estimators tensors and uids only: no ``non_tensor_batch`` (but to gdpo), no agent-loop sessions, no way to
-return statistics or reach state across steps. bnpo's trainer integration opens an ``EstimatorScope`` around verl's
-advantage step with all of it. A scope is a context variable (other threads and trainers see their own), and pooled
-fits live on the trainer object: two trainers in one process share nothing. Pure Python; never imports verl.
-"""
+"""What an advantage step shares between a verl trainer and bnpo's estimators beyond verl's arguments (tensors and
+uids, no way to return statistics): an ``EstimatorScope`` in a context variable, so each thread and trainer sees its
+own; pooled fits live on the trainer object. Never imports verl."""
 
 from __future__ import annotations
 
@@ -22,11 +18,9 @@ from ..core.stats import BNPOStats
 
 @dataclass
 class EstimatorScope:
-    """fields: per-sample values by key ((bs,) arrays: the reward function's extra info).
-    final_row: (bs,) row of each sample's session's final output, or None when every session has one output.
-    fit_state: the run's pooled fits (``algorithm.bnpo.fit_halflife``), or None.
-    stats: set by the bnpo / ad_bnpo estimator called in the scope (the last call's), else None.
-    """
+    """fields: per-sample (bs,) values by key (the reward function's extra info). final_row: (bs,) row of each sample's
+    session's final output, or None when every session has one output. fit_state: the run's pooled fits, or None.
+    stats: left by the last bnpo / ad_bnpo estimator call in the scope, else None."""
 
     fields: Mapping[str, Any] = field(default_factory=dict)
     final_row: Optional[np.ndarray] = None
@@ -40,13 +34,11 @@ class EstimatorScope:
 
 
 _SCOPE: ContextVar[Optional[EstimatorScope]] = ContextVar("bnpo_estimator_scope", default=None)
-# The verl trainer whose training loop (``fit``) is running in this context, if bnpo extends it (bnpo.verl.contract).
 _RUN: ContextVar[Optional[Any]] = ContextVar("bnpo_trainer_run", default=None)
 
 
 @contextmanager
 def _set(var: ContextVar, value: Any) -> Iterator[Any]:
-    """``var`` is ``value`` inside the block (and in what it calls), its previous value after."""
     token = var.set(value)
     try:
         yield value
@@ -54,14 +46,9 @@ def _set(var: ContextVar, value: Any) -> Iterator[Any]:
         var.reset(token)
 
 
-def estimator_scope(
-    fit_state: Optional[FitState] = None,
-    fields: Optional[Mapping[str, Any]] = None,
-    final_row: Optional[np.ndarray] = None,
-) -> ContextManager[EstimatorScope]:
-    """Open a scope for bnpo's estimators called inside the block (through verl or directly).
-
-    Use it to call verl's ``compute_advantage`` / the registered estimator yourself and read the statistics::
+def estimator_scope(fit_state: Optional[FitState] = None, fields: Optional[Mapping[str, Any]] = None,
+                    final_row: Optional[np.ndarray] = None) -> ContextManager[EstimatorScope]:
+    """A scope for bnpo's estimators called inside the block, through verl or directly::
 
         with bnpo.verl.estimator_scope(fit_state) as scope:
             data = compute_advantage(data, adv_estimator="bnpo", ...)
@@ -75,16 +62,11 @@ def current_scope() -> Optional[EstimatorScope]:
     return _SCOPE.get()
 
 
-_FIT_STATE_ATTRIBUTE = "_bnpo_fit_state"
-
-
 def fit_state_of(trainer: Any) -> FitState:
     """The pooled fits of ``trainer`` (created on first use), kept on the trainer object itself."""
-    state = getattr(trainer, _FIT_STATE_ATTRIBUTE, None)
-    if state is None:
-        state = FitState()
-        setattr(trainer, _FIT_STATE_ATTRIBUTE, state)
-    return state
+    if getattr(trainer, "_bnpo_fit_state", None) is None:
+        trainer._bnpo_fit_state = FitState()
+    return trainer._bnpo_fit_state
 
 
 def trainer_run(trainer: Any) -> ContextManager[Any]:

@@ -1,10 +1,6 @@
-"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl.plugin``; never imports verl).
-
-Thin wrappers of ``bnpo.core``: what verl does not pass (ad_bnpo's components, agent-loop sessions, the trainer's
-pooled fits) comes from the open ``EstimatorScope``, and each call leaves its statistics there. They refuse to run
-where part of bnpo's plugin failed, or in a training loop bnpo extends but outside its advantage step: both would
-train without what bnpo adds.
-"""
+"""``bnpo`` and ``ad_bnpo`` with verl's estimator signature (registered by ``bnpo.verl.plugin``; never imports verl):
+thin wrappers of ``bnpo.core`` that take what verl does not pass from the open ``EstimatorScope`` and leave their
+statistics there."""
 
 from __future__ import annotations
 
@@ -20,33 +16,33 @@ from .compat import VerlChanged
 from .context import EstimatorScope, current_run, current_scope
 
 
-def _scope(name: str) -> Optional[EstimatorScope]:
-    """The open estimator scope, after checking that this call is one bnpo's plugin and trainer extensions serve."""
+def _start(name: str, config: Any, index: Any) -> tuple[Optional[EstimatorScope], Any, dict[str, Any]]:
+    """The open scope, the parsed ``bnpo`` block of verl's algorithm ``config``, and what the scope hands the core
+    function; refused where part of bnpo's plugin failed or outside a trainer's advantage step (bnpo would be lost)."""
     hooks.refuse_if_failed(name)
-    scope = current_scope()
-    trainer = current_run()
+    scope, trainer = current_scope(), current_run()
     if scope is None and trainer is not None:
         cls = type(trainer)
         raise VerlChanged(
-            f"algorithm.adv_estimator={name}: verl's {cls.__module__}.{cls.__qualname__} called bnpo's estimator in its "
-            "training loop but outside the advantage step bnpo extends (verl.trainer.ppo.ray_trainer.compute_advantage, "
-            "SeparateRayPPOTrainer._fit_compute_advantage): its metrics and pooled fits would be lost. The trainer, or "
-            "a verl module bnpo extends, computes advantages another way (moved or overridden?)."
+            f"algorithm.adv_estimator={name}: verl's {cls.__module__}.{cls.__qualname__} called bnpo's estimator in "
+            "its training loop but outside the advantage step bnpo extends (verl.trainer.ppo.ray_trainer."
+            "compute_advantage, SeparateRayPPOTrainer._fit_compute_advantage): its metrics and pooled fits would be "
+            "lost. The trainer, or a verl module bnpo extends, computes advantages another way (moved or overridden?)."
         )
-    return scope
-
-
-def _start(name: str, config: Any, index: Any) -> tuple[Optional[EstimatorScope], Any, dict[str, Any]]:
-    """The open scope (``_scope``), the parsed ``bnpo`` block of verl's algorithm ``config``, and what the scope hands
-    the core function (the agent-loop sessions and the trainer's pooled fits)."""
-    scope = _scope(name)
     cfg = config_from_algorithm(config)
     if index is None:
         raise ValueError(
             f"{name} groups samples by question but got no index; verl passes the batch's 'uid' field "
             "(set by the trainer when rollout.n > 1). Pass index=<(bs,) question uids>."
         )
-    return scope, cfg, {"final_row": _final_row(scope, index), "fit_state": scope.fit_state if scope else None}
+    final_row = scope.final_row if scope is not None else None
+    if final_row is not None and len(final_row) != len(index):
+        raise RuntimeError(
+            f"bnpo: the batch has {len(index)} samples but the trainer described {len(final_row)} agent-loop "
+            "outputs; verl's _compute_advantage no longer hands the estimator its batch in TransferQueue key order. "
+            "Report this with your verl version."
+        )
+    return scope, cfg, {"final_row": final_row, "fit_state": scope.fit_state if scope else None}
 
 
 def _finish(scope: Optional[EstimatorScope], stats: Any, advantages: torch.Tensor, returns: torch.Tensor) -> tuple:
@@ -56,79 +52,27 @@ def _finish(scope: Optional[EstimatorScope], stats: Any, advantages: torch.Tenso
     return advantages, returns
 
 
-def _final_row(scope: Optional[EstimatorScope], index: Any) -> Optional[Any]:
-    if scope is None or scope.final_row is None:
-        return None
-    if len(scope.final_row) != len(index):
-        raise RuntimeError(
-            f"bnpo: the batch has {len(index)} samples but the trainer described {len(scope.final_row)} agent-loop "
-            "outputs; verl's _compute_advantage no longer hands the estimator its batch in TransferQueue key order. "
-            "Report this with your verl version."
-        )
-    return scope.final_row
-
-
-def _component_fields(non_tensor_batch: Optional[dict], scope: Optional[EstimatorScope]) -> Optional[dict]:
-    """The per-sample fields ad_bnpo reads its components from: the open scope's, overlaid by ``non_tensor_batch``.
-
-    Merged, not either-or: verl PR #7473 hands ``non_tensor_batch`` to every estimator that accepts it, and in the v1
-    trainer that dict holds only ``uid`` (the reward function's scores stay in TransferQueue, where bnpo's trainer
-    integration read them into the scope); preferring it would hide every component. None when neither exists.
-    """
-    if non_tensor_batch is None:
-        return scope.fields if scope else None
-    return {**(scope.fields if scope else {}), **non_tensor_batch}
-
-
-def compute_bnpo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any = None,
-    config: Optional[Any] = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BNPO outcome advantage (verl estimator signature).
-
-    Args:
-        token_level_rewards: (bs, L); an output's reward is the sum over its tokens.
-        response_mask: (bs, L); samples without response tokens (verl's padding rows) get 0 and stay out
-            of the groups and the fit.
-        index: (bs,) question uids (verl's ``uid``).
-        config: verl's algorithm config (DictConfig, AlgoConfig or None); its ``bnpo`` block is read.
-
-    Returns:
-        advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
-    """
+def compute_bnpo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any = None,
+                                   config: Optional[Any] = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """BNPO outcome advantages and returns, equal, (bs, L), from (bs, L) token rewards (summed per output; rows without
+    response tokens get 0), (bs,) question uids ``index`` and verl's algorithm ``config`` (its ``bnpo`` block)."""
     scope, cfg, from_scope = _start("bnpo", config, index)
     advantages, returns, stats = compute_bnpo_advantage(token_level_rewards, response_mask, index, cfg, **from_scope)
     return _finish(scope, stats, advantages, returns)
 
 
-def compute_ad_bnpo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any = None,
-    config: Optional[Any] = None,
-    non_tensor_batch: Optional[dict] = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AD-BNPO outcome advantage (verl estimator signature).
-
-    Args:
-        token_level_rewards: (bs, L); its dtype and device are used, and it is checked to carry nothing the
-            components do not (token-level shaping, a penalty outside the components).
-        response_mask: (bs, L).
-        index: (bs,) question uids.
-        config: verl's algorithm config; ``bnpo.components`` names the reward keys.
-        non_tensor_batch: per-sample fields, ``non_tensor_batch[key]`` (bs,) per component. verl 0.9 passes
-            it to no estimator but gdpo; the fields of the open scope (bnpo's trainer integration) are used,
-            overlaid by the keys it holds (a component in neither is an error naming the keys there are).
-
-    Returns:
-        advantages, returns: (bs, L), equal; float64 for float64 rewards, float32 otherwise.
-    """
+def compute_ad_bnpo_outcome_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any = None,
+                                      config: Optional[Any] = None, non_tensor_batch: Optional[dict] = None,
+                                      **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """AD-BNPO outcome advantages of the reward components ``bnpo.components`` names, read from the open scope's (bs,)
+    fields overlaid by ``non_tensor_batch``; ``token_level_rewards`` must carry nothing the components do not."""
     scope, cfg, from_scope = _start("ad_bnpo", config, index)
-    fields = _component_fields(non_tensor_batch, scope)
+    # merged, not either-or: verl PR #7473 hands non_tensor_batch to every estimator that accepts it, and in the v1
+    # trainer it holds only uid (the scores stay in TransferQueue, read into the scope): preferring it hides them
+    if non_tensor_batch is None:
+        fields = scope.fields if scope else None
+    else:
+        fields = {**(scope.fields if scope else {}), **non_tensor_batch}
     if fields is None:
         raise ValueError(
             "ad_bnpo got no per-sample reward fields: verl hands them to no estimator but gdpo, and bnpo's trainer "

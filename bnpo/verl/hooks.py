@@ -1,9 +1,5 @@
-"""What bnpo's verl plugin could not extend in this process, and its post-import hooks (``wrapt``'s).
-
-The plugin is imported by ``import verl`` in every process; importing verl's trainers there would cost seconds and
-pull in heavy dependencies in processes that never train, so the plugin extends each trainer module when (and only
-if) a process imports it. A hook that fails is recorded in ``FAILED`` with every other part of the plugin that did.
-"""
+"""What bnpo's verl plugin could not extend in this process (``FAILED``), and its post-import hooks (``wrapt``'s): a
+trainer module is extended only where a process imports it, since importing verl's trainers costs seconds."""
 
 from __future__ import annotations
 
@@ -19,9 +15,8 @@ from .compat import VerlChanged, supported_text
 
 logger = logging.getLogger(__name__)
 
-# What bnpo could not extend in this process, by verl place (a module, or a module attribute): a fact about this
-# process's verl install. The estimators refuse to run while it is not empty, and the start-up check of a bnpo run
-# reports it (bnpo.verl.startup), instead of training on without the extension.
+# verl place (a module, or a module attribute) -> the error that kept bnpo from extending it in this process. While it
+# is not empty the estimators refuse to run and a bnpo run's start-up check reports it (bnpo.verl.startup).
 FAILED: dict[str, BaseException] = {}
 
 
@@ -41,9 +36,9 @@ def refuse_if_failed(estimator: str) -> None:
     """Stop a bnpo / ad_bnpo run (its start-up, its estimator) in a process where part of the plugin failed."""
     if FAILED:
         raise VerlChanged(
-            f"algorithm.adv_estimator={estimator}: {failures()[0]}. Without it bnpo would train with no start-up check, "
-            f"no bnpo/* metrics, no ad_bnpo components or no per-step checks. Install bnpo next to a verl it supports "
-            f"({supported_text()})."
+            f"algorithm.adv_estimator={estimator}: {failures()[0]}. Without it bnpo would train with no start-up "
+            "check, no bnpo/* metrics, no ad_bnpo components or no per-step checks. Install bnpo next to a verl it "
+            f"supports ({supported_text()})."
         ) from next(iter(FAILED.values()))
 
 
@@ -57,7 +52,7 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
             record(name, err)
 
     wrapt.register_post_import_hook(hook, name)
-    # wrapt adds its finder to sys.meta_path once per process; code that resets sys.meta_path to an earlier copy (a
-    # test's clean-up, a sandboxing tool) drops it and every later hook would silently never fire
+    # wrapt adds its finder to sys.meta_path once per process; code that resets sys.meta_path (a test's clean-up, a
+    # sandbox) drops it, and every later hook would silently never fire
     if not any(isinstance(finder, wrapt.importer.ImportHookFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, wrapt.importer.ImportHookFinder())

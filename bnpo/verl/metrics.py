@@ -1,10 +1,5 @@
-"""The names bnpo logs its statistics under, safe for verl's metrics aggregator.
-
-verl's v1 ``MetricsAggregator`` (``verl/trainer/ppo/v1/utils.py``) reduces a metric over a step's local updates by its
-lower-cased name: ``max`` -> maximum, ``min`` -> minimum, ``sum`` / ``total`` -> sum, otherwise the sample-weighted
-mean, which bnpo means for every statistic but ``weight_max``. An ad_bnpo component's reward key may contain such a
-word: its segment is written with a ``-`` after each such word's first letter (``t-otal``, ``m-ax_len``).
-"""
+"""The names bnpo logs its statistics under, safe for verl's v1 ``MetricsAggregator``, which reduces a metric by the
+words ``max``, ``min``, ``sum`` / ``total`` in its lower-cased name and otherwise by the sample-weighted mean."""
 
 from __future__ import annotations
 
@@ -15,14 +10,12 @@ from collections.abc import Iterable
 from ..core.config import _key
 from ..core.stats import BNPOStats
 
-# the words verl's MetricsAggregator looks for in a lower-cased name; besides them it lists exact names (all outside
-# bnpo/), the suffixes /lr and _lr (no bnpo name ends so) and timing_s/, timing_per_token_ms/ (which contain "min")
+# its other rules (exact names outside bnpo/, the suffixes /lr and _lr, timing_s/) match no bnpo name
 _AGGREGATOR_WORDS = re.compile("max|min|sum|total", re.IGNORECASE)
 
 
 def component_segment(component: str) -> str:
-    """``component`` as it appears in ``bnpo/<component>/<statistic>``: unchanged unless it contains one of the words
-    verl's aggregator reduces by, each then split after its first letter (``total_len`` -> ``t-otal_len``)."""
+    """``component`` as it appears in ``bnpo/<component>/<statistic>`` (``total_len`` -> ``t-otal_len``)."""
     segment = str(component)
     while (match := _AGGREGATOR_WORDS.search(segment)) is not None:  # a split can reveal an overlapping word
         segment = f"{segment[:match.start() + 1]}-{segment[match.start() + 1:]}"

@@ -1,10 +1,7 @@
-"""Registers ``bnpo`` and ``ad_bnpo`` with verl and extends verl's trainers; the top of bnpo's verl layer.
+"""Registers ``bnpo`` and ``ad_bnpo`` with verl and extends verl's trainers, loaded in every process that imports verl.
 
-verl imports it in every process that imports verl (its ``verl.plugins`` entry point, or
-``VERL_USE_EXTERNAL_MODULES=bnpo.verl.plugin``) and hides a plugin's import errors, so nothing here raises: each part
-that fails is logged and recorded with its verl place in ``bnpo.verl.hooks.FAILED``, and while anything is recorded
-bnpo's estimators and the start-up check of a bnpo run stop with it. Importing it again (a reloaded module) replaces
-its own registration and wrappers: no "already registered" error, no wrapper around a wrapper.
+verl hides a plugin's import errors, so nothing here raises: each part that fails is recorded in
+``bnpo.verl.hooks.FAILED``, which stops bnpo's runs. Importing it again replaces its registration and wrappers.
 """
 
 from __future__ import annotations
@@ -16,13 +13,21 @@ from typing import Any
 
 from . import compat, hooks
 from .estimators import ESTIMATOR_FUNCTIONS
-from .hooks import when_imported
 from .startup import install_startup_check
+
+# verl module -> what extends it (each only where a process imports it: they are heavy)
+EXTENSIONS = {
+    "verl.trainer.ppo.v1.trainer_base": "trainer_v1:install",
+    "verl.trainer.ppo.ray_trainer": "trainer_legacy:install",
+    "verl.experimental.separation.ray_trainer": "trainer_legacy:install_separation",
+    "verl.experimental.fully_async_policy.fully_async_trainer": "trainer_legacy:install_fully_async",
+}
 
 
 def _ours(found: Any, fn: Any) -> bool:
     """``found`` is bnpo's ``fn`` (from an earlier import of this plugin, or the same object)."""
-    return getattr(found, "__module__", None) == fn.__module__ and getattr(found, "__qualname__", None) == fn.__qualname__
+    name = (getattr(found, "__module__", None), getattr(found, "__qualname__", None))
+    return name == (fn.__module__, fn.__qualname__)
 
 
 def _register_estimators() -> None:
@@ -37,9 +42,7 @@ def _register_estimators() -> None:
 
 
 def _extension(install: str) -> Callable[[ModuleType], None]:
-    """The hook that extends a verl module with ``bnpo.verl.<install>`` (``module:function``); if it cannot, the
-    module's classes are gated (they refuse bnpo runs at construction) and the error is re-raised for the hook to
-    record."""
+    """The hook extending a verl module with ``bnpo.verl.<install>``; where that fails, its classes refuse bnpo runs."""
     module_name, function = install.split(":")
 
     def extend(module: ModuleType) -> None:
@@ -52,15 +55,6 @@ def _extension(install: str) -> Callable[[ModuleType], None]:
     return extend
 
 
-# verl module -> what extends it (each only where a process imports it: they are heavy)
-EXTENSIONS = {
-    "verl.trainer.ppo.v1.trainer_base": "trainer_v1:install",
-    "verl.trainer.ppo.ray_trainer": "trainer_legacy:install",
-    "verl.experimental.separation.ray_trainer": "trainer_legacy:install_separation",
-    "verl.experimental.fully_async_policy.fully_async_trainer": "trainer_legacy:install_fully_async",
-}
-
-
 def _load() -> None:
     # the check first: it reports what fails after it
     for place, step in (("verl.utils.config.validate_config", install_startup_check),
@@ -70,7 +64,7 @@ def _load() -> None:
         except Exception as err:
             hooks.record(place, err)
     for module_name, install in EXTENSIONS.items():
-        when_imported(module_name, _extension(install))
+        hooks.when_imported(module_name, _extension(install))
 
 
 _load()

@@ -1,17 +1,5 @@
-"""verl's v1 replay buffer with a shorter poll: a drop-in through verl's own custom-sampler keys.
-
-verl 0.9.1's ``ReplayBuffer.sample`` sleeps ``poll_interval`` (2.0 s, a constructor default no config key reaches)
-between checks of TransferQueue for finished rollouts: on a CPU run most of a step, on a GPU run about 1 s per step
-and per validation. ``fast_poll`` builds verl's own ``ReplayBuffer`` (sync) or ``ReplayBufferAsync`` with the
-interval from ``trainer.v1.sampler.sampler_kwargs.poll_interval_s`` (default ``DEFAULT_POLL_INTERVAL_S``)::
-
-    trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer \\
-    trainer.v1.sampler.custom_sampler.name=fast_poll \\
-    +trainer.v1.sampler.sampler_kwargs.poll_interval_s=0.05
-
-It refuses ``algorithm.filter_groups`` and ``trainer.v1.sampler.sync_refill_failed_groups``, which verl hands a
-custom sampler neither of. Works with any estimator.
-"""
+"""verl's v1 replay buffer with a shorter poll (docs/verl.md): verl 0.9.1's ``ReplayBuffer.sample`` sleeps 2 s, which no
+config key reaches, between checks for finished rollouts. ``fast_poll`` is loaded through verl's custom-sampler keys."""
 
 from __future__ import annotations
 
@@ -36,7 +24,7 @@ def poll_interval(sampler_kwargs: Any) -> float:
 
 def refuse_what_verl_does_not_pass(refill_fn: Any) -> None:
     """ValueError if the trainer behind ``refill_fn`` (verl passes its ``_add_prompts_to_generate``) asks for group
-    filtering or failed-group refills, which verl's built-in sampler gets and a custom one does not."""
+    filtering or failed-group refills, which verl hands its own sampler but not a custom one."""
     config = getattr(getattr(refill_fn, "__self__", None), "config", None)
     if config is None:
         return
@@ -46,19 +34,17 @@ def refuse_what_verl_does_not_pass(refill_fn: Any) -> None:
                     ("trainer.v1.sampler.sync_refill_failed_groups", sampler.get("sync_refill_failed_groups", False))):
         if on:
             raise ValueError(
-                f"{key}=True with trainer.v1.sampler.custom_sampler.name=fast_poll: verl hands a custom sampler neither "
-                "DAPO's group filter nor failed-group refills, so it would sample without them. Remove the "
+                f"{key}=True with trainer.v1.sampler.custom_sampler.name=fast_poll: verl hands a custom sampler "
+                "neither DAPO's group filter nor failed-group refills, so it would sample without them. Remove the "
                 "custom_sampler keys (verl's own sampler, 2 s poll) or turn the option off."
             )
 
 
 def fast_poll(*, trainer_mode: str, sampler_kwargs: Any = None, refill_fn: Any = None, **kwargs: Any):
-    """verl's replay buffer for ``trainer_mode`` (``ReplayBuffer`` for sync, ``ReplayBufferAsync`` otherwise, as
-    verl picks it), polling every ``poll_interval_s`` seconds; ``kwargs``: what verl passes a custom sampler."""
+    """verl's replay buffer for ``trainer_mode``, as verl picks it, polling every ``poll_interval_s`` seconds."""
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
     refuse_what_verl_does_not_pass(refill_fn)
-    kwargs["refill_fn"] = refill_fn
-    interval = poll_interval(sampler_kwargs)
     cls = ReplayBuffer if trainer_mode == "sync" else ReplayBufferAsync
-    return cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, poll_interval=interval, **kwargs)
+    return cls(trainer_mode=trainer_mode, sampler_kwargs=sampler_kwargs, refill_fn=refill_fn,
+               poll_interval=poll_interval(sampler_kwargs), **kwargs)

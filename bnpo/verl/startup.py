@@ -1,10 +1,5 @@
-"""Start-up checks of a verl run that uses bnpo / ad_bnpo, so that a typo in ``algorithm.bnpo``, a setting bnpo cannot
-honour, an unsupported verl or a verl that changed under bnpo fails at start-up, not after the first rollout.
-
-``check_run_config`` runs before Ray starts (the plugin wraps verl's ``validate_config`` and the package's copy
-``verl.utils.validate_config``, which main_ppo and the TaskRunners call first) and when a trainer bnpo extends is built,
-in the process that trains (``bnpo.verl.contract``).
-"""
+"""Start-up checks of a verl run that uses bnpo / ad_bnpo, so that a bad config or verl fails before the first rollout:
+before Ray starts (the plugin wraps verl's ``validate_config``) and where a trainer is built (``contract``)."""
 
 from __future__ import annotations
 
@@ -21,8 +16,9 @@ from .metrics import check_component_names
 logger = logging.getLogger(__name__)
 
 # Trainer modes of bnpo 0.1, when metrics and ad_bnpo needed a bnpo trainer class.
-REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async", "bnpo_separate_async": "separate_async"}
-REGISTRATION = "verl.trainer.ppo.core_algos.register_adv_est"  # the place bnpo.verl.plugin records a failed registration at
+REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async",
+                         "bnpo_separate_async": "separate_async"}
+REGISTRATION = "verl.trainer.ppo.core_algos.register_adv_est"  # where bnpo.verl.plugin records a failed registration
 
 
 def _check_registered(name: str) -> None:
@@ -40,9 +36,7 @@ def _check_registered(name: str) -> None:
 
 
 def check_integration(config: Any, trainer: Optional[str] = None) -> None:
-    """A bnpo run's start-up in this process: verl's version supported; the verl modules of the run's trainer
-    (``trainer``, else the one ``config`` selects) importable under the names bnpo hooks, so their extensions run
-    here; bnpo's estimator registered; nothing of the plugin failed."""
+    """A bnpo run's start-up in this process: verl, the modules of its trainer, bnpo's estimator and plugin."""
     name = str(config.algorithm.adv_estimator)
     compat.check_version()
     compat.import_trainer_modules(trainer or compat.selected_trainer(config))
@@ -51,35 +45,27 @@ def check_integration(config: Any, trainer: Optional[str] = None) -> None:
 
 
 def installation_problems() -> list[str]:
-    """What would stop any bnpo / ad_bnpo run in this process, whatever its config: an unsupported verl, a part of
-    bnpo's plugin that failed, an estimator that is not bnpo's; [] when none. ``import verl`` first (it loads bnpo's
-    plugin), or use ``node_problems``."""
+    """What would stop any bnpo / ad_bnpo run in this process, whatever its config ([] when nothing): an unsupported
+    verl, a failed part of bnpo's plugin, an estimator not bnpo's. ``import verl`` first, or use ``node_problems``."""
     problems = []
-    try:
-        compat.check_version()
-    except compat.VerlChanged as err:
-        problems.append(str(err))
-    for name in ESTIMATOR_FUNCTIONS:
+    for check in (compat.check_version, *(functools.partial(_check_registered, n) for n in ESTIMATOR_FUNCTIONS)):
         try:
-            _check_registered(name)
+            check()
         except (ValueError, compat.VerlChanged) as err:
             problems.append(str(err))
     return problems + hooks.failures()
 
 
 def node_problems() -> list[str]:
-    """``installation_problems`` of a fresh verl process, e.g. a Ray task pinned to each node of a cluster by a
-    pre-flight. On a node where bnpo does not import, Ray cannot even load this function: the task fails there."""
+    """``installation_problems`` of a fresh verl process, e.g. a pre-flight's Ray task on each node."""
     import verl  # noqa: F401  (loads bnpo's plugin, as in every verl worker)
 
     return installation_problems()
 
 
 def check_run_config(config: Any, startup: bool = True, trainer: Optional[str] = None) -> Optional[BNPOConfig]:
-    """Validate the bnpo parts of a full verl config; return the parsed block (None if bnpo is unused).
-
-    ``startup``: also check the integration (``check_integration``, for ``trainer`` or the one ``config`` selects).
-    """
+    """The parsed ``algorithm.bnpo`` of a full verl config, validated (None if bnpo is unused); ``startup``: with
+    ``check_integration`` for ``trainer`` (default: the one ``config`` selects)."""
     section = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
     mode = str((section.get("v1", None) or {}).get("trainer_mode", "sync"))
     if mode in REMOVED_TRAINER_MODES:
@@ -98,7 +84,17 @@ def check_run_config(config: Any, startup: bool = True, trainer: Optional[str] =
     cfg = config_from_algorithm(algorithm)
     check_estimator(str(name), cfg)
     check_component_names(cfg.components or ())
-    _check_reward_range(config, str(name), cfg)
+    # bnpo.rewards with the format reward scores acc + format in [0, 2]: plain bnpo must declare that range
+    reward_fn = (config.get("reward", None) or {}).get("custom_reward_function", None) or {}
+    path = str(reward_fn.get("path", None) or "")
+    ours = path.startswith("pkg://bnpo.rewards") or "bnpo/rewards/" in path.replace("\\", "/")
+    kwargs = reward_fn.get("reward_kwargs", None) or {}
+    if name == "bnpo" and ours and kwargs.get("format_reward", False) is True and cfg.reward_max < 2:
+        raise ValueError(
+            f"reward.custom_reward_function.reward_kwargs.format_reward=true makes bnpo.rewards score acc + format, in "
+            f"[0, 2], but {_key('reward_max')}={cfg.reward_max}: set +{_key('reward_max')}=2 (or use "
+            f"algorithm.adv_estimator=ad_bnpo with {_key('components')}=[acc,format])."
+        )
     if algorithm.get("use_kl_in_reward", False):
         raise ValueError(
             f"algorithm.use_kl_in_reward=True with algorithm.adv_estimator={name}: it adds a per-token KL penalty to "
@@ -110,23 +106,8 @@ def check_run_config(config: Any, startup: bool = True, trainer: Optional[str] =
     return cfg
 
 
-def _check_reward_range(config: Any, name: str, cfg: BNPOConfig) -> None:
-    """bnpo.rewards with the format reward scores acc + format in [0, 2]: plain bnpo must declare that range."""
-    reward_fn = (config.get("reward", None) or {}).get("custom_reward_function", None) or {}
-    path = str(reward_fn.get("path", None) or "")
-    ours = path.startswith("pkg://bnpo.rewards") or "bnpo/rewards/" in path.replace("\\", "/")
-    kwargs = reward_fn.get("reward_kwargs", None) or {}
-    if name == "bnpo" and ours and kwargs.get("format_reward", False) is True and cfg.reward_max < 2:
-        raise ValueError(
-            f"reward.custom_reward_function.reward_kwargs.format_reward=true makes bnpo.rewards score acc + format, in "
-            f"[0, 2], but {_key('reward_max')}={cfg.reward_max}: set +{_key('reward_max')}=2 (or use "
-            f"algorithm.adv_estimator=ad_bnpo with {_key('components')}=[acc,format])."
-        )
-
-
 def install_startup_check() -> None:
-    """Make verl's ``validate_config`` (called first by main_ppo and the legacy TaskRunner) check bnpo too: the one in
-    ``verl.utils.config`` and the package's copy ``verl.utils.validate_config`` (bound before the plugin loads)."""
+    """Make verl's ``validate_config`` check bnpo too, with its copy ``verl.utils.validate_config`` (bound earlier)."""
     import verl.utils as verl_utils
     import verl.utils.config as verl_config
 

@@ -1,21 +1,6 @@
-"""bnpo in verl's legacy trainer (``trainer.use_v1=False``, ``RayPPOTrainer``) and every subclass of it: the separated
-trainers of one_step_off_policy and fully_async_policy too. Each keeps bnpo's trainer contract (``bnpo.verl.contract``).
-
-``RayPPOTrainer`` has no extension point: its ``fit`` calls the module functions ``compute_advantage`` (which passes
-``non_tensor_batch`` to gdpo only) and ``compute_data_metrics`` (logged every step). ``install`` wraps, in
-``verl.trainer.ppo.ray_trainer``:
-- the ``fit`` of ``RayPPOTrainer`` and of every subclass that defines its own (sync or async): the trainer's run; and
-  their ``__init__``: the per-run check, before the TaskRunner calls ``init_workers`` and ``fit``;
-- ``compute_advantage``: called in a trainer's run, that trainer's advantage step, its metrics held for the step's
-  ``compute_data_metrics``; inside another advantage step or a caller's scope, it hands the batch's fields to the
-  estimator and the statistics to that scope;
-- ``compute_data_metrics``: adds the held metrics;
-- checkpointing, which the subclasses inherit (``bnpo.verl.checkpoint``; fully_async saves its own way, so
-  ``fit_halflife`` is refused there at start-up).
-The separated trainers' ``fit_step`` calls ``self._fit_compute_advantage`` and logs ``self.metrics``, and their module
-imported ``compute_advantage`` by name: ``install_separation`` makes that method the advantage step and gives the
-module's ``compute_advantage`` the same wrap. fully_async's entry point never calls ``validate_config`` and its
-``__init__`` not ``RayPPOTrainer``'s: ``install_fully_async`` checks its own. Other estimators pass through.
+"""bnpo in verl's legacy trainer (``trainer.use_v1=False``, ``RayPPOTrainer``) and every subclass of it, the separated
+trainers included. ``RayPPOTrainer`` has no extension point: its ``fit`` calls the module functions
+``compute_advantage`` (passing ``non_tensor_batch`` to gdpo only) and ``compute_data_metrics``, so those are wrapped.
 """
 
 from __future__ import annotations
@@ -34,7 +19,8 @@ SEPARATE_ADVANTAGE = "verl.experimental.separation.ray_trainer.SeparateRayPPOTra
 
 
 def wrap_compute_advantage(compute_advantage):
-    """verl's ``compute_advantage(data, adv_estimator, ...)`` with bnpo's side of it (see the module)."""
+    """verl's ``compute_advantage``: in a legacy trainer's run, its advantage step, the metrics held for the step's
+    ``compute_data_metrics``; elsewhere it hands the batch's fields to the estimator and the statistics to the scope."""
 
     @functools.wraps(compute_advantage)
     def advantage_with_fields(data, adv_estimator, *args, **kwargs):
@@ -74,7 +60,7 @@ def wrap_compute_data_metrics(compute_data_metrics):
 
 
 def wrap_fit_compute_advantage(original):
-    """``SeparateRayPPOTrainer._fit_compute_advantage`` as the trainer's advantage step, its metrics in ``self.metrics``."""
+    """``SeparateRayPPOTrainer._fit_compute_advantage`` as the advantage step, its metrics in ``self.metrics``."""
 
     @functools.wraps(original)
     def _fit_compute_advantage(self, batch):
@@ -101,8 +87,7 @@ def _subclasses(cls: type) -> list[type]:
 
 
 def _extend_subclasses(base: type) -> None:
-    """Extend every subclass of ``base``: those that exist, and (through ``__init_subclass__``) those defined later,
-    e.g. when one_step_off_policy's module is imported."""
+    """Extend every subclass of ``base``, and through ``__init_subclass__`` those defined later (one_step_off's)."""
     for cls in _subclasses(base):
         _extend_class(cls)
     previous = base.__dict__.get("__init_subclass__")

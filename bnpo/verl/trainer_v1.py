@@ -1,12 +1,6 @@
-"""bnpo in verl's v1 trainer, in every trainer mode (sync, colocate_async, separate_async).
-
-``install`` wraps ``PPOTrainer._compute_advantage`` (``verl/trainer/ppo/v1/trainer_base.py``; every mode inherits it,
-``_step_once`` calls it once per local update) as the trainer's advantage step of bnpo's trainer contract
-(``bnpo.verl.contract``). Its scope holds what verl does not hand the estimator: ad_bnpo's reward scores and the
-agent-loop sessions (keys ``{uid}_{session_id}_{index}``), both read from TransferQueue, and the trainer's pooled fits.
-The metrics go into the local update's, which verl's ``MetricsAggregator`` reduces over the step. It also wraps
-checkpointing (``bnpo.verl.checkpoint``) and ``PPOTrainer.__init__`` (the per-run check).
-"""
+"""bnpo in verl's v1 trainer, every mode: ``PPOTrainer._compute_advantage`` as the advantage step of the trainer
+contract (``bnpo.verl.contract``), its scope holding ad_bnpo's reward scores and the agent-loop sessions from
+TransferQueue, which verl does not hand the estimator."""
 
 from __future__ import annotations
 
@@ -23,21 +17,9 @@ from . import checkpoint, compat, contract
 logger = logging.getLogger(__name__)
 
 
-def _object_array(values: list) -> np.ndarray:
-    """(bs,) object array of per-sample values (np.array would stack list-valued entries into 2-D)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 def require_transfer_queue(batch: Any, estimator: str) -> None:
-    """Stop the advantage step, saying what bnpo needs, unless ``batch`` is TransferQueue's and TransferQueue can
-    read it.
-
-    bnpo reads each sample's reward scores (ad_bnpo) and agent-loop session (its key) from TransferQueue, where
-    verl 0.9's v1 trainer keeps its rollout data. verl PR #7415 makes that rollout-data backend pluggable: another
-    backend's batch would otherwise fail deep inside TransferQueue or verl, naming neither bnpo nor the fix.
-    """
+    """Stop the advantage step unless TransferQueue can read ``batch``: verl PR #7415 makes the rollout-data backend
+    pluggable, and another backend's batch would fail deep inside TransferQueue or verl without naming bnpo."""
     if not isinstance(batch, tq.KVBatchMeta):
         kind = type(batch)
         found = f"the step's batch is a {kind.__module__}.{kind.__qualname__}, not TransferQueue's KVBatchMeta"
@@ -54,33 +36,26 @@ def require_transfer_queue(batch: Any, estimator: str) -> None:
 
 
 def reward_fields(batch: Any, components: list[str]) -> dict[str, np.ndarray]:
-    """The reward function's per-sample scores of ``batch`` (a KVBatchMeta), key -> (bs,) object array.
-
-    The agent loop stores a rule-based reward function's dict under ``extra_fields["reward_extra_info"]``;
-    a colocated reward model writes its extra keys as top-level fields instead
-    (``PPOTrainer._compute_reward_colocate``), so components missing from the first are read from the second.
-    """
+    """key -> (bs,) reward scores of ``batch`` (a KVBatchMeta): ``reward_extra_info``, else (colocated) top-level."""
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
     rows = list(data["extra_fields"]) if "extra_fields" in data.keys() else [None] * len(batch.keys)
     infos = [row.get("reward_extra_info", {}) if isinstance(row, dict) else {} for row in rows]
-    fields = {key: _object_array([info.get(key) for info in infos]) for key in sorted({k for i in infos for k in i})}
+    keys = sorted({key for info in infos for key in info})  # (bs,) object arrays: np.array would stack lists into 2-D
+    fields = {key: np.fromiter((info.get(key) for info in infos), object) for key in keys}
     for key in components:
         if key not in fields:
             top = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[key])
             if key in top.keys():
-                fields[key] = _object_array(list(top[key]))
+                fields[key] = np.fromiter(top[key], object)
     return fields
 
 
 def final_rows(keys: list[str]) -> Optional[np.ndarray]:
-    """(bs,) row of each sample's session's final output, from verl's keys ``{uid}_{session_id}_{index}``.
-
-    None when every session has a single output (the common case) or the keys are not in verl's format
-    (a custom agent-loop manager): then every sample counts on its own.
-    """
+    """(bs,) row of each sample's session's final output, from verl's keys ``{uid}_{session_id}_{index}``; None when
+    every session has one output or the keys are not in that format (then every sample counts on its own)."""
     if not keys:
         return None
-    parts = np.char.rpartition(np.asarray(keys, dtype=str), "_")
+    parts = np.char.rpartition(np.asarray(keys, dtype=str), "_")  # vectorised: no Python loop over samples
     session, index_text = parts[:, 0], parts[:, 2]
     if not (np.char.isdigit(index_text).all() and (np.char.find(session, "_") >= 0).all()):
         logger.warning("bnpo: TransferQueue keys are not verl's {uid}_{session_id}_{index} (e.g. %r); every output "
@@ -91,10 +66,9 @@ def final_rows(keys: list[str]) -> Optional[np.ndarray]:
         return None
     _, code = np.unique(session, return_inverse=True)
     order = np.lexsort((index, code))  # by session, then output index: each session's last row is its final
-    sorted_code = code[order]
-    last = np.append(sorted_code[1:] != sorted_code[:-1], True)
-    final_of_session = np.empty(sorted_code[-1] + 1, dtype=np.int64)
-    final_of_session[sorted_code[last]] = order[last]
+    last = np.append(code[order][1:] != code[order][:-1], True)
+    final_of_session = np.empty(code.max() + 1, dtype=np.int64)
+    final_of_session[code[order][last]] = order[last]
     return final_of_session[code]
 
 
@@ -119,9 +93,7 @@ def extend(original):
 
 
 def install(trainer_base: ModuleType) -> None:
-    """Wrap ``PPOTrainer._compute_advantage`` of verl's ``trainer_base`` module, its checkpointing
-    (``bnpo.verl.checkpoint``) and its ``__init__`` (the per-run check, before verl's TaskRunner calls ``init`` and
-    ``fit``: every mode's ``__init__`` calls it); every place is checked before anything is patched."""
+    """Extend ``PPOTrainer`` of verl's ``trainer_base`` (every place is checked before anything is patched)."""
     compat.require_all(trainer_base)
     checkpoint.install(trainer_base.PPOTrainer)
     compat.patch(trainer_base.PPOTrainer, "_compute_advantage", extend)

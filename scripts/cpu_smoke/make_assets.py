@@ -39,14 +39,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS + DIGITS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<bos>",
-        eos_token="<|end|>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<|end|>",
+                                        pad_token="<pad>", unk_token="<unk>",
+                                        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -55,25 +50,13 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausal
     """2 layers, hidden 64, 2 heads of 32 (vLLM's CPU attention takes head sizes 32, 64, 80, ...,
     not 16): about 0.1 M parameters, random weights."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=False, **special)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model.generation_config = GenerationConfig(**special)
     return model
 
 
@@ -84,15 +67,9 @@ def build_rows(num_rows: int, seed: int, split: str) -> pd.DataFrame:
     for index in range(num_rows):
         a, b = rng.randrange(10), rng.randrange(10)
         question = f"what is {a} plus {b} mod ten ? {INSTRUCTION}"
-        rows.append(
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": question}],
-                "ability": "arithmetic",
-                "reward_model": {"style": "rule", "ground_truth": str((a + b) % 10)},
-                "extra_info": {"split": split, "index": index, "a": a, "b": b},
-            }
-        )
+        rows.append({"data_source": DATA_SOURCE, "prompt": [{"role": "user", "content": question}],
+                     "ability": "arithmetic", "reward_model": {"style": "rule", "ground_truth": str((a + b) % 10)},
+                     "extra_info": {"split": split, "index": index, "a": a, "b": b}})
     return pd.DataFrame(rows)
 
 
