@@ -112,15 +112,23 @@ class Cluster:
         self.worker_id = self._worker_id()
         return self
 
-    def _worker_id(self) -> str:
-        nodes = rc.wait_for_nodes(self.dashboard, [self.head, self.worker], 2)
-        (worker,) = [n for n in nodes if n["node_id"] != self.head_id]
-        return worker["node_id"]
+    def _worker_id(self, lost: str | None = None) -> str:
+        """The worker node's id once the head and it are the alive nodes; after a restart, once Ray has marked the
+        ``lost`` node dead (15-20 s after its raylet went) and the new one joined."""
+        deadline = time.monotonic() + rc.NODE_UP_S
+        while True:
+            nodes = rc.wait_for_nodes(self.dashboard, [self.head, self.worker], 2)
+            workers = [n["node_id"] for n in nodes if n["node_id"] not in (self.head_id, lost)]
+            if workers:
+                return workers[0]
+            assert time.monotonic() < deadline, f"Ray still lists the lost node {lost} as alive"
+            time.sleep(2)
 
     def restart_worker(self) -> str:
+        lost = self.worker_id
         self.worker.stop()  # whatever of the lost node is left (a dead machine has no processes)
         self.worker.start()
-        self.worker_id = self._worker_id()
+        self.worker_id = self._worker_id(lost)
         return self.worker_id
 
     def stop(self) -> None:
