@@ -68,16 +68,18 @@ def cluster(tmp_path_factory):
     worker = rc.RayNode("worker", rc.worker_args(gcs, base / "worker", num_cpus=2, num_gpus=1), base / "worker", env,
                         logs)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the nodes' workers cannot import this test module
+    env_patch = pytest.MonkeyPatch()
     try:
         head.start()
         rc.wait_for_nodes(dashboard, [head], 1)
         worker.start()
         rc.wait_for_nodes(dashboard, [head, worker], 2)
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        env_patch.setenv("RAY_AUTH_MODE", "disabled")  # the nodes' setting (rc.ray_env), for this module only
         ray.init(address=gcs, log_to_driver=False)
         yield worker, dashboard
     finally:
         ray.shutdown()
+        env_patch.undo()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         for node in (worker, head):
             node.stop()

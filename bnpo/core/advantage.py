@@ -115,6 +115,7 @@ def compute_ad_bnpo_advantage(
                   response_mask=response_mask)
     bs, device, keys = response_mask.shape[0], response_mask.device, list(components)
     weights = cfg.component_weights or (1.0,) * len(keys)
+    total = sum(weights)
     dtype = advantage_dtype(dtype)
     pools = {key: _pool(cfg, fit_state, f"ad_bnpo/{key}") for key in keys}
     with torch.no_grad():
@@ -132,7 +133,7 @@ def compute_ad_bnpo_advantage(
         per_component = {}
         for key, weight in zip(keys, weights):  # loops over the K components only
             adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep, pools[key])
-            scalar += (weight / sum(weights)) * adv
+            scalar += (weight / total) * adv
         advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
     return advantages, advantages, rows.annotate(_combine(per_component))
 

@@ -2,8 +2,8 @@
 trainer contract"); other estimators run verl's code untouched.
 
 1. **Per-run check**: building a trainer runs the whole start-up check (``check_run_config``) in the process that
-   trains, before verl's ``__init__`` (``check_at_construction``); a trainer built another way runs it at its first
-   advantage step.
+   trains, before verl's ``__init__`` (``check_at_construction``), and, in a Ray job, starts the trainer's node watch
+   (``bnpo.verl.watchdog``); a trainer built another way runs the check at its first advantage step.
 2. **Scope**: ``advantage_step`` runs verl's step in an estimator scope with the trainer's own pooled fits at its
    training step, and what verl does not hand the estimator. ``fit`` of ``RayPPOTrainer`` and its subclasses runs as
    a *trainer run* (``fit_in_run``): an estimator called there outside an advantage step raises.
