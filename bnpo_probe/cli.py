@@ -1,4 +1,4 @@
-"""``python -m bnpo_probe``: its options, and the run (every estimator's gradient noise at fixed policies: ``probe``)."""
+"""``python -m bnpo_probe``: its options, and the run (each estimator's gradient noise at fixed policies: ``probe``)."""
 
 from __future__ import annotations
 
@@ -15,62 +15,48 @@ from .report import OUTPUTS, format_tables, write_outputs
 
 QUICK = {"seeds": (0,), "snapshots": (0,), "batches": 16, "reference_batches": 32}
 # What the tests run: every code path, tiny sizes, a short warm start (its numbers mean nothing).
-SMOKE = {"seeds": (0,), "snapshots": (0, 2), "batches": 3, "reference_batches": 2, "pool_warmup_batches": 2,
+SMOKE = {"seeds": (0,), "snapshots": (0, 2), "batches": 3, "reference_batches": 2, "fit_batches": 2,
          "kappa_min_count": 1, "theorem_scales": (1.0,),
-         "loop_overrides": (("warm_start_steps", 60), ("prompts_per_step", 8), ("eval_questions", 16))}
+         "loop_overrides": (("warm_start_steps", 60), ("prompts_per_step", 8))}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ProbeSettings, Path, bool]:
     defaults = ProbeSettings()
     parser = argparse.ArgumentParser(prog="python -m bnpo_probe", description=probe.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bnpo_probe_out"), help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, the warm-started policy only, K = 16")
-    parser.add_argument("--smoke", action="store_true", help="the smallest run of every code path (for tests)")
-    parser.add_argument("--regime", choices=(*sorted(REGIMES), "both"), default="both",
-                        help="success-rate regime (default: both)")
-    parser.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default: {len(defaults.seeds)})")
-    parser.add_argument("--snapshots", type=int, nargs="+",
-                        help=f"RL steps to probe, 0 = warm start (default: {defaults.snapshots})")
-    parser.add_argument("--batches", type=int, help=f"K, batches per snapshot (default: {defaults.batches})")
-    parser.add_argument("--reference-batches", type=int,
-                        help=f"batches of the reference gradient (default: {defaults.reference_batches})")
-    parser.add_argument("--estimators", nargs="+", choices=sorted(ESTIMATORS),
-                        help=f"default: {' '.join(defaults.estimators)}")
-    parser.add_argument("--workers", type=int, help=f"jobs in parallel processes (default: {defaults.workers})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add = parser.add_argument
+    add("--out", type=Path, default=Path("bnpo_probe_out"), help="output folder (default: %(default)s)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="1 seed, the warm-started policy only, K = 16")
+    size.add_argument("--smoke", action="store_true", help="the smallest run of every code path (for tests)")
+    add("--regime", choices=(*sorted(REGIMES), "both"), default="both", help="success-rate regime (default: both)")
+    add("--seeds", type=int, help=f"number of seeds, 0..N-1 (default: {len(defaults.seeds)})")
+    add("--snapshots", type=int, nargs="+", help=f"RL steps to probe, 0 = warm start (default: {defaults.snapshots})")
+    add("--batches", type=int, help=f"K, batches per snapshot (default: {defaults.batches})")
+    add("--reference-batches", type=int,
+        help=f"batches of the reference gradient (default: {defaults.reference_batches})")
+    add("--estimators", nargs="+", choices=sorted(ESTIMATORS), help=f"default: {' '.join(defaults.estimators)}")
+    add("--workers", type=int, help=f"jobs in parallel processes (default: {defaults.workers})")
+    add("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.quick and args.smoke:
-        parser.error("--quick and --smoke: choose one")
     changes: dict = dict(QUICK) if args.quick else dict(SMOKE) if args.smoke else {}
-    if args.regime != "both":
-        changes["regimes"] = (args.regime,)
-    for key, least, need in (("seeds", 1, "need at least 1 seed"),
-                             ("batches", 2, "need at least 2 batches to measure a spread"),
-                             ("reference_batches", 1, "need at least 1")):
-        value = getattr(args, key)
-        if value is not None and value < least:
-            parser.error(f"--{key.replace('_', '-')} {value}: {need}")
-        if value is not None:
-            changes[key] = tuple(range(value)) if key == "seeds" else value
-    if args.snapshots is not None:
-        if min(args.snapshots) < 0:
-            parser.error(f"--snapshots {args.snapshots}: steps are >= 0 (0 is the warm-started policy)")
-        changes["snapshots"] = tuple(sorted(set(args.snapshots)))
-    if args.estimators:
-        if "reinforce" not in args.estimators:
-            parser.error("--estimators: keep reinforce; its mean gradient is the probe's reference direction of ∇J")
-        changes["estimators"] = tuple(dict.fromkeys(args.estimators))
-    if args.workers is not None:
-        changes["workers"] = max(1, args.workers)
-    return replace(defaults, **changes), args.out, not args.no_progress
+    given = {"regimes": None if args.regime == "both" else (args.regime,),
+             "seeds": None if args.seeds is None else tuple(range(args.seeds)),
+             "snapshots": None if args.snapshots is None else tuple(sorted(set(args.snapshots))),
+             "estimators": tuple(dict.fromkeys(args.estimators)) if args.estimators else None,
+             "workers": None if args.workers is None else max(1, args.workers),
+             "batches": args.batches, "reference_batches": args.reference_batches}
+    changes.update({key: value for key, value in given.items() if value is not None})
+    try:  # ProbeSettings checks every value
+        return replace(defaults, **changes), args.out, not args.no_progress
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def main(argv: list[str] | None = None) -> None:
     settings, out, show_progress = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    points = run_probe(settings, show_progress=show_progress)
-    summary = write_outputs(points, settings, out)
+    summary = write_outputs(run_probe(settings, show_progress=show_progress), settings, out)
     print(format_tables(summary))
     print(f"\nprobe in {time.perf_counter() - start:.0f} s; wrote")
     for name in OUTPUTS:

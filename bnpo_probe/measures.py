@@ -1,13 +1,10 @@
-"""The probe's measures of K gradients (pure torch / numpy): noise, bias, spreads and kappa by level.
+"""The probe's measures of K gradients g_k (K, P) (pure torch / numpy), kappa by level and spreads:
 
-For K independent batch gradients g_k (K, P) of one estimator:
-
-    tr Cov   = sum_k ||g_k - g_bar||^2 / (K - 1)                   unbiased
+    tr Cov    = sum_k ||g_k - g_bar||^2 / (K - 1)                   unbiased
     ||E g||^2 = (||sum_k g_k||^2 - sum_k ||g_k||^2) / (K (K - 1))   unbiased (the cross terms only)
     per-batch noise = tr Cov / ||E g||^2      the noise of one batch's gradient, scale-free, without finite-K bias
-    unbiased cosine = g_bar . r_bar / sqrt(||E g||^2 ||E r||^2)     the angle between the estimator's mean and the
-                      reference's (both debiased): it does not shrink with the estimators' noise, so it isolates
-                      the bias of the direction that reweighting questions brings
+    unbiased cosine = g_bar . r_bar / sqrt(||E g||^2 ||E r||^2)     of the estimator's mean and the reference's:
+                      unlike single gradients' cosine it does not shrink with the noise, so it isolates the bias
 """
 
 from __future__ import annotations
@@ -47,10 +44,7 @@ class GradientSums:
     def signal(self) -> float:
         """Unbiased ||E g||^2; nan with fewer than 2 gradients. May be <= 0 when the mean is not resolved."""
         k = self.count
-        if k < 2:
-            return math.nan
-        return (self.total.pow(2).sum().item() - self.squared_norms) / (k * (k - 1))
-
+        return (self.total.pow(2).sum().item() - self.squared_norms) / (k * (k - 1)) if k >= 2 else math.nan
 
 
 def trace_covariance(grads: torch.Tensor) -> float:
@@ -59,27 +53,9 @@ def trace_covariance(grads: torch.Tensor) -> float:
     return (g - g.mean(dim=0)).pow(2).sum().item() / (g.shape[0] - 1)
 
 
-def relative_noise(grads: torch.Tensor) -> float:
-    """mean_k ||g_k - g_bar||^2 / ||g_bar||^2 of K gradients (K, P); 0 if they agree, inf if g_bar = 0 and they don't.
-
-    Scale-free, but biased toward 1 for noisy estimators (it estimates (K - 1) R / (K + R) for a per-batch noise
-    R and cannot exceed K - 1): kept for comparison only; ``per_batch_noise`` is the probe's measure.
-    """
-    g = grads.to(torch.float64)
-    mean = g.mean(dim=0)
-    scatter = (g - mean).pow(2).sum(dim=1).mean().item()
-    signal = mean.pow(2).sum().item()
-    if signal > 0:
-        return scatter / signal
-    return 0.0 if scatter == 0 else math.inf
-
-
 def per_batch_noise(grads: torch.Tensor) -> float:
-    """tr Cov(g) / ||E g||^2 of one batch's gradient from K gradients (K, P), both unbiased.
-
-    inf when the mean is not resolved (the estimate of ||E g||^2 is not positive): K is too small for this
-    estimator's noise; 0 when the gradients agree.
-    """
+    """tr Cov(g) / ||E g||^2 of one batch's gradient from K gradients (K, P), both unbiased: 0 when they agree,
+    inf when the mean is not resolved (the estimate of ||E g||^2 is not positive: K too small for this noise)."""
     trace = trace_covariance(grads)
     if trace == 0:
         return 0.0
@@ -88,20 +64,12 @@ def per_batch_noise(grads: torch.Tensor) -> float:
 
 
 def unbiased_cosine(grads: GradientSums, reference: GradientSums) -> float:
-    """cos(E g, E r) from two independent sets of gradients, with both squared norms debiased; nan when either
-    mean is not resolved. Not bounded by 1: it is a ratio of estimates (the reference against itself scatters
-    around 1)."""
+    """cos(E g, E r) from two independent sets of gradients, with both squared norms debiased; nan when either mean
+    is not resolved. Not bounded by 1: it is a ratio of estimates (the reference against itself scatters around 1)."""
     signal, reference_signal = grads.signal(), reference.signal()
     if not (signal > 0 and reference_signal > 0):
         return math.nan
     return (grads.mean @ reference.mean).item() / math.sqrt(signal * reference_signal)
-
-
-def cosines(grads: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """cos(g_k, reference) of K gradients (K, P), (K,) float64; 0 for a zero vector (shrunk by each g_k's noise)."""
-    g, r = grads.to(torch.float64), reference.to(torch.float64)
-    norms = g.norm(dim=1) * r.norm()
-    return torch.where(norms > 0, (g @ r) / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -114,12 +82,9 @@ def spread(values: list[float]) -> dict[str, float]:
 def measure(grads: torch.Tensor, reference: GradientSums) -> dict[str, float]:
     """The probe's numbers for one estimator at one snapshot, from its K gradients (K, P) and the reference's sums."""
     sums = GradientSums.of(grads)
-    cos = cosines(grads, reference.mean)
     return {
         "per_batch_noise": per_batch_noise(grads),
-        "noise": relative_noise(grads),  # the biased K-batch ratio the probe used to report
         "unbiased_cosine": unbiased_cosine(sums, reference),
-        "cosine": cos.mean().item(),  # shrunk by the noise: kept for comparison
         "grad_norm": grads.to(torch.float64).norm(dim=1).mean().item(),
         "variance": trace_covariance(grads),  # Theorem 1's quantity: tr Cov of one batch's gradient
         "signal": sums.signal(),  # unbiased ||E g||^2: per_batch_noise = variance / signal
@@ -127,18 +92,15 @@ def measure(grads: torch.Tensor, reference: GradientSums) -> dict[str, float]:
 
 
 def kappa_by_level(p_hat: np.ndarray, kappa: np.ndarray, m: int, min_count: int) -> dict[str, list]:
-    """Mean kappa of the mixed questions at each level p_hat = j/m (j = 1..m-1), (m-1,) lists.
-
-    ``p_hat``, ``kappa``: (n,) per question. ``mean``: the level's mean kappa (nan without questions); ``relative``:
-    that mean over the mean of all questions, shown only for levels with at least ``min_count`` questions (nan
-    otherwise: one question's kappa is no estimate of a level's).
-    """
-    levels = np.arange(1, m)
+    """Mean kappa of the mixed questions (``p_hat``, ``kappa``: (n,)) at each level p_hat = j/m, j = 1..m-1: (m-1,)
+    lists. ``mean``: nan without questions; ``relative``: that mean over all questions' mean, shown only for levels
+    with at least ``min_count`` questions (one question's kappa is no estimate of a level's)."""
     j = np.rint(np.asarray(p_hat, dtype=np.float64) * m).astype(np.int64)
     kappa = np.asarray(kappa, dtype=np.float64)
-    count = np.array([(j == level).sum() for level in levels])
-    mean = np.array([kappa[j == level].mean() if c else math.nan for level, c in zip(levels, count)])
+    at = j[None, :] == np.arange(1, m)[:, None]  # (m-1, n): which questions are at each level
+    count = at.sum(axis=1)
+    mean = np.array([kappa[row].mean() if c else math.nan for row, c in zip(at, count)])  # per level, not sample
     overall = kappa.mean() if kappa.size else math.nan
     relative = np.where(count >= min_count, mean / overall, math.nan)
-    return {"m": m, "p_hat": (levels / m).tolist(), "count": count.tolist(), "mean": mean.tolist(),
+    return {"m": m, "p_hat": (np.arange(1, m) / m).tolist(), "count": count.tolist(), "mean": mean.tolist(),
             "relative": relative.tolist(), "overall": float(overall), "min_count": min_count}

@@ -1,29 +1,21 @@
 """``python -m bnpo_probe``: the gradient noise of each estimator at a fixed policy, and what is possible.
 
 Theorem 1 of the paper is about the variance of the policy-gradient estimator at a fixed policy; a training run's
-gradient norms mix that noise with the policy's drift, so the probe holds the policy fixed. At snapshots of a
-training run (``snapshots``; 0 is the warm-started policy) it draws ``batches`` = K independent training-like
-batches, and on each computes every estimator's gradient of the training loss (verl's ``compute_advantage``, then
-verl's ``vanilla`` policy loss at ratio 1, before clipping). Every estimator sees the same K batches (paired);
-each (regime, seed, snapshot) and each purpose (warm-up, reference, probe) draws its own streams. Measures:
+gradient norms mix that noise with the policy's drift, so the probe holds the policy fixed. At snapshots of a training
+run (0: the warm-started policy) it draws K = ``batches`` independent training-like batches, and on each computes every
+estimator's gradient of the training loss (verl's ``compute_advantage``, then verl's ``vanilla`` policy loss at ratio
+1). Every estimator sees the same batches (paired); each (regime, seed, snapshot) and purpose has its own streams.
 
-    per-batch noise  tr Cov(g) / ||E g||^2 of one batch's gradient, both unbiased; scale-free, lower is steadier.
-    unbiased cosine  cos(E g, grad J) with both squared norms debiased, grad J's direction estimated from the
-                     REINFORCE gradients of ``reference_batches`` further batches (their expectation is (m-1)/m
-                     grad J). It does not move with the noise, so it shows the bias that reweighting brings.
-    fits             the spread of the fitted a, b, alpha, beta over the K batches (BNPO estimators).
+    per-batch noise  tr Cov(g) / ||E g||^2 of one batch's gradient, both unbiased: scale-free, lower is steadier.
+    unbiased cosine  cos(E g, grad J), both squared norms debiased; grad J from REINFORCE on ``reference_batches``
+                     further batches. It does not move with the noise: it shows the bias that reweighting brings.
+    fits             the spread of the fitted a, b, alpha, beta over the K batches (adaptive BNPO estimators).
 
-``bnpo_pooled`` (``fit_halflife``) needs a history: at each snapshot its pool is warmed with
-``pool_warmup_batches`` = W batches (4 half-lives: 94% of a stationary pool's weight), and each of the K batches
-is scored with a fresh copy of that pool: what a run whose policy stood still would see, the K batches independent.
-
-Theory (``theory``): the W warm-up batches give the Beta fit of p_hat (a, b) and the deconvolved fit of p. BNPO
-with the fixed normaliser (1 + t a/3, 1 + t b/3), t in ``theorem_scales`` (t = 0: REINFORCE, t = 1: the theorem's),
-is measured beside the paper's prediction (continuous p ~ Beta(a, b)) and the one for the estimator as it is (m
-samples, p deconvolved, kappa measured by level). Per question with mixed outcomes, kappa = ||h_q||^2 /
-(m p_hat (1 - p_hat)) with h_q = sum_o (s_o - p_hat) grad log pi(o); the theorem assumes it flat in p_hat. The h_q
-projected on grad J give the least noise a per-question weight could reach; the deconvolved spread, the least a
-reward-only baseline could reach.
+Theory (``theory``): the Beta fit (a, b) of p_hat on ``fit_batches`` further batches, and the deconvolved fit of p.
+BNPO at the fixed (1 + t a/3, 1 + t b/3), t in ``theorem_scales`` (0: REINFORCE, 1: the theorem's), is measured beside
+the paper's prediction and the one for the estimator as it is (m samples, p deconvolved, kappa = ||h_q||^2 /
+(m p_hat (1 - p_hat)) by level, h_q = sum_o (s_o - p_hat) grad log pi(o), which the theorem assumes flat). The h_q
+on grad J give the least noise a per-question weight could reach; the deconvolved spread, a reward-only baseline's.
 """
 
 from __future__ import annotations
@@ -32,14 +24,14 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from verl import DataProto
 
-from bnpo.core import FitState, fit_beta_moments
+from bnpo.core import fit_beta_moments
 
 from .loop import (ESTIMATORS, EstimatorSpec, Settings, actor_config, estimate_advantages, policy_loss,
                    report_progress, rollout, run_jobs, train, warm_start)
@@ -48,9 +40,8 @@ from .task import response_log_probs
 from .theory import (deconvolved_fit, eb_limit, finite_m_variance, level_pmf, reweighting_bound, theorem_normaliser,
                      theorem_variance)
 
-# Two regimes of per-question success rates, as overrides of the probe loop's Settings (bnpo_probe.loop; measured
-# a, b: README). The probe trains its own policy in its own loop (its warm start, batch size and loss aggregation),
-# not the verl demo's (python -m bnpo.demo).
+# Two regimes of per-question success rates, as overrides of the probe loop's Settings (measured a, b: README). The
+# probe trains its own policy in its own loop (warm start, batch size, loss aggregation), not the verl demo's.
 REGIMES: dict[str, dict[str, Any]] = {
     # the probe loop's defaults: strings of 1..6 digits, so p(q) is near 0 or 1 for most questions (a, b < 1)
     "u_shaped": {},
@@ -68,18 +59,17 @@ REFERENCE = "reinforce"  # its mean gradient estimates the direction of the true
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """Every setting of the probe: what it measures, and the processes; each regime's training run is the loop's
-    ``Settings`` with the regime's and ``loop_overrides``' changes. Defaults: about 5 minutes on 2 idle CPU cores."""
+    """Every setting of the probe (defaults: the committed run of docs/demo.md); each regime's training run is the
+    loop's ``Settings`` with the regime's and ``loop_overrides``' changes."""
 
-    estimators: tuple[str, ...] = ("reinforce", "grpo", "bnpo", "bnpo_pooled", "bnpo_posterior", "eb_loo",
-                                   "bnpo_eb_loo")
+    estimators: tuple[str, ...] = ("reinforce", "grpo", "bnpo", "eb_loo", "bnpo_eb_loo")
     regimes: tuple[str, ...] = ("u_shaped", "unimodal")
     seeds: tuple[int, ...] = (0, 1, 2)
     snapshots: tuple[int, ...] = (0, 100)  # RL steps of the training run at which the policy is probed
     trainer: str = "bnpo"  # the estimator that trains the run between snapshots
     batches: int = 48  # K: independent batches per snapshot
     reference_batches: int = 128  # batches of the reference gradient
-    pool_warmup_batches: int = 40  # W: 4 half-lives of bnpo_pooled; also the snapshot's Beta fit for the theorem
+    fit_batches: int = 40  # the snapshot's Beta fits for the theorem (bnpo 0.2's pool warm-up: the same batches)
     theorem_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # t of (1 + t a/3, 1 + t b/3); t = 0 is reinforce
     kappa_min_count: int = 10  # a level of p_hat with fewer questions shows no kappa estimate
     workers: int = 2  # (regime, seed) jobs in parallel processes
@@ -95,42 +85,34 @@ class ProbeSettings:
         bad = [name for name in self.regimes if name not in REGIMES]
         if bad:
             raise ValueError(f"unknown regime(s) {bad}; choose from {sorted(REGIMES)} (--regime).")
-        if self.batches < 2 or self.reference_batches < 1 or self.pool_warmup_batches < 1:
-            raise ValueError("need batches >= 2, reference_batches >= 1 and pool_warmup_batches >= 1.")
+        if self.batches < 2 or self.reference_batches < 1 or self.fit_batches < 1:
+            raise ValueError("need batches >= 2, reference_batches >= 1 and fit_batches >= 1.")
         if not self.seeds or not self.snapshots or min(self.snapshots) < 0:
             raise ValueError(f"need at least one seed and snapshots >= 0, got {self.seeds} and {self.snapshots}.")
 
     def loop_settings(self, regime: str) -> Settings:
         """The probe loop's Settings of a regime, run up to the last snapshot."""
-        s = replace(Settings(), **{**REGIMES[regime], **dict(self.loop_overrides)})
-        return replace(s, steps=max(self.snapshots))
-
-    def units_per_job(self) -> int:
-        """Progress units of one (regime, seed) job: its training steps and every batch it draws."""
-        per_snapshot = self.pool_warmup_batches + self.reference_batches + self.batches
-        return max(self.snapshots) + len(self.snapshots) * per_snapshot
-
-
-def _generator(*parts: Any) -> torch.Generator:
-    """A generator seeded from ``parts`` (stable across runs and processes)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**62 - 1))
+        return replace(Settings(), **{**REGIMES[regime], **dict(self.loop_overrides), "steps": max(self.snapshots)})
 
 
 def draw_batches(s: Settings, model: torch.nn.Module, key: tuple, purpose: str, count: int) -> Iterator[DataProto]:
-    """``count`` training-like batches from the policy; each (snapshot ``key``, purpose) has its own random streams."""
-    questions, sampler = _generator(*key, purpose, "questions"), _generator(*key, purpose, "sampler")
+    """``count`` training-like batches from the policy; each (snapshot ``key``, purpose) has its own random streams,
+    seeded from their names (stable across runs and processes). Each batch, once used, is a unit of progress."""
+
+    def generator(stream: str) -> torch.Generator:
+        digest = hashlib.sha256(repr((*key, purpose, stream)).encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**62 - 1))
+
+    questions, sampler = generator("questions"), generator("sampler")
     for _ in range(count):
         yield rollout(s, model, s.task.sample_prompts(s.prompts_per_step, questions), sampler)
+        report_progress((*key, purpose))
 
 
-def batch_gradients(s: Settings, model: torch.nn.Module, batch: DataProto, specs: dict[str, EstimatorSpec],
-                    pools: dict[str, dict]) -> dict[str, tuple[torch.Tensor, Any]]:
-    """Each estimator's gradient (P,) of the training loss on ``batch``, and its BNPO statistics.
-
-    One forward pass; the loss is verl's policy loss at ratio 1 (old_log_probs are the snapshot's own). An
-    estimator named in ``pools`` is scored with a fresh copy of that saved pool state (``fit_halflife``).
-    """
+def batch_gradients(s: Settings, model: torch.nn.Module, batch: DataProto,
+                    specs: dict[str, EstimatorSpec]) -> dict[str, tuple[torch.Tensor, Any]]:
+    """Each estimator's gradient (P,) of the training loss on ``batch``, and its BNPO statistics. One forward pass;
+    the loss is verl's policy loss at ratio 1 (old_log_probs are the snapshot's own)."""
     params = [p for p in model.parameters() if p.requires_grad]
     actor_cfg = actor_config(s)
     log_prob = response_log_probs(model, batch.batch["prompts"], batch.batch["responses"], s.temperature)
@@ -139,32 +121,10 @@ def batch_gradients(s: Settings, model: torch.nn.Module, batch: DataProto, specs
         raise RuntimeError(f"the batch was not sampled from this policy (log-prob difference {drift:.2g}).")
     out = {}
     for name, spec in specs.items():
-        fit_state = None
-        if name in pools:
-            fit_state = FitState()
-            fit_state.load_state_dict(pools[name])
-        scored, stats = estimate_advantages(spec, batch, fit_state)
-        loss, _ = policy_loss(s, log_prob, scored, actor_cfg)
-        grads = torch.autograd.grad(loss, params, retain_graph=True)
+        scored, stats = estimate_advantages(spec, batch)
+        grads = torch.autograd.grad(policy_loss(s, log_prob, scored, actor_cfg), params, retain_graph=True)
         out[name] = (torch.cat([g.reshape(-1) for g in grads]), stats)
     return out
-
-
-def is_adaptive(spec: EstimatorSpec) -> bool:
-    """A BNPO estimator whose (alpha, beta) come from the fit (not fixed, as reinforce's (1, 1))."""
-    return spec.adv_estimator == "bnpo" and (spec.bnpo or {}).get("fixed_alpha") is None
-
-
-def warm_pools(specs: dict[str, EstimatorSpec], warmup: list[DataProto]) -> dict[str, dict]:
-    """For each pooled (fit_halflife) estimator, its pool state after scoring the warm-up batches."""
-    pools = {}
-    for name, spec in specs.items():
-        if spec.bnpo and spec.bnpo.get("fit_halflife") is not None:
-            fit_state = FitState()
-            for batch in warmup:
-                estimate_advantages(spec, batch, fit_state)
-            pools[name] = fit_state.state_dict()
-    return pools
 
 
 def question_gradients(s: Settings, model: torch.nn.Module, batch: DataProto,
@@ -182,7 +142,7 @@ def question_gradients(s: Settings, model: torch.nn.Module, batch: DataProto,
             continue
         rows = scored[q * m : (q + 1) * m]  # rollout repeats each question m times, interleaved
         log_prob = response_log_probs(model, rows.batch["prompts"], rows.batch["responses"], s.temperature)
-        loss, _ = policy_loss(s, log_prob, rows, actor_cfg)  # seq-mean: -(1/m) sum_o A_o log pi(o)
+        loss = policy_loss(s, log_prob, rows, actor_cfg)  # seq-mean: -(1/m) sum_o A_o log pi(o)
         h = -m * torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double()
         levels.append(successes)
         squared.append(h.pow(2).sum().item())
@@ -190,38 +150,27 @@ def question_gradients(s: Settings, model: torch.nn.Module, batch: DataProto,
     return levels, squared, along
 
 
-def warmup_fits(s: Settings, warmup: list[DataProto]) -> tuple[torch.Tensor, Any, dict[str, float]]:
-    """The warm-up batches' p_hat (n,), its Beta fit, and the deconvolved fit of p (``theory.deconvolved_fit``)."""
-    m = s.rollout_n
-    reward = torch.cat([b.batch["token_level_rewards"].sum(dim=1).view(-1, m) for b in warmup]).double()
-    p_hat = reward.mean(dim=1)
-    within = reward.var(dim=1)  # unbiased: sum (s - p_hat)^2 / (m - 1)
-    count = torch.full_like(p_hat, m)
-    return p_hat, fit_beta_moments(p_hat), deconvolved_fit(p_hat.numpy(), within.numpy(), count.numpy())
+def ratio(value: float | None, reference: float | None) -> float:
+    """value / reference; nan unless the reference is positive and finite (inf / finite stays inf)."""
+    ok = value is not None and reference is not None and 0 < reference < math.inf  # None: a JSON null (inf, nan)
+    return value / reference if ok else math.nan
 
 
 def theorem_sweep(p: ProbeSettings, m: int, results: dict[str, dict], theorem: dict, a: float, b: float, fit: dict,
                   kappa: dict, questions: int) -> dict[str, dict]:
     """The fixed-normaliser sweep: measured variance, signal and noise against t = 0 (REINFORCE), beside four
-    predictions of the variance ratio, from the most to the least of Theorem 1's model:
-
-        paper_ratio      the paper's formula: continuous p ~ Beta(a, b) fitted to p_hat, flat kappa
-        flat_ratio       the estimator's m + 1 levels of p_hat, Beta-binomial with the deconvolved Beta, flat kappa
-        predicted_ratio  the same with the mean kappa measured at each level (the estimator as it is)
-        levels_ratio     the levels' frequencies as measured (``questions`` drawn) instead of the Beta's, kappa
-                         measured: no model of p at all, a check that the levels and kappa explain the variance
-    """
+    predictions of the variance ratio, from the most to the least of Theorem 1's model: paper_ratio (continuous
+    p ~ Beta(a, b) fitted to p_hat, flat kappa), flat_ratio (the m + 1 levels of p_hat, Beta-binomial with the
+    deconvolved Beta), predicted_ratio (the same with each level's measured kappa: the estimator as it is) and
+    levels_ratio (the levels' frequencies as measured among ``questions``: no model of p, a check that the levels
+    and kappa explain the variance)."""
     pmf = level_pmf(m, fit) if fit["n0"] > 0 else None  # n0 <= 0: a spread no Beta has
     # a level without any question has no kappa: it takes the mean of all (it then weighs P(level), tiny there)
     measured = np.nan_to_num(np.asarray(kappa["mean"], dtype=np.float64), nan=kappa["overall"])
-    flat = np.ones(m - 1)
     frequency = np.concatenate([[0.0], np.asarray(kappa["count"], dtype=np.float64) / questions, [0.0]])
+    predictions = {"predicted_ratio": (pmf, measured), "flat_ratio": (pmf, np.ones(m - 1)),
+                   "levels_ratio": (frequency, measured)}
 
-    def finite(alpha: float, beta: float, by_level: np.ndarray, levels: Optional[np.ndarray]) -> float:
-        return finite_m_variance(alpha, beta, levels, by_level) if levels is not None else math.nan
-
-    predictions = {"predicted_ratio": (measured, pmf), "flat_ratio": (flat, pmf), "levels_ratio": (measured, frequency)}
-    base = {key: finite(1.0, 1.0, *args) for key, args in predictions.items()}
     reference = results[REFERENCE]
     sweep = {"t=0": {"t": 0.0, "alpha": 1.0, "beta": 1.0, **reference}}
     for t, key in zip(p.theorem_scales, theorem):
@@ -229,18 +178,14 @@ def theorem_sweep(p: ProbeSettings, m: int, results: dict[str, dict], theorem: d
         sweep[key] = {"t": t, "alpha": alpha, "beta": beta, **results.pop(key)}
     for entry in sweep.values():
         alpha, beta = entry["alpha"], entry["beta"]
-        entry["variance_ratio"] = _ratio(entry["variance"], reference["variance"])
-        entry["signal_ratio"] = _ratio(entry["signal"], reference["signal"])
-        entry["noise_ratio"] = _ratio(entry["per_batch_noise"], reference["per_batch_noise"])
-        for key, args in predictions.items():
-            entry[key] = _ratio(finite(alpha, beta, *args), base[key])
-        entry["paper_ratio"] = _ratio(theorem_variance(alpha, beta, a, b), theorem_variance(1.0, 1.0, a, b))
+        entry["variance_ratio"] = ratio(entry["variance"], reference["variance"])
+        entry["signal_ratio"] = ratio(entry["signal"], reference["signal"])
+        entry["noise_ratio"] = ratio(entry["per_batch_noise"], reference["per_batch_noise"])
+        for key, (levels, by_level) in predictions.items():
+            entry[key] = math.nan if levels is None else ratio(finite_m_variance(alpha, beta, levels, by_level),
+                                                                 finite_m_variance(1.0, 1.0, levels, by_level))
+        entry["paper_ratio"] = ratio(theorem_variance(alpha, beta, a, b), theorem_variance(1.0, 1.0, a, b))
     return sweep
-
-
-def _ratio(value: float, reference: float) -> float:
-    """value / reference; nan unless the reference is positive and finite (inf / finite stays inf)."""
-    return value / reference if 0 < reference < math.inf else math.nan
 
 
 def probe_snapshot(p: ProbeSettings, s: Settings, regime: str, seed: int, step: int,
@@ -248,50 +193,42 @@ def probe_snapshot(p: ProbeSettings, s: Settings, regime: str, seed: int, step: 
     """Every measurement at one snapshot (a fixed policy): a JSON-ready dict."""
     model = s.policy(seed)
     model.load_state_dict(state)
-    stream = (regime, seed, step)  # this snapshot's own random streams (with the purpose of each draw)
-    tick = {"regime": regime, "seed": seed, "step": step}
+    stream, m = (regime, seed, step), s.rollout_n  # this snapshot's own random streams (with each draw's purpose)
 
-    def progress(phase: str) -> None:
-        report_progress({**tick, "phase": phase})
-
-    specs = {name: ESTIMATORS[name] for name in p.estimators}
-    warmup = []
-    for batch in draw_batches(s, model, stream, "warmup", p.pool_warmup_batches):
-        warmup.append(batch)
-        progress("warm-up")
-    pools = warm_pools(specs, warmup)
-    p_hat, fit, deconvolved = warmup_fits(s, warmup)
+    # the Beta fit of p_hat and the deconvolved fit of p (the stream keeps bnpo 0.2's name: the same batches)
+    reward = torch.cat([b.batch["token_level_rewards"].sum(dim=1).view(-1, m) 
+                        for b in draw_batches(s, model, stream, "warmup", p.fit_batches)])
+    p_hat = reward.double().mean(dim=1)
+    within = reward.double().var(dim=1)  # unbiased: sum (s - p_hat)^2 / (m - 1)
+    deconvolved = deconvolved_fit(p_hat.numpy(), within.numpy(), np.full(len(p_hat), float(m)))
+    fit = fit_beta_moments(p_hat)
     a, b = float(fit.a), float(fit.b)
     theorem = {f"t={t:g}": theorem_normaliser(t, a, b) for t in p.theorem_scales}
-    for name, (alpha, beta) in theorem.items():
-        specs[name] = EstimatorSpec("bnpo", bnpo={"fixed_alpha": alpha, "fixed_beta": beta})
+    specs = {**{name: ESTIMATORS[name] for name in p.estimators},
+             **{key: EstimatorSpec("bnpo", bnpo={"fixed_alpha": alpha, "fixed_beta": beta})
+                for key, (alpha, beta) in theorem.items()}}
 
     reference = GradientSums()
     for batch in draw_batches(s, model, stream, "reference", p.reference_batches):
-        reference.add(batch_gradients(s, model, batch, {REFERENCE: specs[REFERENCE]}, {})[REFERENCE][0])
-        progress("reference")
+        reference.add(batch_gradients(s, model, batch, {REFERENCE: specs[REFERENCE]})[REFERENCE][0])
     direction = reference.mean / reference.mean.norm().clamp(min=torch.finfo(torch.float64).tiny)
 
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
-    fits: dict[str, dict[str, list[float]]] = {name: {key: [] for key in FIT_KEYS} for name in specs}
+    # adaptive BNPO estimators (alpha, beta from the batch's fit, not fixed) also keep their fits
+    fits: dict[str, list[Any]] = {name: [] for name, spec in specs.items()
+                                  if spec.adv_estimator == "bnpo" and (spec.bnpo or {}).get("fixed_alpha") is None}
     levels, squared, along = [], [], []
     for batch in draw_batches(s, model, stream, "probe", p.batches):
-        for name, (grad, stats) in batch_gradients(s, model, batch, specs, pools).items():
+        for name, (grad, stats) in batch_gradients(s, model, batch, specs).items():
             grads[name].append(grad)
-            if stats is not None and is_adaptive(specs[name]):
-                for key in FIT_KEYS:
-                    fits[name][key].append(getattr(stats, key))
+            if name in fits:
+                fits[name].append(stats)
         for into, values in zip((levels, squared, along), question_gradients(s, model, batch, direction)):
             into.extend(values)
-        progress("probe")
 
-    m = s.rollout_n
-    results = {}
-    for name in specs:
-        entry = measure(torch.stack(grads[name]), reference)
-        if fits[name]["a"]:
-            entry["fits"] = {key: spread(values) for key, values in fits[name].items()}
-        results[name] = entry
+    results = {name: measure(torch.stack(grads[name]), reference) for name in specs}
+    for name, stats in fits.items():
+        results[name]["fits"] = {key: spread([getattr(st, key) for st in stats]) for key in FIT_KEYS}
     level = np.asarray(levels, dtype=np.int64)
     kappa_values = np.asarray(squared) / (m * (level / m) * (1 - level / m)) if levels else np.zeros(0)
     kappa = kappa_by_level(level / m, kappa_values, m, p.kappa_min_count)
@@ -301,7 +238,7 @@ def probe_snapshot(p: ProbeSettings, s: Settings, regime: str, seed: int, step: 
               "reweighting": reweighting_bound(level, np.asarray(squared), np.asarray(along), questions, m)}
     return {"regime": regime, "seed": seed, "step": step, "reward": float(p_hat.mean()),
             "mixed_frac": float(((p_hat > 0) & (p_hat < 1)).double().mean()),
-            "a": a, "b": b,  # the Beta fit of the warm-up batches' p_hat (what BNPO fits)
+            "a": a, "b": b,  # the Beta fit of the fit batches' p_hat (what BNPO fits)
             "deconvolved": deconvolved,  # the moments of p behind p_hat (what a baseline should shrink with)
             "estimators": results, "theorem": sweep, "kappa": kappa, "limits": limits}
 
@@ -309,15 +246,8 @@ def probe_snapshot(p: ProbeSettings, s: Settings, regime: str, seed: int, step: 
 def probe_job(p: ProbeSettings, regime: str, seed: int) -> list[dict[str, Any]]:
     """Warm start, a training run to the last snapshot, and the probe of every snapshot of one (regime, seed)."""
     s = p.loop_settings(regime)
-    initial = warm_start(s, seed)
-    if s.steps > 0:
-
-        def on_step(row: dict) -> None:
-            report_progress({"regime": regime, "seed": seed, "step": row["step"], "phase": "train"})
-
-        states = train(s, p.trainer, seed, initial, on_step=on_step, keep_states=p.snapshots).states
-    else:
-        states = {0: initial}
+    states = train(s, p.trainer, seed, warm_start(s, seed), p.snapshots,
+                   lambda step: report_progress((regime, seed, step, "train")))
     return [probe_snapshot(p, s, regime, seed, step, states[step]) for step in sorted(p.snapshots)]
 
 
@@ -325,12 +255,13 @@ def run_probe(p: ProbeSettings, show_progress: bool = True) -> list[dict[str, An
     """Every (regime, seed) job, ``p.workers`` at a time; one dict per (regime, seed, snapshot)."""
     jobs = [(probe_job, (p, regime, seed)) for regime in p.regimes for seed in p.seeds]
     tqdm.monitor_interval = 0  # no monitor thread: worker processes may be forked while the bar is open
-    with tqdm(total=len(jobs) * p.units_per_job(), desc="probe", unit="batch", disable=not show_progress) as bar:
+    # a job's units of progress: its training steps and every batch it draws
+    units = max(p.snapshots) + len(p.snapshots) * (p.fit_batches + p.reference_batches + p.batches)
+    with tqdm(total=len(jobs) * units, desc="probe", unit="batch", disable=not show_progress) as bar:
 
-        def advance(m: dict) -> None:
-            bar.set_postfix_str(f"{m['regime']} seed={m['seed']} step={m['step']} {m['phase']}", refresh=False)
+        def advance(message: tuple) -> None:  # (regime, seed, step, phase)
+            bar.set_postfix_str("{} seed={} step={} {}".format(*message), refresh=False)
             bar.update(1)
 
         points = run_jobs(jobs, p.workers, p.num_threads, advance)
     return [point for job in points for point in job]
-

@@ -1,13 +1,10 @@
 """The probe's task and policy (tensors, no tokenizer): reverse a digit string with a tiny transformer.
 
-The question is a string of 1..max_digits digits; the answer is the same digits reversed, then EOS.
-The reward is verifiable and binary (exact match). Difficulty grows with the length of the string,
-so once the policy is partly trained its per-question success rates p(q) spread across (0, 1) —
-the regime where the Beta normaliser differs from both REINFORCE and GRPO.
-
-Layout (every sequence has the same length, so no attention mask or position shift is needed):
-    prompt   (P = max_digits + 1):  PAD ... PAD d_1 ... d_k SEP      (left-padded with PAD tokens)
-    response (R = max_digits + 1):  d_k ... d_1 EOS <anything>       (tokens after EOS are masked)
+The answer to a string of 1..max_digits digits is the digits reversed, then EOS; the reward is binary (exact match).
+Longer strings are harder, so a partly trained policy's success rates p(q) spread across (0, 1). Every sequence has
+the same length (no attention mask or position shift is needed):
+    prompt   (max_digits + 1):  PAD ... PAD d_1 ... d_k SEP      (left-padded)
+    response (max_digits + 1):  d_k ... d_1 EOS <anything>       (tokens after EOS are masked)
 """
 
 from __future__ import annotations
@@ -30,24 +27,11 @@ class ReverseTask:
     max_digits: int = 8
 
     @property
-    def prompt_length(self) -> int:
-        return self.max_digits + 1
-
-    @property
     def response_length(self) -> int:
         return self.max_digits + 1
 
-    @property
-    def vocab_size(self) -> int:
-        return VOCAB_SIZE
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        """The reward's components (none: one binary reward)."""
-        return ()
-
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """(n, P) long prompts; the same generator state gives the same questions."""
+        """(n, max_digits + 1) long prompts; the same generator state gives the same questions."""
         lengths = torch.randint(self.min_digits, self.max_digits + 1, (n, 1), generator=generator)
         digits = torch.randint(0, 10, (n, self.max_digits), generator=generator)
         # right-align the k digits of each row: columns before max_digits - k are padding
@@ -64,24 +48,15 @@ class ReverseTask:
         target = torch.where(position == lengths, torch.full_like(target, EOS), target)
         return target, (position <= lengths).long()
 
-    def supervised_targets(self, prompts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The warm start's targets of (n, P) prompts: the reference answers (no random draw)."""
-        return self.targets(prompts)
-
     def reward(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """(n,) float 1.0 iff the response is the reversed digits followed by EOS, else 0.0."""
         target, counted = self.targets(prompts)
         return ((responses == target) | (counted == 0)).all(dim=1).float()
 
-    def reward_components(self, prompts: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each component's (n,) float reward: none for this task."""
-        return {}
 
-
-def build_policy(hidden_size: int, num_layers: int, num_heads: int, seed: int,
-                 vocab_size: int = VOCAB_SIZE) -> Qwen2ForCausalLM:
+def build_policy(hidden_size: int, num_layers: int, num_heads: int, seed: int) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 decoder from a local config (no download)."""
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+    config = Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=num_heads,
                          num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=64,
                          tie_word_embeddings=True, attn_implementation="sdpa")
@@ -92,30 +67,22 @@ def build_policy(hidden_size: int, num_layers: int, num_heads: int, seed: int,
 @torch.no_grad()
 def sample_responses(model: Qwen2ForCausalLM, prompts: torch.Tensor, length: int, temperature: float,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``length`` tokens after each (bs, P) prompt: (bs, length) long responses and response mask (1 up to
-    and including the first EOS, verl's convention)."""
+    """``length`` sampled tokens after each (bs, P) prompt: (bs, length) responses and their mask (1 up to and
+    including the first EOS, verl's convention)."""
     out = model(input_ids=prompts, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
     tokens = []
-    for _ in range(length):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator)
-        tokens.append(token)
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+    for _ in range(length):  # tokens, not samples: the batch is sampled at once
+        probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
+        tokens.append(torch.multinomial(probs, 1, generator=generator))
+        out = model(input_ids=tokens[-1], past_key_values=out.past_key_values, use_cache=True)
     responses = torch.cat(tokens, dim=1)
     return responses, get_response_mask(responses, eos_token=EOS, dtype=torch.long)
 
 
 def response_log_probs(model: Qwen2ForCausalLM, prompts: torch.Tensor, responses: torch.Tensor,
                        temperature: float = 1.0) -> torch.Tensor:
-    """(bs, R) log-probabilities of the response tokens under ``model`` (differentiable).
-
-    ``temperature``: the sampling temperature; the logits are divided by it, as verl's actor does, so that the
-    scored policy is the one that sampled (dividing by 1.0 is exact).
-    """
-    input_ids = torch.cat([prompts, responses], dim=1)
-    logits = model(input_ids=input_ids, use_cache=False).logits
+    """(bs, R) log-probabilities of the response tokens (differentiable), of the logits divided by the sampling
+    ``temperature`` as verl's actor does: the scored policy is the one that sampled (dividing by 1.0 is exact)."""
+    logits = model(input_ids=torch.cat([prompts, responses], dim=1), use_cache=False).logits
     # logits at position t predict token t + 1: the response is predicted from P - 1 to the second-to-last
-    response_logits = logits[:, prompts.shape[1] - 1 : -1].float() / temperature
-    return logprobs_from_logits(response_logits, responses)
+    return logprobs_from_logits(logits[:, prompts.shape[1] - 1 : -1].float() / temperature, responses)

@@ -1,17 +1,7 @@
-"""AMC 2023 (math-ai/amc23) -> test.parquet; a validation set of the paper.
+"""AMC 2023 -> test.parquet, a validation set of the paper: preprocess_utils.DATASETS["amc23"]; options: --help."""
 
-    python data_preprocess/amc23.py [--local_dataset_path DIR_OR_FILE] [--local_save_dir ~/data/bnpo/amc23]
-"""
+from preprocess_utils import DATASETS, main
 
-from preprocess_utils import DatasetSpec, field_reader, main, plain_answer
-
-SPEC = DatasetSpec(
-    name="amc23",
-    hub_id="math-ai/amc23",
-    splits={"test": "test"},
-    question_keys=("question", "problem"),
-    answer=field_reader(plain_answer, "answer"),  # a number, 27.0 is written as "27"
-)
-
+SPEC = DATASETS["amc23"]
 if __name__ == "__main__":
     main(SPEC)

@@ -1,20 +1,7 @@
-"""GSM8K (openai/gsm8k, config "main") -> train.parquet, test.parquet.
+"""GSM8K -> train.parquet, test.parquet: preprocess_utils.DATASETS["gsm8k"]; options: --help."""
 
-The answer is what follows the last "####" of `answer`, thousands separators removed.
+from preprocess_utils import DATASETS, main
 
-    python data_preprocess/gsm8k.py [--local_dataset_path DIR_OR_FILE] [--local_save_dir ~/data/bnpo/gsm8k]
-"""
-
-from preprocess_utils import DatasetSpec, field_reader, gsm8k_answer, main
-
-SPEC = DatasetSpec(
-    name="gsm8k",
-    hub_id="openai/gsm8k",
-    hub_config="main",
-    splits={"train": "train", "test": "test"},
-    question_keys=("question",),
-    answer=field_reader(gsm8k_answer, "answer"),
-)
-
+SPEC = DATASETS["gsm8k"]
 if __name__ == "__main__":
     main(SPEC)

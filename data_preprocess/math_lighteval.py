@@ -1,19 +1,7 @@
-"""MATH (DigitalLearningGmbH/MATH-lighteval) -> train.parquet, test.parquet; the paper's training set.
+"""MATH -> train.parquet, test.parquet (the paper's training set): preprocess_utils.DATASETS["math_lighteval"]."""
 
-The answer is the content of the last \\boxed{...} of `solution`.
+from preprocess_utils import DATASETS, main
 
-    python data_preprocess/math_lighteval.py [--local_dataset_path DIR] [--local_save_dir ~/data/bnpo/math_lighteval]
-"""
-
-from preprocess_utils import DatasetSpec, boxed_answer, field_reader, main
-
-SPEC = DatasetSpec(
-    name="math_lighteval",
-    hub_id="DigitalLearningGmbH/MATH-lighteval",
-    splits={"train": "train", "test": "test"},
-    question_keys=("problem",),
-    answer=field_reader(boxed_answer, "solution"),
-)
-
+SPEC = DATASETS["math_lighteval"]
 if __name__ == "__main__":
     main(SPEC)

@@ -1,19 +1,9 @@
 """The checks to run the day a GPU is available (scripts/gpu_check.sh): one JSON the docs' GPU figures come from.
 
-Needs torch with CUDA, numpy, PyYAML, OmegaConf, tqdm and transformers (a machine with verl has them), and pytest for
-the CUDA estimator test (installed with pip when missing and an index is reachable). Ray and vLLM are not needed, nor
-verl but for step 5's entropy: the estimator test and the benchmark use bnpo's core when verl is absent (the benchmark
-adds verl's estimators when it is installed), and the memory plan reads the recipe's YAML.
-
-Steps, each recorded in ``<out>/gpu_check.json`` with its outcome:
-1. the device: name, driver, torch and its CUDA, and one process's CUDA context measured with nvidia-smi (the
-   memory plan's ``CUDA_CONTEXT_GIB`` is an estimate of it);
-2. the CUDA estimator test (``tests/test_estimator.py -m cuda``: CUDA against CPU, the device kept);
-3. the benchmark's CUDA path (``benchmarks/bench_advantage.py --device cuda --quick``);
-4. the memory plan of the recipe's runs (both models, 4 and 8 GPUs of this card) against this device's total and
-   free memory (``python -m bnpo.verl.preflight.memory_plan --device``);
-5. the plan's measured estimates measured again here (``scripts/gpu_check_memory.py``: the CUDA total, the logits
-   with verl's entropy, one decoder layer per token).
+Each step's outcome goes into ``<out>/gpu_check.json``: the device and one process's CUDA context, the CUDA estimator
+test, the benchmark's CUDA path, the recipe's memory plans against this device's memory, and the plan's estimates
+measured again (scripts/gpu_check_memory.py). docs/gpu.md lists them and what they need (not Ray or vLLM; verl
+only for step 5's entropy).
 """
 
 from __future__ import annotations
@@ -27,6 +17,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(ROOT, "scripts"))  # for a caller that loads this file by path (the tests)
+from gpu_check_memory import device  # noqa: E402
+
 MODELS = ("Qwen/Qwen2.5-Math-7B", "Qwen/Qwen2.5-Math-1.5B")
 NODE_SIZES = (4, 8)
 STEP_TIMEOUT_S = 1800
@@ -45,30 +38,6 @@ def run(cmd: list[str], log: str) -> dict:
     tail = open(log).read().strip().splitlines()[-3:]
     return {"cmd": " ".join(cmd), "rc": proc.returncode, "seconds": round(time.monotonic() - start, 1),
             "log": os.path.basename(log), "tail": tail}
-
-
-def smi_used_mib(index: int) -> int:
-    out = subprocess.run(["nvidia-smi", "-i", str(index), "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.strip())
-
-
-def device() -> dict:
-    """The device, and the memory one process's CUDA context takes (nvidia-smi before and after torch starts it)."""
-    import torch
-
-    info = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
-    if not info["cuda_available"]:
-        return info
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True)
-    info["nvidia_smi"] = smi.stdout.strip().splitlines()
-    info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    before = smi_used_mib(0)
-    torch.zeros(1, device="cuda:0")
-    torch.cuda.synchronize()
-    info["cuda_context_mib_measured"] = smi_used_mib(0) - before
-    return info
 
 
 def has_pytest() -> bool:

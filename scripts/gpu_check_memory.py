@@ -1,16 +1,15 @@
 """The memory plan's measured estimates, measured again on this CUDA device (scripts/gpu_check.sh, step 5).
 
-Each figure is the peak of torch's allocator above what was allocated before, with the recipe's models' shapes and
-bf16 autocast as verl's FSDP actor runs them (no FSDP, no verl engine; sdpa attention where verl's actor uses
-flash-attn): the CUDA total beside nvidia-smi's total and reserve, one process's CUDA context, the old-log-prob pass's
-logits with verl's entropy (eager and compiled, bytes per token and vocabulary entry), and one Qwen2 decoder layer
-per token (checkpointed recompute and backward; a forward without gradients). ``memory_plan`` states what it took
-from these on one H200 (``CUDA_CONTEXT_GIB``, ``LAYER_BACKWARD``, ``LAYER_FORWARD``, ``LOGITS_ENTROPY_EXTRA``).
-Needs torch with CUDA and transformers; verl for the entropy (without it that item is skipped).
+The device and one process's CUDA context (nvidia-smi), then torch's allocator peak above what was allocated before
+for the old-log-prob logits with verl's entropy (skipped without verl) and one Qwen2 decoder layer, per token, with
+the recipe's models' shapes and bf16 autocast as verl's FSDP actor runs them (no FSDP, no verl engine; sdpa
+attention where verl uses flash-attn). ``memory_plan``'s CUDA_CONTEXT_GIB, LAYER_BACKWARD, LAYER_FORWARD and
+LOGITS_ENTROPY_EXTRA come from these on one H200. Needs torch with CUDA and transformers.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,6 +24,21 @@ def smi(fields: str) -> list[str]:
     out = subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, check=True)
     return [c.strip() for c in out.stdout.split(",")]
+
+
+def device() -> dict:
+    """torch's and nvidia-smi's view of the device, and the memory one process's CUDA context takes (nvidia-smi's
+    memory.used before and after torch starts it)."""
+    info = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    if not info["cuda_available"]:
+        return info
+    name, driver, total, reserved, used_before = smi("name,driver_version,memory.total,memory.reserved,memory.used")
+    torch.zeros(1, device="cuda:0")
+    torch.cuda.synchronize()
+    return {**info, "device": name, "driver": driver, "nvidia_smi_total_mib": int(total),
+            "nvidia_smi_reserved_mib": int(reserved), "cuda_total_mib": torch.cuda.mem_get_info(0)[1] / 2**20,
+            "cuda_context_mib": int(smi("memory.used")[0]) - int(used_before),
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
 
 
 def peak_above(fn) -> int:
@@ -72,8 +86,7 @@ def layer(name: str) -> dict:
                                                   use_reentrant=False)
         y.backward(torch.ones_like(y))
         x.grad = None
-        for p in module.parameters():
-            p.grad = None
+        module.zero_grad(set_to_none=True)
 
     def forward():
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -86,18 +99,10 @@ def layer(name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    name, smi_total, reserved, used_before = smi("name,memory.total,memory.reserved,memory.used")
-    torch.zeros(1, device="cuda")
-    free, total = torch.cuda.mem_get_info(0)
-    report = {"device": name, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-              "nvidia_smi_total_mib": int(smi_total), "nvidia_smi_reserved_mib": int(reserved),
-              "cuda_total_mib": total / 2**20, "cuda_context_mib": int(smi("memory.used")[0]) - int(used_before)}
-    report["layers"] = {name: layer(name) for name in SHAPES}
+    report = {**device(), "layers": {name: layer(name) for name in SHAPES}}
     try:
         from verl.utils.torch_functional import entropy_from_logits
     except ImportError as err:

@@ -60,6 +60,11 @@ def test_hydra_block_is_parsed():
         ({"components": ["acc", "format"], "component_weights": [1.0]}, ["2", "one weight per component"]),
         ({"components": ["acc", "format"], "component_weights": [1.0, -1.0]}, ["non-negative"]),
         ({"components": ["acc", "format"], "component_weights": [0.0, 0.0]}, ["positive sum"]),
+        ({"baseline": "median"}, ["algorithm.bnpo.baseline='median' must be one of ['group_mean', 'eb_loo']"]),
+        ({"baseline": 1}, ["algorithm.bnpo.baseline=1 must be one of"]),
+        # the options bnpo 0.3 retired say so
+        ({"fit_halflife": 10}, ["unknown key(s) ['algorithm.bnpo.fit_halflife']", "retired in bnpo 0.3", "remove it"]),
+        ({"baseline": "posterior_mean"}, ["posterior_mean was retired in bnpo 0.3", "remove it"]),
     ],
 )
 def test_bad_config_names_key_value_and_fix(block, needles):

@@ -9,7 +9,6 @@ control run without the sync fails that check), the losses and the BNPO statisti
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import json
 import importlib.util
 import math
 import os
@@ -381,15 +380,13 @@ def _run_until_checkpoint(out_dir: Path, ckpt: Path, *overrides: str) -> str:
 @needs_cpu_port
 def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
     """verl's main_ppo, killed (SIGKILL, every process) after its step-1 checkpoint, is started again with the same
-    command: verl resumes at step 2 with the dataloader's position, and bnpo's pooled fit continues."""
+    command: verl resumes at step 2 with the dataloader's position."""
     ckpt = tmp_path / "checkpoints"
-    halflife = 2.0
-    overrides = ("trainer.save_freq=1", f"trainer.default_local_dir={ckpt}", f"+algorithm.bnpo.fit_halflife={halflife}")
+    overrides = ("trainer.save_freq=1", f"trainer.default_local_dir={ckpt}")
     killed_log = _run_until_checkpoint(tmp_path, ckpt, *overrides)
     assert not (ckpt / "global_step_2").exists(), "the run got past step 2 before it was killed"
-    first = json.loads((ckpt / "global_step_1" / "bnpo_state.json").read_text())["bnpo"]
     data_1 = torch.load(ckpt / "global_step_1" / "data.pt", weights_only=False)
-    assert (first["batches"], data_1["_num_yielded"]) == (1, 1)
+    assert data_1["_num_yielded"] == 1
     assert "Training from scratch" in killed_log
 
     rc, log = _run_smoke(tmp_path, "bnpo", *overrides)
@@ -399,9 +396,4 @@ def test_a_killed_run_resumes_where_its_checkpoint_left_off(tmp_path):
     # the data position: the resumed dataloader goes on with the second batch (a restart would be at its first)
     data_2 = torch.load(ckpt / "global_step_2" / "data.pt", weights_only=False)
     assert data_2["_num_yielded"] == 2 and data_2["_sampler_iter_state"]["samples_yielded"] == 2 * 4
-    # bnpo's pooled fit: step 2 adds its questions to step 1's decayed pool (a restart would hold step 2's alone)
-    second = json.loads((ckpt / "global_step_2" / "bnpo_state.json").read_text())["bnpo"]
-    added = second["weight"] - 0.5 ** (1 / halflife) * first["weight"]
-    assert second["batches"] == 2 and added == pytest.approx(round(added)) and 1 <= round(added) <= 4, second
-    assert (first["step"], second["step"]) == (1, 2)  # each pool's training step, saved with it (one decay between)
-    assert steps[2]["bnpo/fit_weight"] == pytest.approx(second["weight"])
+    assert 1 <= steps[2]["bnpo/num_questions"] <= 4  # the resumed step logged bnpo's statistics

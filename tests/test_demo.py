@@ -144,10 +144,10 @@ def test_cli_defaults_and_options():
     assert settings == DemoSettings() and out == Path("bnpo_demo_out") and progress
     assert settings.estimators == ("bnpo", "grpo", "rloo") and settings.seeds == (0, 1)
     settings, out, progress = parse_args(["--quick", "--estimators", "bnpo, reinforce_plus_plus,bnpo", "--out", "x",
-                                          "--no-progress", "+algorithm.bnpo.fit_halflife=10"])
+                                          "--no-progress", "+algorithm.bnpo.max_weight=100"])
     assert settings.steps == QUICK["steps"] and settings.seeds == QUICK["seeds"] and not progress
     assert settings.estimators == ("bnpo", "reinforce_plus_plus") and out == Path("x")
-    assert settings.extra_overrides == ("+algorithm.bnpo.fit_halflife=10",)
+    assert settings.extra_overrides == ("+algorithm.bnpo.max_weight=100",)
     assert [r["name"] for r in parse_args(["--seeds", "2", "--estimators", "bnpo,grpo"])[0].runs] == [
         "bnpo-seed0", "grpo-seed0", "bnpo-seed1", "grpo-seed1"]
     settings = parse_args(["--task", "reverse_format"])[0]

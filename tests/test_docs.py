@@ -69,7 +69,6 @@ def test_the_readme_stays_short():
 
 README_PROBE_ROWS = {  # the README's probe table: row label -> the estimator (or limit) in probe_summary.json
     "`bnpo` (the paper)": "bnpo", "`grpo`": "grpo", "`eb_loo` at (α, β) = (1, 1)": "eb_loo",
-    "`posterior_mean` (with BNPO's weight)": "bnpo_posterior",
     "*limit: best reward-only baseline*": "baseline_limit", "*limit: best per-question weight*": "reweighting_limit",
 }
 

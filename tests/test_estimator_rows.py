@@ -1,5 +1,7 @@
 """Which samples count: rows without response tokens, multi-output sessions, uids and inputs at the edges."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -36,8 +38,8 @@ def test_rows_without_tokens_change_nothing(rows, fixed):
     adv_p, _, stats_p = compute_bnpo_advantage(*padded, cfg)
     assert torch.equal(adv_p[: len(rewards)], adv) and torch.all(adv_p[len(rewards):] == 0)
     assert stats_p.num_excluded == len(rows) and stats.num_excluded == 0
-    assert {k: v for k, v in stats_p.as_dict().items() if k != "num_excluded"} == {
-        k: v for k, v in stats.as_dict().items() if k != "num_excluded"}
+    assert {k: v for k, v in asdict(stats_p).items() if k != "num_excluded"} == {
+        k: v for k, v in asdict(stats).items() if k != "num_excluded"}
 
 
 def test_padding_rows_no_longer_enter_the_fit():

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from bnpo.recipe import CONFIG_FILE
 from bnpo.verl.preflight import memory_plan
-from bnpo.verl.preflight.model_facts import KNOWN_MODELS, UnknownModel, from_hf_config, model_facts
+from bnpo.verl.preflight.memory_plan import KNOWN_MODELS, UnknownModel, model_facts
 from recipe_helpers import composed
 
 MODELS = {"7b": "Qwen/Qwen2.5-Math-7B", "1.5b": "Qwen/Qwen2.5-Math-1.5B"}
@@ -25,11 +25,11 @@ GIB = 2**30
 P7, EMB7, LAYER7 = 7_615_616_512, 2 * 152064 * 3584, 233_057_792  # 7B: parameters, embeddings + head, one layer
 TOKENS, V7 = 32768, 152064  # the recipe's ppo_max_token_len_per_gpu (= log_prob_max_token_len_per_gpu); 7B vocab
 LOGITS7 = 9.28125  # GiB: one bf16 copy of the 7B logits, 32768 x 152064 x 2 B (= 152064 / 16384 GiB)
-H200_CUDA_MIB = 143155  # the H200's CUDA-visible total (torch), measured; nvidia-smi says 143771
+H200_SMI_MIB = (143771, 616)  # the H200's nvidia-smi memory.total and memory.reserved, measured (torch: 143155 MiB)
 
 def recipe_plan(model: str, cluster: str, **changes) -> memory_plan.Plan:
     gpus, card = CARDS[cluster]
-    settings = memory_plan.recipe_settings(CONFIG_FILE, MODELS[model], gpus)
+    settings = memory_plan.recipe_settings(CONFIG_FILE, gpus)
     settings = memory_plan.RunSettings(**{**settings.__dict__, **changes})
     return memory_plan.plan(model_facts(MODELS[model]), settings, memory_plan.CARDS_MIB[card] / 1024, card)
 
@@ -53,14 +53,16 @@ def test_a_local_config_json_wins_over_the_known_name(tmp_path):
     assert (facts.layers, facts.kv_heads, facts.max_positions) == (2, 2, 512)
     with pytest.raises(UnknownModel, match="actor_rollout_ref.model.path=org/other"):
         model_facts("org/other")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text(json.dumps({"hidden_size": 64}))
     with pytest.raises(UnknownModel, match="num_hidden_layers"):
-        from_hf_config("x", {"hidden_size": 64})
+        model_facts(str(tmp_path / "broken"))
 
 
 def test_the_plan_reads_the_recipe_as_verl_composes_it():
     """The recipe file read without verl (scripts/gpu_check.sh) gives the settings of verl's composed config."""
     from_verl = memory_plan.RunSettings.from_config(composed("scripts/run_qwen_math_7b.sh"))
-    assert from_verl == memory_plan.recipe_settings(CONFIG_FILE, MODELS["7b"], 4)
+    assert from_verl == memory_plan.recipe_settings(CONFIG_FILE, 4)
 
 
 def test_the_recipe_file_is_read_with_omegaconfs_own_interpolation(tmp_path):
@@ -70,7 +72,7 @@ def test_the_recipe_file_is_read_with_omegaconfs_own_interpolation(tmp_path):
     cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu = "${oc.decode:'${data.max_prompt_length}'}"
     path = tmp_path / "recipe.yaml"
     OmegaConf.save(cfg, path)
-    settings = memory_plan.recipe_settings(str(path), MODELS["7b"], 4)
+    settings = memory_plan.recipe_settings(str(path), 4)
     assert settings.max_num_batched_tokens == settings.update_tokens_per_gpu == 1024
 
 
@@ -101,11 +103,12 @@ def test_the_parameter_counts_agree_with_verls_flops_counter():
 
 
 def test_vllms_budget_is_a_share_of_the_measured_cuda_total():
-    """vLLM's budget is a share of what CUDA reports (cudaMemGetInfo), not of nvidia-smi's memory.total: the H200's
-    figures as measured (docs/gpu.md)."""
-    s = memory_plan.recipe_settings(CONFIG_FILE, MODELS["7b"], 4)
+    """vLLM's budget is a share of what CUDA reports (cudaMemGetInfo), not of nvidia-smi's memory.total: its total
+    less its reserve, as measured on the H200 (docs/gpu.md), where torch's total matched it to the MiB."""
+    s = memory_plan.recipe_settings(CONFIG_FILE, 4)
     p = memory_plan.plan(model_facts(MODELS["7b"]), s, memory_plan.card_gib("h200-141gb"), "h200-141gb")
-    assert p.vllm["budget"] == pytest.approx(0.8 * H200_CUDA_MIB / 1024)  # 111.8 GiB; of nvidia-smi's: 112.3
+    total, reserved = H200_SMI_MIB
+    assert p.vllm["budget"] == pytest.approx(0.8 * (total - reserved) / 1024)  # 111.8 GiB; of nvidia-smi's: 112.3
 
 
 def test_the_exact_rows_worked_by_hand():
@@ -151,7 +154,7 @@ def test_one_layer_per_token_is_what_the_h200_measured(model, backward, forward)
     and backward (the update's working set) and a forward without gradients (log-prob's). A model with a one-word
     vocabulary has no logits to speak of, so the working set is the layer."""
     facts = dataclasses.replace(model_facts(MODELS[model]), vocab=1)
-    s = memory_plan.recipe_settings(CONFIG_FILE, MODELS[model], 4)
+    s = memory_plan.recipe_settings(CONFIG_FILE, 4)
     p = memory_plan.plan(facts, s, memory_plan.card_gib("h100-80gb"), "h100-80gb")
     assert 0.98 * backward[0] <= per_token_bytes(p, "update") <= 1.02 * backward[1]
     assert per_token_bytes(p, "log_prob") == pytest.approx(forward, rel=0.02)
@@ -211,7 +214,7 @@ def test_a_budget_without_room_for_one_sequence_is_refused():
 
 
 def test_a_busy_gpu_that_cannot_give_vllm_its_budget_is_refused():
-    s = memory_plan.recipe_settings(CONFIG_FILE, MODELS["7b"], 4)
+    s = memory_plan.recipe_settings(CONFIG_FILE, 4)
     h100 = memory_plan.card_gib("h100-80gb")
     busy = memory_plan.plan(model_facts(MODELS["7b"]), s, h100, "H100", free_gib=60.0)
     assert busy.fits and any("only 60.0 GiB of the H100 are free: vLLM refuses to start" in b for b in busy.busy)

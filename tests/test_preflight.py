@@ -11,15 +11,15 @@ import os
 import pytest
 
 from bnpo.recipe import CONFIG_DIR
-from bnpo.verl.preflight import gpus, stack, storage
+from bnpo.verl.preflight import stack, storage
 from bnpo.verl.preflight import run as preflight
 
 H100_CUDA_MIB = 81559 - 470  # nvidia-smi's memory.total less memory.reserved
 
 
-def h100s(count: int, driver: str = "580.65.06", used_mib: int = 0) -> gpus.Found:
-    return gpus.Found([gpus.GPU(i, "NVIDIA H100 80GB HBM3", H100_CUDA_MIB, used_mib, driver) for i in range(count)],
-                      None, f"nvidia-smi lists {count}")
+def h100s(count: int, driver: str = "580.65.06", used_mib: int = 0) -> preflight.Found:
+    gpus = [preflight.GPU(i, "NVIDIA H100 80GB HBM3", H100_CUDA_MIB, used_mib, driver) for i in range(count)]
+    return preflight.Found(gpus, None, f"nvidia-smi lists {count}")
 
 
 def verl_stack(**changes: dict) -> dict:
@@ -41,9 +41,9 @@ def machine(monkeypatch, tmp_path):
     overrides = [f"data.train_files={data}", f"data.val_files=[{data}]",
                  f"trainer.default_local_dir={tmp_path / 'ckpt'}"]
 
-    def set_machine(found: gpus.Found, installed: dict | None = None) -> list[str]:
+    def set_machine(found: preflight.Found, installed: dict | None = None) -> list[str]:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
-        monkeypatch.setattr(preflight.gpus, "find", lambda: found)
+        monkeypatch.setattr(preflight, "find", lambda address: found)
         monkeypatch.setattr(preflight.stack, "installed", lambda: installed if installed is not None else verl_stack())
         return overrides
 
@@ -70,10 +70,10 @@ def test_a_run_gets_every_gpu_of_the_node_unless_told(machine, capsys):
 
 
 def test_a_cluster_with_a_cpu_only_head_gets_every_gpu_of_its_gpu_nodes(machine, capsys):
-    rc, out, err = run(capsys, *machine(gpus.Found([], [0, 8, 8], "a Ray cluster with [0, 8, 8] GPUs")))
+    rc, out, err = run(capsys, *machine(preflight.Found([], [0, 8, 8], "a Ray cluster with [0, 8, 8] GPUs")))
     assert (rc, out) == (0, "trainer.n_gpus_per_node=8\n"), err[-3000:]
     assert "GPUs: 1 node(s) x 8" in err
-    assert gpus.Found([], [0, 0], "").per_node == 0 and gpus.Found([], [4, 8], "").per_node == 4
+    assert preflight.Found([], [0, 0], "").per_node == 0 and preflight.Found([], [4, 8], "").per_node == 4
 
 
 def test_nvidia_smis_total_less_its_reserve_is_what_cuda_sees(tmp_path, monkeypatch):
@@ -84,11 +84,11 @@ def test_nvidia_smis_total_less_its_reserve_is_what_cuda_sees(tmp_path, monkeypa
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    (gpu,) = gpus.local_gpus().gpus
+    (gpu,) = preflight.local_gpus().gpus
     assert (gpu.cuda_mib, gpu.used_mib, gpu.driver) == (143155, 2048, "580.159.04")
     smi.write_text("#!/bin/sh\ncase \"$*\" in *memory.reserved*) echo 'Field is not a valid field' >&2; exit 2;;"
                    " *) echo '0, NVIDIA H200, 143771, 2048, 580.159.04';; esac\n")  # a driver without the field
-    assert gpus.local_gpus().gpus[0].cuda_mib == 143771
+    assert preflight.local_gpus().gpus[0].cuda_mib == 143771
 
 
 def test_a_torch_that_cannot_use_the_gpus_is_refused_an_old_driver_that_works_is_not(machine, capsys):
@@ -147,7 +147,7 @@ def test_a_plan_that_does_not_fit_is_refused_with_its_numbers(machine, capsys):
 
 
 def test_without_gpus_a_dry_run_plans_for_a_named_card(machine, capsys, monkeypatch):
-    overrides = machine(gpus.Found([], None, "nvidia-smi: not found"),
+    overrides = machine(preflight.Found([], None, "nvidia-smi: not found"),
                         verl_stack(torch={"version": "2.13.0+cpu", "cuda": None, "cuda_available": False}))
     rc, out, err = run(capsys, "--dry-run", *overrides)
     assert rc == 0, err[-3000:]
@@ -168,7 +168,7 @@ def test_a_real_run_leaves_the_gpu_count_data_and_validate_config_to_verl(machin
     calls = []
     validate = verl_config.validate_config
     monkeypatch.setattr(verl_config, "validate_config", lambda *a, **k: calls.append(1) or validate(*a, **k))
-    overrides = machine(gpus.Found([], None, "nvidia-smi: not found"))
+    overrides = machine(preflight.Found([], None, "nvidia-smi: not found"))
     rc, out, err = run(capsys, *overrides, f"data.train_files={tmp_path / 'absent.parquet'}")
     assert (rc, out, calls) == (0, "", []), err[-3000:]
     assert "this machine has no GPU: verl's trainer will stop when it asks Ray for 4" in err
@@ -195,7 +195,7 @@ def test_an_unknown_model_without_files_gets_no_plan_but_no_failure(machine, cap
 
 
 def test_a_cluster_node_without_the_shared_checkpoint_folder_or_the_data_stops_a_real_run(machine, capsys, monkeypatch):
-    overrides = machine(gpus.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
+    overrides = machine(preflight.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as inside a Ray job
     asked = []
 
@@ -215,7 +215,7 @@ def test_a_cluster_node_without_the_shared_checkpoint_folder_or_the_data_stops_a
 
 
 def test_a_cluster_node_where_bnpo_does_not_load_stops_a_real_run_naming_the_node(machine, capsys, monkeypatch):
-    overrides = machine(gpus.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
+    overrides = machine(preflight.Found([], [8, 8], "a Ray cluster with [8, 8] GPUs"))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     why = "node 10.0.0.3: bnpo does not import there (ModuleNotFoundError: No module named 'bnpo')"
     monkeypatch.setattr(preflight.storage, "cluster_check", lambda address, folder, paths: storage.SharedCheck(

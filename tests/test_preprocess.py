@@ -339,8 +339,8 @@ def slow_write(table, where, **kw):  # a write that is still going when the sign
     time.sleep(120)
 
 pq.write_table = slow_write
-spec = pu.DatasetSpec(name="t", hub_id="t/t", splits={"test": "test"}, question_keys=("problem",),
-                      answer=pu.field_reader(pu.plain_answer, "answer"))
+spec = pu.DatasetSpec(name="t", hub_id="t/t", splits=("test",), question_keys=("problem",),
+                      answer=((pu.plain_answer, "answer"),))
 sys.argv = ["x", "--local_dataset_path", sys.argv[2], "--local_save_dir", sys.argv[3]]
 pu.main(spec)
 """

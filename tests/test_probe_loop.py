@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bnpo_probe.loop import ESTIMATORS, Settings, algorithm_config, rollout
+from bnpo_probe.loop import ESTIMATORS, Settings, estimate_advantages, rollout
 from bnpo_probe.task import EOS, PAD, SEP, ReverseTask, build_policy
 
 
@@ -25,7 +25,7 @@ def test_reward_is_exact_match_of_the_reversed_digits():
 def test_sampled_prompts_are_well_formed_and_reproducible():
     task = ReverseTask(min_digits=2, max_digits=5)
     prompts = task.sample_prompts(200, torch.Generator().manual_seed(0))
-    assert prompts.shape == (200, task.prompt_length)
+    assert prompts.shape == (200, task.max_digits + 1)
     assert (prompts[:, -1] == SEP).all()
     body = prompts[:, :-1]
     lengths = (body != PAD).sum(1)
@@ -40,8 +40,6 @@ def test_sampled_prompts_are_well_formed_and_reproducible():
 
 def test_reinforce_setups_agree_and_bnpo_differs_on_a_real_rollout():
     """'reinforce' (bnpo at fixed (1, 1)) and verl's grpo without std give the same advantages."""
-    from verl.trainer.ppo.ray_trainer import compute_advantage
-
     s = Settings(prompts_per_step=8, rollout_n=8)
     torch.manual_seed(0)
     model = build_policy(s.hidden_size, s.num_layers, s.num_heads, seed=0)
@@ -55,15 +53,10 @@ def test_reinforce_setups_agree_and_bnpo_differs_on_a_real_rollout():
     last = batch.batch["response_mask"].sum(1) - 1
     batch.batch["token_level_rewards"][torch.arange(64), last] = rewards_by_question.flatten()
 
-    def advantages(name: str) -> torch.Tensor:
-        spec = ESTIMATORS[name]
-        out = compute_advantage(
-            batch.select(deepcopy=True),
-            spec.adv_estimator,
-            norm_adv_by_std_in_grpo=spec.norm_adv_by_std_in_grpo,
-            config=algorithm_config(spec),
-        )
-        return out.batch["advantages"]
+    def advantages(name: str) -> torch.Tensor:  # verl's compute_advantage with the estimator's algorithm block
+        scored, _ = estimate_advantages(ESTIMATORS[name], batch)
+        assert "advantages" not in batch.batch  # on a copy
+        return scored.batch["advantages"]
 
     reinforce, no_std = advantages("reinforce"), advantages("grpo_no_std")
     torch.testing.assert_close(reinforce, no_std, rtol=1e-5, atol=1e-6)

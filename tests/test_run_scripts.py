@@ -233,10 +233,9 @@ def test_dry_run_on_an_eight_gpu_node_gives_verl_all_eight_and_checks_their_stac
 
 def test_the_dry_run_composes_exactly_what_main_ppo_composes():
     """The pre-flight's config against Hydra's own print of main_ppo's (``--cfg job``), for the same overrides."""
-    import subprocess
     import sys
 
-    overrides = ["trainer.total_epochs=1", "+algorithm.bnpo.fit_halflife=3", "actor_rollout_ref.rollout.n=8"]
+    overrides = ["trainer.total_epochs=1", "algorithm.bnpo.max_weight=100", "actor_rollout_ref.rollout.n=8"]
     recipe = ["--config-path", str(ROOT / "bnpo/recipe"), "--config-name", "bnpo_trainer"]
     env = script_env()
     ours = subprocess.run([sys.executable, "-m", "bnpo.verl.preflight", "--dry-run", *recipe, "--", *overrides],
@@ -245,4 +244,4 @@ def test_the_dry_run_composes_exactly_what_main_ppo_composes():
                            capture_output=True, text=True, timeout=600, env=env)
     assert ours.returncode == 0 and verls.returncode == 0, (ours.stderr[-2000:], verls.stderr[-2000:])
     assert yaml.safe_load(ours.stdout) == yaml.safe_load(verls.stdout)
-    assert yaml.safe_load(ours.stdout)["algorithm"]["bnpo"]["fit_halflife"] == 3
+    assert yaml.safe_load(ours.stdout)["algorithm"]["bnpo"]["max_weight"] == 100

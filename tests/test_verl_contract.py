@@ -29,7 +29,6 @@ from verl.experimental.fully_async_policy.fully_async_trainer import FullyAsyncT
 from verl.experimental.one_step_off_policy.ray_trainer import OneStepOffRayTrainer
 
 BNPO = ("algorithm.adv_estimator=bnpo",)
-POOLED = ("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=2")
 
 
 class RecipeTrainer(ray_trainer.RayPPOTrainer):
@@ -133,12 +132,13 @@ def test_a_step_without_bnpos_estimator_raises_naming_the_verl_place(tmp_path, k
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_fit_halflife_decays_once_per_training_step(tmp_path, kind):
-    """Two advantage computations in one training step (verl's v1 local updates with parameter_sync_step=2) weigh
-    alike; the next step decays both once: fit_weight counts questions, 3 per batch, half-life 2 steps."""
+def test_two_advantage_steps_in_one_training_step_each_log_their_own_batch(tmp_path, kind):
+    """Two advantage computations in one training step (verl's v1 local updates with parameter_sync_step=2) each log
+    their own batch's fit, and neither counts as a step without statistics."""
     a, b, c = [0.25, 0.5, 0.875], [0.125, 0.5, 0.625], [0.375, 0.75, 1.0]
-    logged = run_steps(kind, trainer_of(kind, tmp_path, *POOLED), [[a, b], [c]])
-    assert [m["bnpo/fit_weight"] for m in logged] == pytest.approx([3.0, 6.0, 6.0 * 0.5 ** 0.5 + 3.0])
+    logged = run_steps(kind, trainer_of(kind, tmp_path, *BNPO), [[a, b], [c]])
+    assert [m["bnpo/mu"] for m in logged] == pytest.approx([sum(rates) / 3 for rates in (a, b, c)])
+    assert not any("bnpo/steps_without_stats" in m for m in logged)
 
 
 def test_a_recipe_trainer_that_logs_no_metrics_stops_at_its_next_step(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """bnpo in verl's experimental trainers, through their own code: one_step_off_policy's advantage step (metrics,
-ad_bnpo's components) and fully_async_policy's construction (bnpo's start-up check, fit_halflife refused)."""
+ad_bnpo's components) and fully_async_policy's construction (bnpo's start-up check)."""
 
 from __future__ import annotations
 
@@ -58,11 +58,6 @@ def test_one_step_off_policy_leaves_other_estimators_alone(tmp_path):
 def _construct_fully_async(*overrides):
     cls = FullyAsyncTrainer.__ray_actor_class__  # the class behind verl's Ray actor
     return cls(verl_config(*overrides), tokenizer=None, role_worker_mapping={}, resource_pool_manager=None)
-
-
-def test_fully_async_refuses_fit_halflife_at_construction():
-    with pytest.raises(ValueError, match=r"algorithm\.bnpo\.fit_halflife=4\.0 is not supported by verl's fully_async"):
-        _construct_fully_async("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=4")
 
 
 def test_fully_async_runs_bnpos_startup_check_which_its_entry_point_skips():

@@ -15,7 +15,7 @@ from verl_helpers import legacy_batch, run_python, verl_config
 
 import verl.trainer.ppo.ray_trainer as ray_trainer
 from bnpo.core.config import KEYS, parse_bnpo_block
-from bnpo.verl import estimator_scope, fit_state_of
+from bnpo.verl import estimator_scope
 from bnpo.verl.algo_config import BNPOAlgoConfig
 from bnpo.verl.startup import check_run_config
 from verl.trainer.config import AlgoConfig
@@ -88,14 +88,14 @@ def test_main_ppo_stops_at_startup_on_a_bnpo_typo():
 
 def test_every_key_through_hydra():
     values = {"reward_min": -1, "reward_max": 3, "fixed_alpha": 2, "fixed_beta": 1.5, "max_weight": 50,
-              "components": "[acc,format,len]", "component_weights": "[1,2,3]", "fit_halflife": 8,
-              "baseline": "posterior_mean"}
+              "components": "[acc,format,len]", "component_weights": "[1,2,3]",
+              "baseline": "eb_loo"}
     assert set(values) == set(KEYS)
     config = verl_config("algorithm.adv_estimator=ad_bnpo", *(f"+algorithm.bnpo.{k}={v}" for k, v in values.items()))
     cfg = check_run_config(config)
     assert (cfg.reward_min, cfg.reward_max, cfg.fixed_alpha, cfg.fixed_beta, cfg.max_weight) == (-1, 3, 2, 1.5, 50)
     assert cfg.components == ("acc", "format", "len") and cfg.component_weights == (1, 2, 3)
-    assert (cfg.fit_halflife, cfg.baseline) == (8.0, "posterior_mean")
+    assert cfg.baseline == "eb_loo"
 
 
 @pytest.mark.parametrize(
@@ -113,11 +113,6 @@ def test_every_key_through_hydra():
         (("algorithm.adv_estimator=ad_bnpo", '+algorithm.bnpo.components="acc,format"'), r"is a string"),
         (("algorithm.adv_estimator=bnpo", "reward.custom_reward_function.path=pkg://bnpo.rewards",
           "+reward.custom_reward_function.reward_kwargs.format_reward=true"), r"acc \+ format, in \[0, 2\].*reward_max=2"),
-        # the trainer modes of bnpo 0.1 are gone, whatever the estimator: say what to use instead
-        (("algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=bnpo_sync"),
-         r"trainer\.v1\.trainer_mode=bnpo_sync was removed .* Set trainer\.v1\.trainer_mode=sync"),
-        (("algorithm.adv_estimator=bnpo", "trainer.v1.trainer_mode=bnpo_separate_async"),
-         r"Set trainer\.v1\.trainer_mode=separate_async"),
     ],
 )
 def test_startup_check_names_the_setting(overrides, message):

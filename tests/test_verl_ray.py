@@ -27,7 +27,6 @@ from batches import grouped
 from oracle import reference_ad_bnpo, reference_advantages
 from verl_helpers import verl_config
 
-from bnpo.verl import fit_state_of
 
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
@@ -278,9 +277,8 @@ def test_verl_keys_parse_into_sessions():
     assert final_rows(["not-verl-format", "x"]) is None
 
 
-def test_two_trainers_in_one_process_keep_their_own_pooled_fits(transfer_queue):
-    """Each v1 trainer's steps see only its own batches: its pooled fit, its statistics (verl's real step)."""
-    pooled = ("algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=2")
+def test_two_trainers_in_one_process_keep_their_own_statistics(transfer_queue):
+    """Each v1 trainer's steps see only its own batches and statistics (verl's real step)."""
 
     def batch_keys(seed):
         rewards, uids, k, rng = sessions_batch(seed=seed, multi_output=False)
@@ -293,7 +291,7 @@ def test_two_trainers_in_one_process_keep_their_own_pooled_fits(transfer_queue):
         return metrics
 
     first, second = batch_keys(20), batch_keys(21)
-    a, b, alone = (trainer_for("sync", first, *pooled) for _ in range(3))
+    a, b, alone = (trainer_for("sync", first, "algorithm.adv_estimator=bnpo") for _ in range(3))
     step(a, first)
     step(b, second)  # another trainer's step in between
     a_second = step(a, batch_keys(22))
@@ -301,7 +299,7 @@ def test_two_trainers_in_one_process_keep_their_own_pooled_fits(transfer_queue):
     alone_second = step(alone, batch_keys(22))
     bnpo_metrics = {key for key in a_second if key.startswith("bnpo/")}
     assert bnpo_metrics and all(a_second[key] == pytest.approx(alone_second[key]) for key in bnpo_metrics)
-    assert a_second["bnpo/fit_weight"] > 7  # two batches of 7 questions, the first one decayed
+    assert a_second["bnpo/num_questions"] == 7
 
 
 class ReplayBufferPerUpdate(ReplayBufferStub):
@@ -317,25 +315,30 @@ class ReplayBufferPerUpdate(ReplayBufferStub):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fit_halflife_decays_once_per_step_with_several_local_updates(transfer_queue, mode):
-    """trainer.v1.<mode>.parameter_sync_step=2: verl's step runs two local updates, each with its own advantage step.
-    The pooled fit decays once per training step (half-life H=2 steps), not once per local update."""
+def test_several_local_updates_per_step_each_log_their_statistics(transfer_queue, mode):
+    """trainer.v1.<mode>.parameter_sync_step=2: verl's step runs two local updates, each with its own advantage step
+    and statistics, which verl's MetricsAggregator averages; neither is a step without statistics."""
     def batch_keys(seed):
         rewards, uids, k, rng = sessions_batch(seed=seed, multi_output=False)
         return write_rollouts(rewards, [{"score": r} for r in rewards], k, uids, rng)
 
-    trainer = trainer_for(mode, [], "algorithm.adv_estimator=bnpo", "+algorithm.bnpo.fit_halflife=2")
+    batches = [batch_keys(seed) for seed in (30, 31, 32, 33)]
+    alone = []
+    for keys in batches[:2]:  # each update's batch as a step of its own
+        single = trainer_for(mode, keys, "algorithm.adv_estimator=bnpo")
+        single.replay_buffer, metrics = ReplayBufferStub(keys), {}
+        single.step(metrics, timing_raw={})
+        alone.append(metrics)
+    trainer = trainer_for(mode, [], "algorithm.adv_estimator=bnpo")
     trainer.parameter_sync_step = 2
-    trainer.replay_buffer = ReplayBufferPerUpdate([batch_keys(seed) for seed in (30, 31, 32, 33)])
-    pool = fit_state_of(trainer).pools
+    trainer.replay_buffer = ReplayBufferPerUpdate(batches)
     first = {}
     trainer.step(first, timing_raw={})
-    assert pool["bnpo"].weight == pytest.approx(14.0)  # 7 questions per update, both at step 1: no decay between
-    # verl's MetricsAggregator averages the updates' fit_weight (7, then 14) weighted by their 28 samples each
-    assert first["bnpo/fit_weight"] == pytest.approx(10.5)
-    trainer.global_steps = 2
-    trainer.step({}, timing_raw={})
-    assert pool["bnpo"].weight == pytest.approx(14.0 * 0.5 ** 0.5 + 14.0)
+    assert {k: v for k, v in first.items() if k.startswith("bnpo/")} == pytest.approx(
+        {k: v for k, v in alone[0].items() if k.startswith("bnpo/")})  # the two batches' statistics are alike
+    trainer.global_steps, second = 2, {}
+    trainer.step(second, timing_raw={})
+    assert second["bnpo/num_questions"] == 7 and "bnpo/steps_without_stats" not in second
 
 
 def test_a_step_without_bnpos_estimator_raises_naming_the_verl_place(transfer_queue, monkeypatch):
@@ -402,8 +405,8 @@ def test_an_unsupported_verl_stops_the_first_step_where_it_trains(transfer_queue
 
 
 def test_a_ray_node_says_whether_a_bnpo_run_could_start_there(transfer_queue):
-    """What a cluster pre-flight runs on every node (bnpo.verl.startup.node_problems), in a worker like verl's."""
-    from bnpo.verl.startup import node_problems
+    """What a cluster pre-flight runs on every node (bnpo.verl.preflight.storage.node_problems), in a worker like verl's."""
+    from bnpo.verl.preflight.storage import node_problems
 
     probe = ray.remote(num_cpus=0)(node_problems)
     assert ray.get(probe.remote()) == []

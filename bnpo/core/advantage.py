@@ -15,7 +15,6 @@ import torch
 from .config import BNPOConfig, _key, check_estimator
 from .groups import group_inverse, select_rows
 from .normalize import normalized_outcome
-from .pooling import FitState, MomentPool
 from .scores import (
     advantage_dtype, check_components_explain_outcome, check_outcome_only, check_tensors, map_rewards, outcome_rewards,
     range_hint,
@@ -26,20 +25,6 @@ from .stats import FIT_NAMES, BNPOStats
 # its scaling, so the output goes to memory once (2-vCPU AMD EPYC: 1-2 MiB blocks cost 1.2x a plain copy, one pass
 # 1.35x, 128 KiB blocks 1.5x).
 _BLOCK_BYTES = 2 << 20
-
-
-def _pool(cfg: BNPOConfig, fit_state: Optional[FitState], name: str) -> Optional[MomentPool]:
-    """The moment pool of ``name`` with ``fit_halflife`` set (None without); the run's FitState holds it."""
-    if cfg.fit_halflife is None:
-        return None
-    if fit_state is None:
-        raise ValueError(
-            f"{_key('fit_halflife')}={cfg.fit_halflife} pools the Beta fit across steps, so the estimator needs the "
-            "run's pooled state: verl's trainers hand it over through bnpo's integration; outside them pass "
-            "fit_state=bnpo.FitState() (one per run) to the bnpo.core function, or call verl's estimator inside "
-            "`with bnpo.verl.estimator_scope(fit_state) as scope:`."
-        )
-    return fit_state.pool(name, cfg.fit_halflife)
 
 
 def _broadcast(scalar: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -67,20 +52,19 @@ def _empty(response_mask: torch.Tensor, dtype: torch.dtype, cfg: BNPOConfig, com
 
 def compute_bnpo_advantage(
     token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any, cfg: BNPOConfig,
-    final_row: Any = None, fit_state: Optional[FitState] = None,
+    final_row: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
     """BNPO outcome advantage of ``token_level_rewards`` (bs, L) (an output's reward: the sum over its tokens).
 
     response_mask: (bs, L), nonzero on response tokens; rows without any are left out (advantage 0).
     index: (bs,) question uids (numpy array, list or tensor). final_row: optional (bs,) row of each sample's session's
-    final output (``select_rows``). fit_state: the run's pooled fits, needed with ``cfg.fit_halflife`` (pool "bnpo").
+    final output (``select_rows``).
     Returns advantages and returns, (bs, L), equal, in ``advantage_dtype`` of the rewards, zero outside the mask,
     and what the normalisation saw (BNPOStats).
     """
     check_tensors(token_level_rewards=token_level_rewards, response_mask=response_mask)
     check_estimator("bnpo", cfg)
     dtype = advantage_dtype(token_level_rewards.dtype)
-    pool = _pool(cfg, fit_state, "bnpo")
     with torch.no_grad():
         bs = token_level_rewards.shape[0]
         if bs == 0:
@@ -90,7 +74,7 @@ def compute_bnpo_advantage(
         scores = outcome_rewards(token_level_rewards)
         s = map_rewards(scores, cfg, keep=rows.keep,
                         explain=lambda outside: range_hint(token_level_rewards, scores, outside, cfg))
-        scalar, stats = normalized_outcome(s, inverse, num_groups, cfg, rows.keep, pool)
+        scalar, stats = normalized_outcome(s, inverse, num_groups, cfg, rows.keep)
         advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
     return advantages, advantages, rows.annotate(stats)
 
@@ -98,14 +82,13 @@ def compute_bnpo_advantage(
 def compute_ad_bnpo_advantage(
     components: Mapping[str, torch.Tensor], response_mask: torch.Tensor, index: Any, cfg: BNPOConfig,
     dtype: torch.dtype = torch.float32, final_row: Any = None, token_level_rewards: Optional[torch.Tensor] = None,
-    fit_state: Optional[FitState] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, BNPOStats]:
     """AD-BNPO: each component, reward key -> (bs,) in [reward_min, reward_max], normalised with its own Beta fit,
     then their mean weighted by ``cfg.component_weights`` (default equal). ``dtype``: the rewards'.
 
     response_mask, index, final_row: as ``compute_bnpo_advantage``'s. token_level_rewards: optional (bs, L), the
     trainer's rewards; ValueError if they carry what the components do not (reward on several tokens, an outcome
-    that is no function of the components). fit_state: needed with ``cfg.fit_halflife`` (pools "ad_bnpo/<key>").
+    that is no function of the components).
     Returns advantages and returns, (bs, L), equal, and stats: each component's in ``stats.components``, at top level
     the counts and the maxima of weight_max and clamped_frac (no fit).
     """
@@ -117,7 +100,6 @@ def compute_ad_bnpo_advantage(
     weights = cfg.component_weights or (1.0,) * len(keys)
     total = sum(weights)
     dtype = advantage_dtype(dtype)
-    pools = {key: _pool(cfg, fit_state, f"ad_bnpo/{key}") for key in keys}
     with torch.no_grad():
         if bs == 0:
             return _empty(response_mask, dtype, cfg, keys)
@@ -132,7 +114,7 @@ def compute_ad_bnpo_advantage(
         scalar = torch.zeros(bs, dtype=torch.float64, device=device)
         per_component = {}
         for key, weight in zip(keys, weights):  # loops over the K components only
-            adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep, pools[key])
+            adv, per_component[key] = normalized_outcome(mapped[key], inverse, num_groups, cfg, rows.keep)
             scalar += (weight / total) * adv
         advantages = _broadcast(rows.spread(scalar), response_mask, dtype)
     return advantages, advantages, rows.annotate(_combine(per_component))

@@ -49,31 +49,12 @@ def fit_beta_moments(p_hat: torch.Tensor) -> BetaFit:
     """
     n = int(p_hat.numel())
     p_hat = p_hat.to(torch.float64)
+    zero = p_hat.new_zeros(())
     if n < 2:
-        mu = p_hat.mean() if n == 1 else p_hat.new_zeros(())
-        return _fit(mu, p_hat.new_zeros(()), n, "fewer_than_2_questions")
-    var = p_hat.var(unbiased=True)
-    return _fit(p_hat.mean(), var, n, None if bool(var > 0) else "zero_variance")
-
-
-def fit_beta_pooled(weight: float, sum1: float, sum2: float, num_questions: int) -> BetaFit:
-    """The same fit from weighted moment sums: weight = sum of w, sum1 = sum of w p, sum2 = sum of w p^2.
-
-    With frequency weights the unbiased variance is (sum2 - sum1^2 / weight) / (weight - 1). A weight below 2 has no
-    fit; a variance at the level of rounding in the sums (all p_hat equal) is zero, not a tiny positive number that
-    would make a, b explode.
-    """
-    mu = torch.tensor(sum1 / weight if weight > 0 else 0.0, dtype=torch.float64)
-    if weight < 2:
-        return _fit(mu, mu.new_zeros(()), num_questions, "fewer_than_2_questions")
-    spread = sum2 - sum1 * sum1 / weight
-    var = torch.tensor(max(spread, 0.0) / (weight - 1), dtype=torch.float64)
-    return _fit(mu, var, num_questions, None if spread > 1e-12 * max(sum2, 1e-300) else "zero_variance")
-
-
-def _fit(mu: torch.Tensor, var: torch.Tensor, n: int, fallback: str | None) -> BetaFit:
-    if fallback is not None:
-        return BetaFit(mu, var, mu.new_zeros(()), mu.new_zeros(()), n, fallback)
+        return BetaFit(p_hat.mean() if n == 1 else zero, zero, zero, zero, n, "fewer_than_2_questions")
+    mu, var = p_hat.mean(), p_hat.var(unbiased=True)
+    if not bool(var > 0):
+        return BetaFit(mu, var, zero, zero, n, "zero_variance")
     nu = mu * (1 - mu) / var - 1
     return BetaFit(mu, var, mu * nu, (1 - mu) * nu, n, None)
 

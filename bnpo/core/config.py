@@ -13,20 +13,20 @@ from typing import Any, Optional
 
 CONFIG_PREFIX = "algorithm.bnpo"
 ESTIMATORS = ("bnpo", "ad_bnpo")
-BASELINES = ("group_mean", "posterior_mean", "eb_loo")
+BASELINES = ("group_mean", "eb_loo")
+RETIRED = ("was retired in bnpo 0.3: the gradient-noise probe found it no better than the options kept "
+           "(docs/baselines.md); remove it.")
 # Beyond these the arithmetic is meaningless rather than merely unusual: a reward range whose width overflows maps
 # every reward to 0; log B(alpha, beta) from lgamma differences loses its digits (1e6 keeps about 9); a weight beyond
 # 1e30 can make float32 advantages overflow.
 REWARD_LIMIT = WEIGHT_LIMIT = 1e30
-BETA_PARAM_LIMIT = HALFLIFE_LIMIT = 1e6
+BETA_PARAM_LIMIT = 1e6
 _BETA_PARAM = (BETA_PARAM_LIMIT,
                "a Beta distribution parameter (null for adaptive BNPO); beyond 1e6 log B loses its precision")
 _BOUNDS = {  # the numbers that must lie in (0, bound], with why
     "fixed_alpha": _BETA_PARAM,
     "fixed_beta": _BETA_PARAM,
     "max_weight": (WEIGHT_LIMIT, "the clamp on 1 / f_N (reference: 1e6); beyond 1e30 float32 advantages can overflow"),
-    "fit_halflife": (HALFLIFE_LIMIT,
-                     "the half-life, in steps, of the pooled Beta fit (null: each batch fits its own, as the paper)"),
 }
 
 
@@ -42,10 +42,8 @@ class BNPOConfig:
     -> adaptive (alpha, beta) = (1 + a/3, 1 + b/3) (the paper); both set -> fixed, e.g. (1, 1) = REINFORCE with
     baseline, (1.5, 1.5) = GRPO * pi/8. max_weight: clamp on the weight 1 / f_N(p_hat) (the reference's: 1e6).
     components: AD-BNPO reward keys (per-sample arrays in verl's non_tensor_batch), component_weights: their optional
-    non-negative weights (default equal). fit_halflife: None (each batch fits its own Beta) or the half-life in steps
-    of the fit's pooled moments (``bnpo.core.pooling``). baseline: "group_mean" (the paper: p_hat), "posterior_mean"
-    (the mean of p(q) under a Beta prior with the fit's mean and deconvolved variance, where the weight is also
-    evaluated) or "eb_loo" (p(q)'s credibility estimate from the question's other samples; ``bnpo.core.baselines``).
+    non-negative weights (default equal). baseline: "group_mean" (the paper: p_hat) or "eb_loo" (p(q)'s credibility
+    estimate from the question's other samples; ``bnpo.core.baselines``).
     Numbers may be given as numeric strings (not booleans), lists as any sequence (not a string or a mapping).
     """
 
@@ -56,7 +54,6 @@ class BNPOConfig:
     max_weight: float = 1e6
     components: Optional[tuple[str, ...]] = None
     component_weights: Optional[tuple[float, ...]] = None
-    fit_halflife: Optional[float] = None
     baseline: str = "group_mean"
 
     def __post_init__(self) -> None:
@@ -123,7 +120,8 @@ def _validate(cfg: BNPOConfig) -> None:
         if value is not None and not 0 < value <= high:
             raise ValueError(f"{_key(name)}={value} must be in (0, {high:g}]: {why}.")
     if cfg.baseline not in BASELINES:
-        raise ValueError(f"{_key('baseline')}={cfg.baseline!r} must be one of {list(BASELINES)}.")
+        raise ValueError(f"{_key('baseline')}={cfg.baseline!r} must be one of {list(BASELINES)}."
+                         + (f" posterior_mean {RETIRED}" if cfg.baseline == "posterior_mean" else ""))
     components, weights = cfg.components, cfg.component_weights
     if components is not None and not components:
         raise ValueError(f"{_key('components')}=[] is empty; list the reward keys of AD-BNPO, e.g. [acc, format].")
@@ -152,7 +150,8 @@ def parse_bnpo_block(block: Any) -> BNPOConfig:
     raw = {str(k): v for k, v in block.items()}
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}.")
+        raise ValueError(f"unknown key(s) {[_key(k) for k in unknown]}; allowed keys are {[_key(k) for k in KEYS]}."
+                         + (f" {_key('fit_halflife')} {RETIRED}" if "fit_halflife" in unknown else ""))
     return BNPOConfig(**{k: v for k, v in raw.items() if v is not None})
 
 

@@ -18,36 +18,33 @@ from .baselines import baseline_of
 from .beta import beta_log_density, fit_beta_moments, inverse_density_weight, optimal_alpha_beta
 from .config import BNPOConfig
 from .groups import group_stats
-from .pooling import MomentPool
 from .stats import BNPOStats
 
 
 def normalized_outcome(
-    s: torch.Tensor, inverse: torch.Tensor, num_groups: int, cfg: BNPOConfig, keep: Optional[torch.Tensor] = None,
-    pool: Optional[MomentPool] = None,
+    s: torch.Tensor, inverse: torch.Tensor, num_groups: int, cfg: BNPOConfig, keep: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, BNPOStats]:
     """Scalar BNPO advantage (bs,) float64 of mapped rewards ``s`` (bs,) in [0, 1].
 
     ``inverse`` (bs,): each sample's question id in 0..num_groups-1; ``keep`` (bs,) bool, optional: the samples in
-    the statistics (the others get 0); ``pool``, optional: pools the fit's moments with earlier batches.
+    the statistics (the others get 0).
 
-    Degenerate cases: a singleton question is kept out of the fit; with the group-mean and posterior-mean baselines it
-    gets advantage 0 (eb_loo gives it the batch mean). With the group mean, a question whose rewards are all equal
-    has advantage exactly 0. A fit over fewer than two questions or with zero variance gives (alpha, beta) = (1, 1)
-    (REINFORCE with baseline), and the posterior-mean baseline no prior (the group mean).
+    Degenerate cases: a singleton question is kept out of the fit; with the group-mean baseline it gets advantage 0
+    (eb_loo gives it the batch mean). With the group mean, a question whose rewards are all equal has advantage exactly
+    0. A fit over fewer than two questions or with zero variance gives (alpha, beta) = (1, 1) (REINFORCE with
+    baseline).
     """
     groups = group_stats(s, inverse, num_groups, keep)
-    in_fit = groups.p_hat[groups.count >= 2]
-    fit = fit_beta_moments(in_fit) if pool is None else pool.add(in_fit)
+    fit = fit_beta_moments(groups.p_hat[groups.count >= 2])
     if cfg.adaptive:
         alpha, beta = optimal_alpha_beta(fit.a, fit.b)
     else:
         alpha, beta = s.new_tensor(cfg.fixed_alpha), s.new_tensor(cfg.fixed_beta)
-    base = baseline_of(cfg.baseline, s, inverse, groups, fit, keep)
-    # the weight at p_hat (posterior_mean: at its centre); where f_N is 0 there (an all-failed question with
-    # alpha > 1, an all-solved one with beta > 1, a binary singleton) eb_loo's advantage is not 0, and the clamp
-    # would put max_weight (1e6) on it: eb_loo evaluates the weight at the question's credibility estimate instead
-    at = base.weight_at
+    base = baseline_of(cfg.baseline, s, inverse, groups, keep)
+    # the weight at p_hat; where f_N is 0 there (an all-failed question with alpha > 1, an all-solved one with beta >
+    # 1, a binary singleton) eb_loo's advantage is not 0, and the clamp would put max_weight (1e6) on it: eb_loo
+    # evaluates the weight at the question's credibility estimate instead
+    at = groups.p_hat
     if base.fallback_at is not None:
         at = torch.where(torch.isneginf(beta_log_density(at, alpha, beta)), base.fallback_at, at)
     weight, clamped = inverse_density_weight(at, alpha, beta, cfg.max_weight)
@@ -66,7 +63,6 @@ def normalized_outcome(
         weight_max=float(weight[informative].max()) if any_informative else 0.0,
         clamped_frac=float((groups.count * clamped)[informative].sum() / samples) if any_informative else 0.0,
         fallback=fit.fallback if cfg.adaptive else None,
-        fit_weight=pool.weight if pool is not None else float(fit.num_questions),
         eb_lambda=base.mean_lambda, eb_tau2=base.tau2,
     )
     return advantage, stats

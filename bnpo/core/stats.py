@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Optional
 
 # One Beta fit's numbers: AD-BNPO's top level has one fit per component, so it reports none of these.
-FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "fit_weight", "eb_lambda", "eb_tau2")
+FIT_NAMES = ("mu", "var", "a", "b", "alpha", "beta", "eb_lambda", "eb_tau2")
 METRIC_NAMES = FIT_NAMES[:6] + (
-    "num_questions", "num_singleton", "num_degenerate", "num_excluded", "num_broadcast", "fit_weight", "weight_max",
+    "num_questions", "num_fit", "num_singleton", "num_degenerate", "num_excluded", "num_broadcast", "weight_max",
     "clamped_frac", "eb_lambda", "eb_tau2",
 )
 
@@ -21,12 +22,11 @@ class BNPOStats:
     num_questions: distinct uids; num_fit: those in the fit; num_singleton: one sample (advantage 0, not fitted);
     num_degenerate: non-singleton questions whose rewards are all equal (advantage 0). num_excluded: samples without
     response tokens (verl's padding rows), in no group; num_broadcast: non-final outputs of agent-loop sessions,
-    which take their session's final advantage (verl's grpo). fit_weight: the questions the fit stands on (num_fit;
-    exponentially weighted with ``fit_halflife``). weight_max, clamped_frac: largest 1/f_N and fraction of samples
-    at max_weight, over those with signal. fallback: None, or why (alpha, beta) fell back to (1, 1).
-    eb_lambda, eb_tau2 (eb_loo, posterior_mean): mean lambda over the questions with >= 2 samples and the
-    deconvolved variance tau^2 (``bnpo.core.baselines``). components: AD-BNPO's, by reward key; the top level then
-    holds the counts, the maxima of weight_max / clamped_frac, the first fallback and None for FIT_NAMES.
+    which take their session's final advantage (verl's grpo). weight_max, clamped_frac: largest 1/f_N and fraction
+    of samples at max_weight, over those with signal. fallback: None, or why (alpha, beta) fell back to (1, 1).
+    eb_lambda, eb_tau2 (eb_loo): mean lambda over the questions with >= 2 samples and the deconvolved variance tau^2
+    (``bnpo.core.baselines``). components: AD-BNPO's, by reward key; the top level then holds the counts, the maxima
+    of weight_max / clamped_frac, the first fallback and None for FIT_NAMES.
     """
 
     mu: Optional[float]
@@ -44,18 +44,14 @@ class BNPOStats:
     fallback: Optional[str] = None
     num_excluded: int = 0
     num_broadcast: int = 0
-    fit_weight: Optional[float] = 0.0
     eb_lambda: Optional[float] = None
     eb_tau2: Optional[float] = None
     components: dict[str, "BNPOStats"] = field(default_factory=dict)
 
-    def to_metrics(self, prefix: str = "bnpo") -> dict[str, float]:
-        """Flat ``{prefix}/{name}`` metrics (and ``{prefix}/{component}/{name}`` for AD-BNPO)."""
+    def to_metrics(self, prefix: str = "bnpo", segment: Callable[[str], str] = str) -> dict[str, float]:
+        """Flat ``{prefix}/{name}`` metrics (and ``{prefix}/{segment(component)}/{name}`` for AD-BNPO)."""
         metrics = {f"{prefix}/{n}": float(getattr(self, n)) for n in METRIC_NAMES if getattr(self, n) is not None}
         metrics[f"{prefix}/fallback"] = float(self.fallback is not None)
         for key, sub in self.components.items():
-            metrics.update(sub.to_metrics(f"{prefix}/{key}"))
+            metrics.update(sub.to_metrics(f"{prefix}/{segment(key)}", segment))
         return metrics
-
-    def as_dict(self) -> dict:
-        return asdict(self)

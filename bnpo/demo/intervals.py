@@ -1,11 +1,7 @@
-"""Intervals for the demo's held-out comparisons: a paired bootstrap over seeds and questions.
-
-Every estimator of a demo trains from the same checkpoint with the same seeds and is scored on the same held-out
-questions, so the comparison is paired twice over: a bootstrap sample draws seeds (with replacement) and questions
-(with replacement) once, and every estimator's gain, and every difference of two, is computed on that same draw.
-Both levels are resampled because both are noise here: another seed is another training run, another question set
-another test. With ``S`` seeds and ``Q`` questions an outcome array is ``(S, Q)``: one held-out result (0 or 1,
-or a rate in [0, 1]) per run and question.
+"""Intervals for the demo's held-out comparisons: a paired bootstrap over seeds and questions. Every estimator trains
+from one checkpoint with the same seeds and is scored on the same questions, so a bootstrap sample draws seeds and
+questions once and computes every gain and difference on that draw; both levels are noise (another seed is another
+training run, another question set another test). Outcomes are ``(S, Q)``: a result in [0, 1] per seed and question.
 """
 
 from __future__ import annotations
@@ -18,29 +14,21 @@ LEVEL = 0.95
 Z = 1.959963984540054  # the standard normal's 97.5% quantile, for the seeds a gap needs
 
 
-def resample_weights(seeds: int, questions: int, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """How often each seed and each question is drawn in each bootstrap sample: (draws, S) and (draws, Q) counts."""
-    return (rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=draws),
-            rng.multinomial(questions, np.full(questions, 1 / questions), size=draws))
-
-
-def resampled_means(values: np.ndarray, seed_w: np.ndarray, question_w: np.ndarray) -> np.ndarray:
-    """(draws,) mean of ``values`` (S, Q) over each bootstrap sample's seeds and questions.
-
-    Resampling S seeds gives the seed mean a variance (S - 1) / S of the unbiased one: half of it with 2 seeds, an
-    interval too narrow by 1/sqrt(2) where seeds dominate. Each seed's deviation from the seeds' mean is scaled by
-    sqrt(S / (S - 1)) first, which removes that bias (the questions' factor, sqrt(Q / (Q - 1)), is left: Q >= 100)."""
+def interval(values: np.ndarray, seed_w: np.ndarray, question_w: np.ndarray) -> dict[str, float | bool]:
+    """The mean of ``values`` (S, Q), its percentile interval over the bootstrap samples drawn by ``seed_w`` (draws, S)
+    and ``question_w`` (draws, Q), and whether the interval holds 0 (``separable`` is False then). Resampling S seeds
+    gives the seed mean a variance (S - 1) / S of the unbiased one: half of it with 2 seeds, an interval too narrow by
+    1/sqrt(2) where seeds dominate. Each seed's deviation from the seeds' mean is scaled by sqrt(S / (S - 1)) first,
+    which removes that bias (the questions' factor, sqrt(Q / (Q - 1)), is left: Q >= 100)."""
     seeds, questions = values.shape
+    scaled = values
     if seeds > 1:
         across = values.mean(axis=0, keepdims=True)
-        values = across + np.sqrt(seeds / (seeds - 1)) * (values - across)
-    return np.einsum("bs,sq,bq->b", seed_w, values, question_w) / (seeds * questions)
-
-
-def interval(point: float, draws: np.ndarray) -> dict[str, float | bool]:
-    """The point estimate, its percentile interval and whether the interval holds 0 (``separable`` is False then)."""
+        scaled = across + np.sqrt(seeds / (seeds - 1)) * (values - across)
+    draws = np.einsum("bs,sq,bq->b", seed_w, scaled, question_w) / (seeds * questions)
     low, high = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return {"mean": float(point), "low": float(low), "high": float(high), "separable": bool(low > 0 or high < 0)}
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high),
+            "separable": bool(low > 0 or high < 0)}
 
 
 def variance_components(diff: np.ndarray) -> tuple[float, float, float]:
@@ -74,31 +62,22 @@ def seeds_for_gap(diff: np.ndarray, gap: float = 0.05) -> float | None:
 
 def compare(start: np.ndarray, end: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0,
             gap: float = 0.05) -> dict[str, dict]:
-    """Gains and paired differences with 95% intervals.
-
-    Args:
-        start: (Q,) or (S, Q) held-out outcomes before training (the same checkpoint for every estimator).
-        end: estimator -> (S, Q) held-out outcomes after training, seeds and questions in the same order for all.
-
-    Returns:
-        {"gains": {estimator: interval of mean(end - start)},
-         "differences": {"a - b": interval of mean(end_a - end_b), with "seeds_for_gap" (``seeds_for_gap``)}}
-    """
+    """Gains and paired differences with 95% intervals: ``start`` (Q,) or (S, Q) held-out outcomes before training
+    (one checkpoint for every estimator), ``end`` estimator -> (S, Q) after, seeds and questions in one order for all.
+    Returns {"gains": {estimator: interval of end - start}, "differences": {"a - b": interval of end_a - end_b and
+    its ``seeds_for_gap``}}."""
     names = list(end)
     seeds, questions = end[names[0]].shape
     for name in names:
         if end[name].shape != (seeds, questions):
-            raise ValueError(f"{name}: outcomes of shape {end[name].shape}, expected {(seeds, questions)} like {names[0]}")
+            raise ValueError(f"{name}: outcomes of shape {end[name].shape}, expected {(seeds, questions)} like "
+                             f"{names[0]}")
     start = np.broadcast_to(np.asarray(start, dtype=float), (seeds, questions))
-    seed_w, question_w = resample_weights(seeds, questions, draws, np.random.default_rng(seed))
-    gains = {name: end[name] - start for name in names}
-    out = {"gains": {}, "differences": {}}
-    for name, gain in gains.items():
-        out["gains"][name] = interval(gain.mean(), resampled_means(gain, seed_w, question_w))
-    for a, b in combinations(names, 2):
-        diff = end[a] - end[b]
-        out["differences"][f"{a} - {b}"] = {
-            **interval(diff.mean(), resampled_means(diff, seed_w, question_w)),
-            "seeds_for_gap": seeds_for_gap(diff, gap),
-        }
-    return out
+    # how often each seed and each question is drawn in each bootstrap sample: (draws, S) and (draws, Q) counts
+    rng = np.random.default_rng(seed)
+    seed_w = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=draws)
+    question_w = rng.multinomial(questions, np.full(questions, 1 / questions), size=draws)
+    return {"gains": {name: interval(end[name] - start, seed_w, question_w) for name in names},
+            "differences": {f"{a} - {b}": {**interval(end[a] - end[b], seed_w, question_w),
+                                           "seeds_for_gap": seeds_for_gap(end[a] - end[b], gap)}
+                            for a, b in combinations(names, 2)}}

@@ -1,9 +1,6 @@
-"""Every hyperparameter of the demo, and the verl config they become.
-
-The demo trains with verl's ``main_ppo`` config; ``overrides`` turns ``DemoSettings`` into its Hydra overrides, so
-each setting below is one verl key a GPU run would set the same way. Defaults: 3 estimators x 2 seeds in about
-five minutes on 2 CPU cores (docs/demo.md has the measured times). ``VARIANTS`` holds what differs between the
-reversal task and the two-reward task (``--task reverse_format``).
+"""Every hyperparameter of the demo, and the verl config they become: ``overrides`` turns ``DemoSettings`` into
+Hydra overrides of verl's ``main_ppo`` config, each setting one verl key a GPU run would set the same way.
+``VARIANTS``: what differs between the reversal task and the two-reward task (``--task reverse_format``).
 """
 
 from __future__ import annotations
@@ -17,10 +14,8 @@ from .warm_start import WarmStart
 
 @dataclass(frozen=True)
 class Variant:
-    """What differs between the demo's two tasks: the reward, the warm start's teacher, the estimators compared and
-    the keys each estimator needs. ``components``: the reward's binary components, reported per component."""
+    """One of the demo's tasks. ``components``: the reward's binary components, reported per component."""
 
-    name: str
     data_source: str
     reward: str  # a function of bnpo.demo.reward
     components: tuple[str, ...]
@@ -30,10 +25,10 @@ class Variant:
 
 
 VARIANTS = {
-    "reverse": Variant("reverse", DATA_SOURCE, "compute_score", ("acc",), ("bnpo", "grpo", "rloo"), WarmStart()),
+    "reverse": Variant(DATA_SOURCE, "compute_score", ("acc",), ("bnpo", "grpo", "rloo"), WarmStart()),
     # two rewards: format is mostly learned by the warm start and saturates early; accuracy starts low
     "reverse_format": Variant(
-        "reverse_format", "bnpo_demo/reverse_format", "compute_score_format", ("acc", "format"),
+        "bnpo_demo/reverse_format", "compute_score_format", ("acc", "format"),
         ("ad_bnpo", "bnpo", "grpo", "gdpo_v1"), WarmStart(copy_share=0.5, prefix_share=0.3),
         {
             "ad_bnpo": ("+algorithm.bnpo.components=[acc,format]",),
@@ -42,14 +37,13 @@ VARIANTS = {
         },
     ),
 }
-DEFAULT_ESTIMATORS = VARIANTS["reverse"].estimators
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     # experiment: every estimator trains from the same checkpoint with each seed's data order
     variant: str = "reverse"  # a key of VARIANTS
-    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    estimators: tuple[str, ...] = VARIANTS["reverse"].estimators
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 10
     # task: reverse 1..max_digits digits (longer strings are harder)
@@ -76,7 +70,7 @@ class DemoSettings:
     test_freq: int = 5
     val_n: int = 1
     val_temperature: float = 0.0
-    # more Hydra overrides for every run (e.g. "+algorithm.bnpo.fit_halflife=10")
+    # more Hydra overrides for every run (e.g. "+algorithm.bnpo.max_weight=100")
     extra_overrides: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -89,55 +83,38 @@ class DemoSettings:
         return [{"name": f"{estimator}-seed{seed}", "estimator": estimator, "seed": seed}
                 for seed in self.seeds for estimator in self.estimators]
 
-    @property
-    def total_steps(self) -> int:
-        return self.steps * len(self.runs)
-
 
 class Paths:
     """Where a demo writes (under ``--out``)."""
 
     def __init__(self, out: Path):
-        self.out = out
         work = out / "work"
         self.model, self.train_file, self.val_file = work / "model", work / "train.parquet", work / "val.parquet"
         self.checkpoints, self.plan = work / "checkpoints", work / "plan.json"
-        self.error = work / "error.txt"  # the session's refusal of a config (read by the launcher)
-        self.runs = out / "runs"  # per run: verl's metrics (<run>.jsonl, its file logger) and wall time (<run>.json)
-        self.logs = out / "logs"
-
-    def validations(self, run: str) -> Path:
-        """verl's dump of a run's validations (``trainer.validation_data_dir``): ``<step>.jsonl``, one line per
-        held-out question with its output, ground truth, score and the reward's components."""
-        return self.runs / f"{run}.val"
+        # per run: verl's metrics (<run>.jsonl, its file logger), wall time (<run>.json) and validation dumps
+        # (<run>.val/<step>.jsonl, trainer.validation_data_dir: per held-out question its output, ground truth, score)
+        self.runs, self.logs = out / "runs", out / "logs"
 
 
 def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
     """verl's Hydra overrides of a run of ``estimator`` (the CPU port's overrides come first, at launch)."""
     task = s.task
     return [
-        f"algorithm.adv_estimator={estimator}",
-        "algorithm.use_kl_in_reward=False",
-        f"data.train_files={paths.train_file}",
-        f"data.val_files={paths.val_file}",
-        f"data.train_batch_size={s.prompts_per_step}",
-        f"data.max_prompt_length={task.max_prompt_tokens}",
-        f"data.max_response_length={task.max_response_tokens}",
-        "data.shuffle=True",
+        f"algorithm.adv_estimator={estimator}", "algorithm.use_kl_in_reward=False",
+        f"data.train_files={paths.train_file}", f"data.val_files={paths.val_file}",
+        f"data.train_batch_size={s.prompts_per_step}", f"data.max_prompt_length={task.max_prompt_tokens}",
+        f"data.max_response_length={task.max_response_tokens}", "data.shuffle=True",
         f"actor_rollout_ref.model.path={paths.model}",
-        "actor_rollout_ref.actor.use_kl_loss=False",
-        "actor_rollout_ref.actor.entropy_coeff=0",
-        f"actor_rollout_ref.actor.optim.lr={s.lr}",
+        "actor_rollout_ref.actor.use_kl_loss=False", "actor_rollout_ref.actor.entropy_coeff=0",
+        f"actor_rollout_ref.actor.optim.lr={s.lr}", f"actor_rollout_ref.actor.grad_clip={s.grad_clip}",
         f"actor_rollout_ref.actor.optim.lr_warmup_steps={s.lr_warmup_steps}",
-        f"actor_rollout_ref.actor.grad_clip={s.grad_clip}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.ppo_mini_batch_size}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={s.ppo_mini_batch_size * s.rollout_n}",
         f"actor_rollout_ref.actor.clip_ratio_low={s.clip_ratio_low}",
         f"actor_rollout_ref.actor.clip_ratio_high={s.clip_ratio_high}",
         f"actor_rollout_ref.actor.clip_ratio_c={s.clip_ratio_c}",
         f"actor_rollout_ref.actor.loss_agg_mode={s.loss_agg_mode}",
-        f"actor_rollout_ref.rollout.n={s.rollout_n}",
-        f"actor_rollout_ref.rollout.temperature={s.temperature}",
+        f"actor_rollout_ref.rollout.n={s.rollout_n}", f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={s.prompts_per_step * s.rollout_n}",
         f"actor_rollout_ref.rollout.val_kwargs.n={s.val_n}",
         f"actor_rollout_ref.rollout.val_kwargs.do_sample={s.val_temperature > 0}",
@@ -147,14 +124,9 @@ def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
         # verl's v1 sampler polls for finished rollouts every 2 s; bnpo's fast_poll checks every 0.05 s
         "trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer",
         "trainer.v1.sampler.custom_sampler.name=fast_poll",
-        "trainer.logger=[console,file]",
-        "trainer.project_name=bnpo_demo",
-        f"trainer.experiment_name={estimator}",
-        f"trainer.default_local_dir={paths.checkpoints}",
-        "trainer.total_epochs=100",
-        f"trainer.total_training_steps={s.steps}",
-        "trainer.val_before_train=True",
-        f"trainer.test_freq={s.test_freq}",
+        "trainer.logger=[console,file]", "trainer.project_name=bnpo_demo", f"trainer.experiment_name={estimator}",
+        f"trainer.default_local_dir={paths.checkpoints}", "trainer.total_epochs=100",
+        f"trainer.total_training_steps={s.steps}", "trainer.val_before_train=True", f"trainer.test_freq={s.test_freq}",
         "trainer.save_freq=-1",
         *s.spec.estimator_overrides.get(estimator, ()),
         *s.extra_overrides,
@@ -162,6 +134,5 @@ def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
 
 
 def val_metric(s: DemoSettings) -> str:
-    """verl's name of the held-out accuracy: mean@val_n of ``acc`` over the validation set (the score itself when
-    the reward function returns a float, the ``acc`` component of a dict)."""
+    """verl's name of the held-out accuracy, mean@val_n of ``acc`` (the score itself or a dict's ``acc``)."""
     return f"val-core/{s.spec.data_source}/acc/mean@{s.val_n}"

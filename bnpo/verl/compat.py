@@ -26,13 +26,8 @@ INSTALL_SUPPORTED = "pip install 'verl[verl-core]>=0.9.0,<0.10'"
 PLACES = {
     "verl.utils.config": ("validate_config",),
     "verl.trainer.ppo.core_algos": ("register_adv_est", "ADV_ESTIMATOR_REGISTRY"),
-    "verl.trainer.ppo.v1.trainer_base": (
-        "PPOTrainer._compute_advantage", "PPOTrainer._save_checkpoint", "PPOTrainer._load_checkpoint",
-    ),
-    "verl.trainer.ppo.ray_trainer": (
-        "compute_advantage", "compute_data_metrics", "RayPPOTrainer.fit",
-        "RayPPOTrainer._save_checkpoint", "RayPPOTrainer._load_checkpoint",
-    ),
+    "verl.trainer.ppo.v1.trainer_base": ("PPOTrainer._compute_advantage",),
+    "verl.trainer.ppo.ray_trainer": ("compute_advantage", "compute_data_metrics", "RayPPOTrainer.fit"),
     "verl.experimental.separation.ray_trainer": ("SeparateRayPPOTrainer._fit_compute_advantage", "compute_advantage"),
     "verl.experimental.fully_async_policy.fully_async_trainer": ("FullyAsyncTrainer",),
 }

@@ -1,6 +1,6 @@
 """What an advantage step shares between a verl trainer and bnpo's estimators beyond verl's arguments (tensors and
 uids, no way to return statistics): an ``EstimatorScope`` in a context variable, so each thread and trainer sees its
-own; pooled fits live on the trainer object. Never imports verl."""
+own. Never imports verl."""
 
 from __future__ import annotations
 
@@ -12,19 +12,17 @@ from typing import Any, ContextManager, Optional
 
 import numpy as np
 
-from ..core.pooling import FitState
 from ..core.stats import BNPOStats
 
 
 @dataclass
 class EstimatorScope:
     """fields: per-sample (bs,) values by key (the reward function's extra info). final_row: (bs,) row of each sample's
-    session's final output, or None when every session has one output. fit_state: the run's pooled fits, or None.
-    stats: left by the last bnpo / ad_bnpo estimator call in the scope, else None."""
+    session's final output, or None when every session has one output. stats: left by the last bnpo / ad_bnpo
+    estimator call in the scope, else None."""
 
     fields: Mapping[str, Any] = field(default_factory=dict)
     final_row: Optional[np.ndarray] = None
-    fit_state: Optional[FitState] = None
     stats: Optional[BNPOStats] = None
 
     def take_stats(self) -> Optional[BNPOStats]:
@@ -46,27 +44,20 @@ def _set(var: ContextVar, value: Any) -> Iterator[Any]:
         var.reset(token)
 
 
-def estimator_scope(fit_state: Optional[FitState] = None, fields: Optional[Mapping[str, Any]] = None,
+def estimator_scope(fields: Optional[Mapping[str, Any]] = None,
                     final_row: Optional[np.ndarray] = None) -> ContextManager[EstimatorScope]:
     """A scope for bnpo's estimators called inside the block, through verl or directly::
 
-        with bnpo.verl.estimator_scope(fit_state) as scope:
+        with bnpo.verl.estimator_scope() as scope:
             data = compute_advantage(data, adv_estimator="bnpo", ...)
         scope.stats.to_metrics()
     """
-    return _set(_SCOPE, EstimatorScope(dict(fields or {}), final_row, fit_state))
+    return _set(_SCOPE, EstimatorScope(dict(fields or {}), final_row))
 
 
 def current_scope() -> Optional[EstimatorScope]:
     """The innermost open scope, or None outside any."""
     return _SCOPE.get()
-
-
-def fit_state_of(trainer: Any) -> FitState:
-    """The pooled fits of ``trainer`` (created on first use), kept on the trainer object itself."""
-    if getattr(trainer, "_bnpo_fit_state", None) is None:
-        trainer._bnpo_fit_state = FitState()
-    return trainer._bnpo_fit_state
 
 
 def trainer_run(trainer: Any) -> ContextManager[Any]:

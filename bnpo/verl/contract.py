@@ -4,8 +4,8 @@ trainer contract"); other estimators run verl's code untouched.
 1. **Per-run check**: building a trainer runs the whole start-up check (``check_run_config``) in the process that
    trains, before verl's ``__init__`` (``check_at_construction``), and, in a Ray job, starts the trainer's node watch
    (``bnpo.verl.watchdog``); a trainer built another way runs the check at its first advantage step.
-2. **Scope**: ``advantage_step`` runs verl's step in an estimator scope with the trainer's own pooled fits at its
-   training step, and what verl does not hand the estimator. ``fit`` of ``RayPPOTrainer`` and its subclasses runs as
+2. **Scope**: ``advantage_step`` runs verl's step in an estimator scope holding what verl does not hand the
+   estimator. ``fit`` of ``RayPPOTrainer`` and its subclasses runs as
    a *trainer run* (``fit_in_run``): an estimator called there outside an advantage step raises.
 3. **Required statistics**: a step in which verl did not call bnpo's estimator inside the scope has no statistics.
 4. **Metrics**: the statistics go into the step's metrics once; the legacy trainer's are held for its
@@ -27,9 +27,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..core.config import BNPOConfig, _key
+from ..core.config import BNPOConfig
 from .compat import VerlChanged, check_before_init, installed_verl, uses_bnpo
-from .context import current_run, estimator_scope, fit_state_of, trainer_run
+from .context import current_run, estimator_scope, trainer_run
 from .metrics import metrics_of
 from .startup import check_run_config
 
@@ -57,17 +57,7 @@ def check_at_construction(cls: type, kind_of: Callable[[Any], str]) -> None:
     """Rule 1 in ``cls.__init__``, before verl's, which verl's TaskRunners call before any rollout or validation."""
 
     def check(trainer: Any, config: Any) -> None:
-        kind = kind_of(trainer)
-        cfg = checked_config(trainer, kind, config)
-        if kind == "fully_async_policy" and cfg.fit_halflife is not None:
-            # it checkpoints by parameter version in its own _save_checkpoint / load_checkpoint, which bnpo does not
-            # extend: refused rather than silently lost on resume
-            raise ValueError(
-                f"{_key('fit_halflife')}={cfg.fit_halflife} is not supported by verl's fully_async trainer: it saves "
-                "and resumes checkpoints by parameter version in its own _save_checkpoint / load_checkpoint, "
-                "where bnpo cannot keep the pooled fit. Leave it unset (the paper's per-batch fit), or train "
-                "with main_ppo or one_step_off_policy."
-            )
+        checked_config(trainer, kind_of(trainer), config)
         from .watchdog import watch  # imported by the process that trains only
 
         watch(trainer)  # a Ray node of the run that dies ends it (verl 0.9.1 may wait for it forever)
@@ -105,19 +95,18 @@ def advantage_step(
     """Run verl's advantage step (``place``, named in errors) of ``trainer`` inside the block: rules 1-3; afterwards
     ``.metrics`` holds the step's metrics for the trainer's sink (rule 4)."""
     step = AdvantageStep(str(trainer.config.algorithm.adv_estimator), checked_config(trainer, kind))
-    state = fit_state_of(trainer)
-    state.step = training_step(trainer)
+    number = training_step(trainer)
     if not hasattr(trainer, _FIRST):
-        setattr(trainer, _FIRST, state.step)
-    with estimator_scope(state, fields, final_row) as scope:
+        setattr(trainer, _FIRST, number)
+    with estimator_scope(fields, final_row) as scope:
         yield step
     stats = scope.take_stats()
     if stats is not None:
         step.metrics = metrics_of(stats)
         return
-    step.metrics = missing_stats(trainer, state.step, VerlChanged(
+    step.metrics = missing_stats(trainer, number, VerlChanged(
         f"algorithm.adv_estimator={step.estimator}: verl's {place} ran without calling bnpo's estimator inside "
-        f"bnpo's scope, so step {state.step} has no bnpo/* metrics (verl {installed_verl()} changed how it calls "
+        f"bnpo's scope, so step {number} has no bnpo/* metrics (verl {installed_verl()} changed how it calls "
         "estimators?). Report this with your verl version."
     ))
 

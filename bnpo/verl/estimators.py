@@ -26,8 +26,8 @@ def _start(name: str, config: Any, index: Any) -> tuple[Optional[EstimatorScope]
         raise VerlChanged(
             f"algorithm.adv_estimator={name}: verl's {cls.__module__}.{cls.__qualname__} called bnpo's estimator in "
             "its training loop but outside the advantage step bnpo extends (verl.trainer.ppo.ray_trainer."
-            "compute_advantage, SeparateRayPPOTrainer._fit_compute_advantage): its metrics and pooled fits would be "
-            "lost. The trainer, or a verl module bnpo extends, computes advantages another way (moved or overridden?)."
+            "compute_advantage, SeparateRayPPOTrainer._fit_compute_advantage): its metrics would be lost. The "
+            "trainer, or a verl module bnpo extends, computes advantages another way (moved or overridden?)."
         )
     cfg = config_from_algorithm(config)
     if index is None:
@@ -42,7 +42,7 @@ def _start(name: str, config: Any, index: Any) -> tuple[Optional[EstimatorScope]
             "outputs; verl's _compute_advantage no longer hands the estimator its batch in TransferQueue key order. "
             "Report this with your verl version."
         )
-    return scope, cfg, {"final_row": final_row, "fit_state": scope.fit_state if scope else None}
+    return scope, cfg, {"final_row": final_row}
 
 
 def _finish(scope: Optional[EstimatorScope], stats: Any, advantages: torch.Tensor, returns: torch.Tensor) -> tuple:

@@ -3,7 +3,6 @@ words ``max``, ``min``, ``sum`` / ``total`` in its lower-cased name and otherwis
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable
 
@@ -38,7 +37,4 @@ def check_component_names(components: Iterable[str]) -> None:
 
 def metrics_of(stats: BNPOStats, prefix: str = "bnpo") -> dict[str, float]:
     """The step's metrics: ``bnpo/<statistic>``, and ``bnpo/<component>/<statistic>`` for each ad_bnpo component."""
-    metrics = dataclasses.replace(stats, components={}).to_metrics(prefix)
-    for component, sub in stats.components.items():
-        metrics.update(metrics_of(sub, f"{prefix}/{component_segment(component)}"))
-    return metrics
+    return stats.to_metrics(prefix, component_segment)

@@ -15,13 +15,10 @@ from .metrics import check_component_names
 
 logger = logging.getLogger(__name__)
 
-# Trainer modes of bnpo 0.1, when metrics and ad_bnpo needed a bnpo trainer class.
-REMOVED_TRAINER_MODES = {"bnpo_sync": "sync", "bnpo_colocate_async": "colocate_async",
-                         "bnpo_separate_async": "separate_async"}
 REGISTRATION = "verl.trainer.ppo.core_algos.register_adv_est"  # where bnpo.verl.plugin records a failed registration
 
 
-def _check_registered(name: str) -> None:
+def check_registered(name: str) -> None:
     import verl.trainer.ppo.core_algos as core_algos
 
     found = compat.require(core_algos, "ADV_ESTIMATOR_REGISTRY").get(name)
@@ -40,39 +37,13 @@ def check_integration(config: Any, trainer: Optional[str] = None) -> None:
     name = str(config.algorithm.adv_estimator)
     compat.check_version()
     compat.import_trainer_modules(trainer or compat.selected_trainer(config))
-    _check_registered(name)
+    check_registered(name)
     hooks.refuse_if_failed(name)
-
-
-def installation_problems() -> list[str]:
-    """What would stop any bnpo / ad_bnpo run in this process, whatever its config ([] when nothing): an unsupported
-    verl, a failed part of bnpo's plugin, an estimator not bnpo's. ``import verl`` first, or use ``node_problems``."""
-    problems = []
-    for check in (compat.check_version, *(functools.partial(_check_registered, n) for n in ESTIMATOR_FUNCTIONS)):
-        try:
-            check()
-        except (ValueError, compat.VerlChanged) as err:
-            problems.append(str(err))
-    return problems + hooks.failures()
-
-
-def node_problems() -> list[str]:
-    """``installation_problems`` of a fresh verl process, e.g. a pre-flight's Ray task on each node."""
-    import verl  # noqa: F401  (loads bnpo's plugin, as in every verl worker)
-
-    return installation_problems()
 
 
 def check_run_config(config: Any, startup: bool = True, trainer: Optional[str] = None) -> Optional[BNPOConfig]:
     """The parsed ``algorithm.bnpo`` of a full verl config, validated (None if bnpo is unused); ``startup``: with
     ``check_integration`` for ``trainer`` (default: the one ``config`` selects)."""
-    section = (config.get("trainer", None) if hasattr(config, "get") else None) or {}
-    mode = str((section.get("v1", None) or {}).get("trainer_mode", "sync"))
-    if mode in REMOVED_TRAINER_MODES:
-        raise ValueError(
-            f"trainer.v1.trainer_mode={mode} was removed in bnpo 0.2: bnpo logs its metrics and feeds ad_bnpo in "
-            f"every verl trainer mode. Set trainer.v1.trainer_mode={REMOVED_TRAINER_MODES[mode]}."
-        )
     algorithm = config.get("algorithm") if hasattr(config, "get") else None
     if algorithm is None:
         return None

@@ -9,7 +9,7 @@ import functools
 from types import ModuleType
 
 from ..core.config import ESTIMATORS
-from . import checkpoint, compat, contract
+from . import compat, contract
 from .context import current_run, current_scope, estimator_scope
 from .metrics import metrics_of
 
@@ -32,9 +32,9 @@ def wrap_compute_advantage(compute_advantage):
                 result = compute_advantage(data, adv_estimator, *args, **kwargs)
             contract.hold_metrics(trainer, step.metrics)
             return result
-        # a separated trainer's advantage step, a caller's own scope, or a direct call (no pooled fits, no statistics)
+        # a separated trainer's advantage step, a caller's own scope, or a direct call (no statistics)
         fields = {**(outer.fields if outer else {}), **data.non_tensor_batch}
-        with estimator_scope(outer.fit_state if outer else None, fields, outer.final_row if outer else None) as inner:
+        with estimator_scope(fields, outer.final_row if outer else None) as inner:
             result = compute_advantage(data, adv_estimator, *args, **kwargs)
         if outer is not None:
             outer.stats = inner.stats
@@ -109,7 +109,6 @@ def install(ray_trainer: ModuleType) -> None:
     """Extend verl's ``ray_trainer`` module (every place is checked before anything is patched)."""
     compat.require_all(ray_trainer)
     base = ray_trainer.RayPPOTrainer
-    checkpoint.install(base)
     _extend_class(base)
     _extend_subclasses(base)
     compat.patch(ray_trainer, "compute_data_metrics", wrap_compute_data_metrics)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import transfer_queue as tq
 
-from . import checkpoint, compat, contract
+from . import compat, contract
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,5 @@ def extend(original):
 def install(trainer_base: ModuleType) -> None:
     """Extend ``PPOTrainer`` of verl's ``trainer_base`` (every place is checked before anything is patched)."""
     compat.require_all(trainer_base)
-    checkpoint.install(trainer_base.PPOTrainer)
     compat.patch(trainer_base.PPOTrainer, "_compute_advantage", extend)
     contract.check_at_construction(trainer_base.PPOTrainer, lambda trainer: "v1")

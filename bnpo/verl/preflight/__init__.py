@@ -1,8 +1,5 @@
-"""The pre-flight of a verl run of the paper's recipe: what would stop it before it touches a GPU.
-
-``python -m bnpo.verl.preflight`` (``run``; the run scripts' DRY_RUN=1) composes the config as ``main_ppo`` does and
-runs verl's and bnpo's checks, with ``gpus`` (the GPUs and driver of this machine or a Ray cluster), ``stack`` (the
-GPU stack against verl's pins), ``storage`` (data, model and checkpoint folders, shared storage) and the per-GPU
-``memory_plan`` (``model_facts``: the recipe's models' shapes, known without their files). ``memory_plan`` and
-``model_facts`` never import verl: ``python -m bnpo.verl.preflight.memory_plan`` works on a GPU machine without it.
+"""The pre-flight of a verl run of the paper's recipe (``python -m bnpo.verl.preflight``, the run scripts' DRY_RUN=1):
+what would stop it before it touches a GPU. ``run`` composes the config, finds the GPUs (this machine's or a Ray
+cluster's) and runs verl's and bnpo's checks with ``stack`` (the GPU stack against verl's pins), ``storage`` (data,
+model, checkpoints) and ``memory_plan`` (per GPU; it never imports verl, so it runs on a GPU machine without verl).
 """

@@ -1,7 +1,3 @@
-"""``python -m bnpo.verl.preflight``: see ``bnpo.verl.preflight.run``."""
+from .run import main  # python -m bnpo.verl.preflight
 
-import sys
-
-from .run import main
-
-sys.exit(main())
+raise SystemExit(main())

