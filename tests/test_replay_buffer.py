@@ -1,17 +1,15 @@
-"""``bnpo.verl.replay_buffer.fast_poll``: verl's own replay buffer with a short poll, through verl's custom-sampler keys.
+"""``bnpo.demo.fast_poll``: verl's own replay buffer with a short poll, through verl's custom-sampler keys.
 
 verl 0.9.1's v1 sampler sleeps a hard-coded 2.0 s between checks for finished rollouts. These tests build the
 replay buffer with verl's own ``PPOTrainer._build_replay_buffer`` from a composed verl config, so they fail if
 verl stops reading ``trainer.v1.sampler.custom_sampler`` or stops passing ``poll_interval`` through.
 """
 
-
-
 import pytest
 
-from bnpo.verl.replay_buffer import DEFAULT_POLL_INTERVAL_S, KEY, poll_interval
+from bnpo.demo.fast_poll import DEFAULT_POLL_INTERVAL_S, KEY, poll_interval
 
-FAST_POLL = ["trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer",
+FAST_POLL = ["trainer.v1.sampler.custom_sampler.path=pkg://bnpo.demo.fast_poll",
              "trainer.v1.sampler.custom_sampler.name=fast_poll"]
 
 

@@ -122,7 +122,7 @@ def overrides(s: DemoSettings, paths: Paths, estimator: str) -> list[str]:
         "reward.custom_reward_function.path=pkg://bnpo.demo.reward",
         f"reward.custom_reward_function.name={s.spec.reward}",
         # verl's v1 sampler polls for finished rollouts every 2 s; bnpo's fast_poll checks every 0.05 s
-        "trainer.v1.sampler.custom_sampler.path=pkg://bnpo.verl.replay_buffer",
+        "trainer.v1.sampler.custom_sampler.path=pkg://bnpo.demo.fast_poll",
         "trainer.v1.sampler.custom_sampler.name=fast_poll",
         "trainer.logger=[console,file]", "trainer.project_name=bnpo_demo", f"trainer.experiment_name={estimator}",
         f"trainer.default_local_dir={paths.checkpoints}", "trainer.total_epochs=100",

@@ -1,5 +1,6 @@
-"""verl's v1 replay buffer with a shorter poll (docs/verl.md): verl 0.9.1's ``ReplayBuffer.sample`` sleeps 2 s, which no
-config key reaches, between checks for finished rollouts. ``fast_poll`` is loaded through verl's custom-sampler keys."""
+"""verl's v1 replay buffer with a shorter poll, for the demo's seconds-long steps (docs/demo.md): verl 0.9.1's
+``ReplayBuffer.sample`` sleeps 2 s, which no config key reaches, between checks for finished rollouts. ``fast_poll`` is
+loaded through verl's custom-sampler keys (``pkg://bnpo.demo.fast_poll``)."""
 
 from __future__ import annotations
 
